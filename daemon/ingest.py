@@ -1,0 +1,225 @@
+"""Inbox to ledger to triggers to plans: the worker's first half, all storage, no registry writes.
+
+Each inbox event is applied inside one transaction together with marking it processed, and every step
+is idempotent (upserts, unique keys), so a crash at any point re-applies cleanly (S8, S9). The only
+registry call here is the read-only manifest HEAD that resolves a finished pipeline's expected tags,
+done after the transaction; a failure there leaves the records expected, resolved again at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from daemon.config import ProjectSettings, Settings
+from daemon.events import (
+    IgnoredEvent,
+    MalformedEvent,
+    MergeRequestEvent,
+    PipelineEvent,
+    PushEvent,
+    RegistryPush,
+    parse_gitlab,
+    parse_registry,
+)
+from daemon.model import Pipeline, Trigger
+from daemon.patterns import PipelineVars, expand
+from daemon.planner import ProjectPolicy, decide, selects
+from daemon.store import InboxEvent, Store
+from daemon.store.db import write_tx
+
+log = logging.getLogger("registry_janitor.ingest")
+# A registry notification may precede the pipeline hook that explains it by this much and still join.
+OBSERVATION_SLACK = 3600.0
+
+
+class ManifestReader(Protocol):
+    def head(self, repository: str, ref: str) -> str | None: ...
+
+
+ReaderFactory = Callable[[str, ProjectSettings], ManifestReader | None]
+
+
+def policy_for(settings: ProjectSettings, project_path: str, default_branch: str | None) -> ProjectPolicy:
+    return ProjectPolicy(project_path=project_path, protected_tags=settings.protected_tags,
+                         default_branch=default_branch, repositories=settings.repositories(project_path),
+                         max_tags_per_plan=settings.max_tags_per_plan,
+                         max_repository_fraction=settings.max_repository_fraction)
+
+
+class Ingest:
+    def __init__(self, settings: Settings, store: Store, readers: ReaderFactory,
+                 clock: Callable[[], float]) -> None:
+        self.settings = settings
+        self.store = store
+        self.readers = readers
+        self.clock = clock
+
+    # inbox ------------------------------------------------------------------------------------------
+    def drain(self, limit: int = 500) -> int:
+        """Apply pending inbox events in arrival order; returns how many were applied."""
+        done = 0
+        while done < limit:
+            batch = self.store.pending_events(min(200, limit - done))
+            if not batch:
+                break
+            for event in batch:
+                self.apply(event)
+                done += 1
+        return done
+
+    def apply(self, event: InboxEvent) -> None:
+        now = self.clock()
+        to_resolve: list[tuple[str, int]] = []
+        error: str | None = None
+        with write_tx(self.store.db):
+            try:
+                payload = json.loads(event.body)
+                if event.source == "registry":
+                    for push in parse_registry(payload, event.received_at):
+                        self.on_registry_push(push, now)
+                else:
+                    parsed = parse_gitlab(event.headers.get("X-Gitlab-Event"), payload, event.received_at)
+                    to_resolve = self.on_gitlab(parsed, now)
+            except (MalformedEvent, ValueError) as exc:
+                error = f"unusable event: {exc}"
+                log.warning("inbox event %s: %s", event.id, error)
+            self.store.mark_processed(event.id, now, error)
+        for project_path, pipeline_id in to_resolve:
+            self.resolve_pipeline(project_path, pipeline_id)
+
+    def on_gitlab(self, event: object, now: float) -> list[tuple[str, int]]:
+        if isinstance(event, PipelineEvent):
+            return self.on_pipeline(event.pipeline, now)
+        if isinstance(event, MergeRequestEvent):
+            self.on_merge_request(event, now)
+        elif isinstance(event, PushEvent):
+            self.on_push(event, now)
+        elif isinstance(event, IgnoredEvent):
+            log.debug("ignored %s event", event.kind)
+        return []
+
+    # events -----------------------------------------------------------------------------------------
+    def on_pipeline(self, p: Pipeline, now: float) -> list[tuple[str, int]]:
+        project = self.settings.project_for(p.project_path)
+        if project is None:
+            return []
+        self.store.upsert_pipeline(p, now)
+        stored = self.store.get_pipeline(p.project_path, p.pipeline_id) or p
+        if not p.is_tag:
+            self.store.set_ref(p.project_path, p.ref, True, now)
+            # The branch was recreated: its pending deletion plan no longer holds.
+            self.store.cancel_scheduled(p.project_path, kinds=["branch_deleted"], ref=p.ref, now=now,
+                                        note=f"branch {p.ref} has a new pipeline ({p.pipeline_id})")
+        self.expect_tags(project, stored, now)
+        if not stored.finished:
+            return []
+        self.raise_trigger(Trigger("pipeline_finished", p.project_path,
+                                   f"pipeline_finished:{p.project_path}:{p.pipeline_id}", now,
+                                   ref=p.ref, pipeline_id=p.pipeline_id), now)
+        return [(p.project_path, p.pipeline_id)]
+
+    def expect_tags(self, project: ProjectSettings, p: Pipeline, now: float) -> None:
+        """SPEC 4.3: each pattern expanded for this pipeline, in each configured repository."""
+        repositories = project.repositories(p.project_path) or ()
+        variables = PipelineVars(ref=p.ref, sha=p.sha, pipeline_id=p.pipeline_id, pipeline_iid=p.iid,
+                                 is_tag=p.is_tag, mr_iid=p.mr_iid)
+        for pattern in project.tags:
+            tag = expand(pattern.pattern, variables)
+            if tag is None:
+                continue
+            lifetime = "ttl" if pattern.ttl is not None else str(pattern.lifetime)
+            for repository in repositories:
+                seen = self.store.latest_observation(repository, tag, p.created_at - OBSERVATION_SLACK)
+                self.store.add_record(project_path=p.project_path, pipeline=p, repository=repository,
+                                      tag=tag, digest=seen, lifetime=lifetime, ttl_seconds=pattern.ttl,
+                                      state="confirmed" if seen else "expected",
+                                      source="registry" if seen else "pattern", now=now)
+
+    def on_merge_request(self, mr: MergeRequestEvent, now: float) -> None:
+        if self.settings.project_for(mr.project_path) is None:
+            return
+        self.store.set_merge_request(mr.project_path, mr.iid, mr.source_branch, mr.state,
+                                     mr.source_project_id, mr.target_project_id, now)
+        if mr.action == "reopen":
+            self.store.cancel_scheduled(mr.project_path,
+                                        kinds=["merge_request_merged", "merge_request_closed"],
+                                        mr_iid=mr.iid, now=now, note=f"merge request !{mr.iid} reopened")
+            return
+        kind = {"merge": "merge_request_merged", "close": "merge_request_closed"}.get(mr.action)
+        if kind is None:
+            return
+        # A fork's source branch lives in another project: only the MR's own pipelines are covered.
+        same_project = mr.source_project_id is None or mr.source_project_id == mr.target_project_id
+        self.raise_trigger(Trigger(kind, mr.project_path, f"{kind}:{mr.project_path}:{mr.iid}", now,  # type: ignore[arg-type]
+                                   ref=mr.source_branch if same_project else None, mr_iid=mr.iid), now)
+
+    def on_push(self, push: PushEvent, now: float) -> None:
+        if push.is_tag or self.settings.project_for(push.project_path) is None:
+            return
+        self.store.set_ref(push.project_path, push.ref, not push.deleted, now)
+        if push.deleted:
+            self.raise_trigger(Trigger("branch_deleted", push.project_path,
+                                       f"branch_deleted:{push.project_path}:{push.ref}", now, ref=push.ref),
+                               now)
+        else:
+            self.store.cancel_scheduled(push.project_path, kinds=["branch_deleted"], ref=push.ref, now=now,
+                                        note=f"branch {push.ref} was pushed again")
+
+    def on_registry_push(self, push: RegistryPush, now: float) -> None:
+        """Attribute a pushed tag to the newest pipeline expecting it; otherwise keep it as an
+        observation only (proof the tag was pushed), never as ownership."""
+        self.store.add_observation(push.repository, push.tag, push.digest, push.at)
+        for record in self.store.expected_for(push.repository, push.tag):
+            pipeline = self.store.get_pipeline(record.project_path, record.pipeline_id)
+            if pipeline is None:
+                continue
+            self.store.add_record(project_path=record.project_path, pipeline=pipeline,
+                                  repository=push.repository, tag=push.tag, digest=push.digest,
+                                  lifetime=record.lifetime, ttl_seconds=record.ttl_seconds,
+                                  state="confirmed", source="registry", now=now)
+            return
+
+    # triggers ---------------------------------------------------------------------------------------
+    def raise_trigger(self, trigger: Trigger, now: float) -> int | None:
+        """Plan what ``trigger`` ends; one plan per trigger key. Returns the plan id, if any."""
+        project = self.settings.project_for(trigger.project_path)
+        if project is None:
+            return None
+        candidates = [r for r in self.store.candidates(trigger) if selects(trigger, r)]
+        if not candidates:
+            return None
+        others = self.store.owners_of((r.repository, r.tag) for r in candidates)
+        pipelines = self.store.pipelines(trigger.project_path, {o.pipeline_id for o in others})
+        refs = self.store.ref_states(trigger.project_path, {o.ref for o in others})
+        default_branch = next((p.default_branch for p in pipelines.values() if p.default_branch), None)
+        policy = policy_for(project, trigger.project_path, default_branch)
+        decisions = decide(trigger, candidates, others, pipelines, refs, policy)
+        wait = 0.0 if trigger.kind == "ci_request" else project.grace_period
+        plan_id, created = self.store.create_plan(trigger, decisions, state="scheduled",
+                                                  due_at=now + wait, now=now)
+        if created:
+            log.info("plan %s: %s on %s, %d candidate(s), due in %ss", plan_id, trigger.kind,
+                     trigger.project_path, len(decisions), int(wait))
+        return plan_id
+
+    # resolution -------------------------------------------------------------------------------------
+    def resolve_pipeline(self, project_path: str, pipeline_id: int) -> None:
+        """A finished pipeline's expected tags not yet confirmed: HEAD each, record or drop."""
+        project = self.settings.project_for(project_path)
+        expected = [r for r in self.store.records_of_pipeline(project_path, pipeline_id)
+                    if r.state == "expected"]
+        if project is None or not expected:
+            return
+        reader = self.readers(project_path, project)
+        if reader is None:
+            return
+        for record in expected:
+            try:
+                digest = reader.head(record.repository, record.tag)
+            except Exception as exc:  # the plan re-resolves at run time; nothing is lost
+                log.warning("could not resolve %s:%s: %s", record.repository, record.tag, exc)
+                return
+            self.store.set_record_digest(record.id, digest, self.clock())

@@ -1,0 +1,80 @@
+"""Connections and transactions: one SQLite connection per thread, WAL, immediate write transactions.
+
+WAL lets the web process append to the inbox while the worker reads. ``synchronous=NORMAL`` in WAL mode
+keeps every committed transaction across a killed process (S9 is about SIGKILL, not power loss; set
+``JANITOR_SQLITE_SYNC=FULL`` to also survive power loss at some cost in webhook throughput).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import sqlite_utils
+
+
+def connect(path: str) -> sqlite_utils.Database:
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    sync = os.environ.get("JANITOR_SQLITE_SYNC", "NORMAL").upper()
+    conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'FULL' else 'NORMAL'}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return sqlite_utils.Database(conn)
+
+
+@contextlib.contextmanager
+def write_tx(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """A transaction that takes the write lock up front (BEGIN IMMEDIATE), so two writers queue on the
+    busy timeout instead of failing on a lock upgrade; nested use becomes a savepoint."""
+    conn = db.conn
+    if conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+class ConnectionPool:
+    """One connection per thread for one database file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._all: list[sqlite_utils.Database] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def get(self) -> sqlite_utils.Database:
+        if os.getpid() != self._pid:  # forked (gunicorn): never share a connection across processes
+            self._pid = os.getpid()
+            self._local = threading.local()
+            self._all = []
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = connect(self.path)
+            self._local.db = db
+            with self._lock:
+                self._all.append(db)
+        return db
+
+    def close(self) -> None:
+        with self._lock:
+            for db in self._all:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            self._all.clear()
+        self._local = threading.local()

@@ -1,0 +1,101 @@
+"""Versioned migrations of the SQLite schema. Append a function, never edit a released one.
+
+Each migration runs once, in a transaction with its version row, so a database of any earlier version
+is brought forward without loss (later releases add tables and columns to existing files).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+from daemon.store.db import write_tx
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["inbox"].create(
+        {"id": int, "delivery_key": str, "source": str, "kind": str, "project_path": str,
+         "headers": str, "body": bytes, "received_at": float, "processed_at": float, "error": str},
+        pk="id", not_null={"delivery_key", "source", "kind", "body", "received_at"},
+    )
+    db["inbox"].create_index(["delivery_key"], unique=True)
+    db.execute("CREATE INDEX idx_inbox_pending ON inbox(id) WHERE processed_at IS NULL")
+    db["inbox"].create_index(["project_path", "kind", "received_at"])
+
+    db["pipelines"].create(
+        {"project_path": str, "pipeline_id": int, "iid": int, "ref": str, "sha": str, "status": str,
+         "is_tag": int, "mr_iid": int, "default_branch": str, "created_at": float, "updated_at": float},
+        pk=("project_path", "pipeline_id"), not_null={"ref", "status"},
+    )
+    db["pipelines"].create_index(["project_path", "ref"])
+    db["pipelines"].create_index(["project_path", "mr_iid"])
+
+    db["push_records"].create(
+        {"id": int, "project_path": str, "pipeline_id": int, "repository": str, "tag": str,
+         "digest": str, "lifetime": str, "ttl_seconds": float, "state": str, "source": str, "ref": str,
+         "mr_iid": int, "recorded_at": float, "updated_at": float},
+        pk="id", not_null={"project_path", "pipeline_id", "repository", "tag", "lifetime", "state"},
+    )
+    db["push_records"].create_index(["project_path", "pipeline_id", "repository", "tag"], unique=True)
+    db["push_records"].create_index(["repository", "tag"])
+    db["push_records"].create_index(["project_path", "ref"])
+    db["push_records"].create_index(["project_path", "mr_iid"])
+    db.execute("CREATE INDEX idx_push_records_ttl ON push_records(project_path, recorded_at) "
+               "WHERE ttl_seconds IS NOT NULL")
+
+    db["observations"].create(
+        {"id": int, "repository": str, "tag": str, "digest": str, "seen_at": float}, pk="id")
+    db["observations"].create_index(["repository", "tag", "seen_at"])
+
+    db["merge_requests"].create(
+        {"project_path": str, "iid": int, "source_branch": str, "source_project_id": int,
+         "target_project_id": int, "state": str, "updated_at": float},
+        pk=("project_path", "iid"),
+    )
+    db["merge_requests"].create_index(["project_path", "source_branch"])
+    db["refs"].create({"project_path": str, "ref": str, "live": int, "updated_at": float},
+                      pk=("project_path", "ref"))
+
+    db["plans"].create(
+        {"id": int, "project_path": str, "trigger_kind": str, "trigger_key": str, "ref": str,
+         "mr_iid": int, "pipeline_id": int, "state": str, "created_at": float, "due_at": float,
+         "updated_at": float, "lease_until": float, "note": str, "approved_by": str},
+        pk="id", not_null={"project_path", "trigger_kind", "trigger_key", "state"},
+    )
+    db["plans"].create_index(["trigger_key"], unique=True)
+    db["plans"].create_index(["state", "due_at"])
+    db["plans"].create_index(["project_path", "state"])
+
+    db["untags"].create(
+        {"id": int, "plan_id": int, "project_path": str, "push_record_id": int, "pipeline_id": int,
+         "repository": str, "tag": str, "expected_digest": str, "outcome": str, "reason": str,
+         "method": str, "attempts": int, "created_at": float, "finished_at": float,
+         "manifest_digest": str, "manifest_media_type": str, "manifest_body": bytes,
+         "restored_at": float},
+        pk="id", not_null={"plan_id", "project_path", "repository", "tag", "outcome"},
+        foreign_keys=[("plan_id", "plans", "id")],
+    )
+    db["untags"].create_index(["plan_id", "outcome"])
+    db["untags"].create_index(["project_path", "finished_at"])
+    db["untags"].create_index(["outcome", "finished_at"])
+
+    db["kv"].create({"key": str, "value": str, "updated_at": float}, pk="key")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Bring ``db`` to the newest version; returns that version."""
+    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL)")
+    row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    current = row[0] or 0
+    for version, step in enumerate(MIGRATIONS, start=1):
+        if version <= current:
+            continue
+        with write_tx(db):
+            step(db)
+            db.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, strftime('%s','now'))",
+                       [version])
+    return len(MIGRATIONS)

@@ -1,0 +1,28 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
+
+from daemon.web.errors import json_error, now, settings, store
+
+bp = Blueprint("health", __name__)
+HEARTBEAT_KEY = "worker_heartbeat"
+
+
+@bp.get("/healthz")
+def healthz() -> ResponseReturnValue:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> ResponseReturnValue:
+    if not store().writable():
+        return json_error(503, "storage_unavailable", "the database is not writable; check the volume")
+    age = store().value_age(HEARTBEAT_KEY, now())
+    limit = max(30.0, 3 * settings().worker.poll_interval)
+    if age is None or age > limit:
+        return json_error(503, "worker_stale",
+                          "no fresh worker heartbeat; start `registry-janitor worker` (or `run`)")
+    return jsonify({"status": "ready", "worker_heartbeat_age": round(age, 1)})

@@ -1,0 +1,104 @@
+"""The worker process: APScheduler 3.x jobs over the store. Never started inside gunicorn workers.
+
+One ``tick`` every ``worker.poll_interval``: heartbeat, inbox -> ledger -> plans, TTL triggers, due plans.
+Each job has ``max_instances=1`` and ``coalesce=True``: a slow tick is never run twice at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+import requests
+
+from daemon.config import ProjectSettings, Settings
+from daemon.execute import Executor, ProjectRegistryLike, RegistryFactory
+from daemon.ingest import Ingest
+from daemon.model import Trigger
+from daemon.registry.client import RegistryClient
+from daemon.registry.ratelimit import RateLimiter
+from daemon.store import Store
+from daemon.web.health import HEARTBEAT_KEY
+
+log = logging.getLogger("registry_janitor.worker")
+
+
+def registry_factory(settings: Settings, session: requests.Session | None = None) -> RegistryFactory:
+    """One client (one keep-alive session, one rate limiter) per registry, scoped per project."""
+    reg = settings.registry
+    client = RegistryClient(reg.url, session or requests.Session(),
+                            limiter=RateLimiter(reg.requests_per_second, reg.burst))
+
+    def for_project(project_path: str, project: ProjectSettings) -> ProjectRegistryLike | None:
+        if project.registry_token is None:
+            return None
+        return client.for_project(project_path, project.registry_token.get_secret_value())
+
+    return for_project
+
+
+class Worker:
+    def __init__(self, settings: Settings, store: Store, registries: RegistryFactory,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.ingest = Ingest(settings, store, registries, clock)
+        self.executor = Executor(settings, store, registries, clock)
+        self._lock = threading.Lock()
+
+    def tick(self) -> dict[str, int]:
+        """One pass of everything due; safe to call from tests with an injected clock."""
+        with self._lock:
+            self.heartbeat()
+            events = self.ingest.drain()
+            ttl = self.raise_ttl_triggers()
+            plans = self.executor.run_due()
+            self.heartbeat()
+        return {"events": events, "ttl_plans": ttl, "plans": plans}
+
+    def heartbeat(self) -> None:
+        self.store.set_value(HEARTBEAT_KEY, str(self.clock()), self.clock())
+
+    def raise_ttl_triggers(self) -> int:
+        now = self.clock()
+        raised = 0
+        for project_path in self.store.ttl_projects(now):
+            key = f"ttl_expired:{project_path}:{int(now // 60)}"
+            if self.ingest.raise_trigger(Trigger("ttl_expired", project_path, key, now), now) is not None:
+                raised += 1
+        return raised
+
+    def run_forever(self) -> None:
+        """Block running the scheduler until SIGTERM or SIGINT."""
+        from apscheduler.schedulers.blocking import BlockingScheduler
+
+        scheduler = BlockingScheduler(job_defaults={"max_instances": 1, "coalesce": True,
+                                                    "misfire_grace_time": None})
+        scheduler.add_job(self._safe_tick, "interval", seconds=self.settings.worker.poll_interval,
+                          id="tick", next_run_time=None)
+        stop = threading.Event()
+
+        def _stop(signum: int, frame: FrameType | None) -> None:
+            log.info("worker stopping (signal %s)", signum)
+            stop.set()
+            scheduler.shutdown(wait=False)
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        self._safe_tick()
+        log.info("worker started: poll every %ss", self.settings.worker.poll_interval)
+        if not stop.is_set():
+            scheduler.start()
+
+    def _safe_tick(self) -> None:
+        try:
+            counts = self.tick()
+            if any(counts.values()):
+                log.info("tick: %s", counts)
+        except Exception:
+            log.exception("worker tick failed; retrying next interval")
