@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from daemon.errors import ConfigError
 from daemon.patterns import parse_duration, validate_pattern
@@ -196,7 +204,7 @@ class Settings(_Frozen):
 
 
 def _resolve(node: Any, path: str, environ: Mapping[str, str], errors: list[str], base: Path) -> Any:
-    """Expand ``${VAR}`` (or ``${VAR:-default}``) in strings and turn ``key_file: F`` into ``key: <contents of F>``."""
+    """Expand ``${VAR}`` (or ``${VAR:-default}``) in strings; turn ``key_file: F`` into ``key: <F's text>``."""
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for key, value in node.items():

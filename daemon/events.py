@@ -183,7 +183,7 @@ def _pipeline(payload: dict[str, Any], received_at: float) -> PipelineEvent:
 
 def _merge_request(payload: dict[str, Any]) -> MergeRequestEvent:
     attrs = _obj(payload, "object_attributes")
-    project = payload.get("project") if isinstance(payload.get("project"), dict) else {}
+    project: dict[str, Any] = payload["project"] if isinstance(payload.get("project"), dict) else {}
     path = project_path_of(payload)
     if not path:
         raise MalformedEvent("'project.path_with_namespace' is missing")
@@ -208,7 +208,7 @@ def _push(payload: dict[str, Any], kind: str) -> PushEvent:
     full_ref = _str(payload.get("ref"), "ref")
     is_tag = full_ref.startswith("refs/tags/") or kind == "tag_push"
     ref = full_ref.removeprefix("refs/heads/").removeprefix("refs/tags/")
-    project = payload.get("project") if isinstance(payload.get("project"), dict) else {}
+    project: dict[str, Any] = payload["project"] if isinstance(payload.get("project"), dict) else {}
     return PushEvent(
         project_path=path,
         ref=ref,

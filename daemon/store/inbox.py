@@ -6,8 +6,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from daemon.store.db import write_tx
 from daemon.store.base import StoreBase
+from daemon.store.db import write_tx
 
 
 @dataclass(frozen=True)

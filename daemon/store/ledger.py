@@ -10,7 +10,8 @@ from daemon.store.base import StoreBase
 
 _RECORD_COLS = ("id, project_path, pipeline_id, repository, tag, digest, lifetime, state, source, ref,"
                 " mr_iid, recorded_at, ttl_seconds")
-_PIPELINE_COLS = "project_path, pipeline_id, ref, sha, status, iid, is_tag, mr_iid, default_branch, created_at"
+_PIPELINE_COLS = ("project_path, pipeline_id, ref, sha, status, iid, is_tag, mr_iid, default_branch,"
+                  " created_at")
 
 
 def _record(row: Sequence[Any]) -> PushRecord:

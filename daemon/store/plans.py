@@ -190,7 +190,8 @@ class PlanStore(StoreBase):
     @staticmethod
     def _filters(*, state: str | None = None, project_path: str | None = None, outcome: str | None = None,
                  since: float | None = None, prefix: str = "") -> tuple[str, list[Any]]:
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         for column, value in ((f"{prefix}project_path", project_path), ("state", state),
                               ("outcome", outcome)):
             if value is not None:

@@ -14,60 +14,60 @@ from daemon.store.db import write_tx
 
 
 def _v1(db: sqlite_utils.Database) -> None:
-    db["inbox"].create(
+    db.table("inbox").create(
         {"id": int, "delivery_key": str, "source": str, "kind": str, "project_path": str,
          "headers": str, "body": bytes, "received_at": float, "processed_at": float, "error": str},
         pk="id", not_null={"delivery_key", "source", "kind", "body", "received_at"},
     )
-    db["inbox"].create_index(["delivery_key"], unique=True)
+    db.table("inbox").create_index(["delivery_key"], unique=True)
     db.execute("CREATE INDEX idx_inbox_pending ON inbox(id) WHERE processed_at IS NULL")
-    db["inbox"].create_index(["project_path", "kind", "received_at"])
+    db.table("inbox").create_index(["project_path", "kind", "received_at"])
 
-    db["pipelines"].create(
+    db.table("pipelines").create(
         {"project_path": str, "pipeline_id": int, "iid": int, "ref": str, "sha": str, "status": str,
          "is_tag": int, "mr_iid": int, "default_branch": str, "created_at": float, "updated_at": float},
         pk=("project_path", "pipeline_id"), not_null={"ref", "status"},
     )
-    db["pipelines"].create_index(["project_path", "ref"])
-    db["pipelines"].create_index(["project_path", "mr_iid"])
+    db.table("pipelines").create_index(["project_path", "ref"])
+    db.table("pipelines").create_index(["project_path", "mr_iid"])
 
-    db["push_records"].create(
+    db.table("push_records").create(
         {"id": int, "project_path": str, "pipeline_id": int, "repository": str, "tag": str,
          "digest": str, "lifetime": str, "ttl_seconds": float, "state": str, "source": str, "ref": str,
          "mr_iid": int, "recorded_at": float, "updated_at": float},
         pk="id", not_null={"project_path", "pipeline_id", "repository", "tag", "lifetime", "state"},
     )
-    db["push_records"].create_index(["project_path", "pipeline_id", "repository", "tag"], unique=True)
-    db["push_records"].create_index(["repository", "tag"])
-    db["push_records"].create_index(["project_path", "ref"])
-    db["push_records"].create_index(["project_path", "mr_iid"])
+    db.table("push_records").create_index(["project_path", "pipeline_id", "repository", "tag"], unique=True)
+    db.table("push_records").create_index(["repository", "tag"])
+    db.table("push_records").create_index(["project_path", "ref"])
+    db.table("push_records").create_index(["project_path", "mr_iid"])
     db.execute("CREATE INDEX idx_push_records_ttl ON push_records(project_path, recorded_at) "
                "WHERE ttl_seconds IS NOT NULL")
 
-    db["observations"].create(
+    db.table("observations").create(
         {"id": int, "repository": str, "tag": str, "digest": str, "seen_at": float}, pk="id")
-    db["observations"].create_index(["repository", "tag", "seen_at"])
+    db.table("observations").create_index(["repository", "tag", "seen_at"])
 
-    db["merge_requests"].create(
+    db.table("merge_requests").create(
         {"project_path": str, "iid": int, "source_branch": str, "source_project_id": int,
          "target_project_id": int, "state": str, "updated_at": float},
         pk=("project_path", "iid"),
     )
-    db["merge_requests"].create_index(["project_path", "source_branch"])
-    db["refs"].create({"project_path": str, "ref": str, "live": int, "updated_at": float},
+    db.table("merge_requests").create_index(["project_path", "source_branch"])
+    db.table("refs").create({"project_path": str, "ref": str, "live": int, "updated_at": float},
                       pk=("project_path", "ref"))
 
-    db["plans"].create(
+    db.table("plans").create(
         {"id": int, "project_path": str, "trigger_kind": str, "trigger_key": str, "ref": str,
          "mr_iid": int, "pipeline_id": int, "state": str, "created_at": float, "due_at": float,
          "updated_at": float, "lease_until": float, "note": str, "approved_by": str},
         pk="id", not_null={"project_path", "trigger_kind", "trigger_key", "state"},
     )
-    db["plans"].create_index(["trigger_key"], unique=True)
-    db["plans"].create_index(["state", "due_at"])
-    db["plans"].create_index(["project_path", "state"])
+    db.table("plans").create_index(["trigger_key"], unique=True)
+    db.table("plans").create_index(["state", "due_at"])
+    db.table("plans").create_index(["project_path", "state"])
 
-    db["untags"].create(
+    db.table("untags").create(
         {"id": int, "plan_id": int, "project_path": str, "push_record_id": int, "pipeline_id": int,
          "repository": str, "tag": str, "expected_digest": str, "outcome": str, "reason": str,
          "method": str, "attempts": int, "created_at": float, "finished_at": float,
@@ -76,11 +76,11 @@ def _v1(db: sqlite_utils.Database) -> None:
         pk="id", not_null={"plan_id", "project_path", "repository", "tag", "outcome"},
         foreign_keys=[("plan_id", "plans", "id")],
     )
-    db["untags"].create_index(["plan_id", "outcome"])
-    db["untags"].create_index(["project_path", "finished_at"])
-    db["untags"].create_index(["outcome", "finished_at"])
+    db.table("untags").create_index(["plan_id", "outcome"])
+    db.table("untags").create_index(["project_path", "finished_at"])
+    db.table("untags").create_index(["outcome", "finished_at"])
 
-    db["kv"].create({"key": str, "value": str, "updated_at": float}, pk="key")
+    db.table("kv").create({"key": str, "value": str, "updated_at": float}, pk="key")
 
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]

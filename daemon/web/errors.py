@@ -20,15 +20,15 @@ def json_error(status: int, code: str, message: str, **headers: str) -> Response
 
 
 def janitor() -> dict[str, Any]:
-    return current_app.extensions["janitor"]  # type: ignore[no-any-return]
+    return current_app.extensions["janitor"]
 
 
 def settings() -> Settings:
-    return janitor()["settings"]  # type: ignore[no-any-return]
+    return janitor()["settings"]
 
 
 def store() -> Store:
-    return janitor()["store"]  # type: ignore[no-any-return]
+    return janitor()["store"]
 
 
 def now() -> float:

@@ -19,7 +19,7 @@ def build_app(settings: Settings) -> Flask:
     return create_app(settings, open_store(settings.storage.url))
 
 
-class _Gunicorn(BaseApplication):  # type: ignore[misc]
+class _Gunicorn(BaseApplication):
     def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
         self.settings = settings
         self.options = options

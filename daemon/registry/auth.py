@@ -1,0 +1,168 @@
+"""Bearer token auth for the registry: reading the challenge, asking the token service, caching tokens.
+
+Owns: parsing ``WWW-Authenticate``, the GET to the realm with HTTP Basic (the project's
+``registry_token`` as password) and ``scope=repository:<repo>:pull,push,delete``, and a thread-safe
+cache per (project, repository) that keeps a token until ``expires_in - margin``. Must not: decide
+whether a repository is in scope (``client`` checks S6 before asking for any token), ever ask for
+``*`` or for more than one repository per token, or log a token or a password.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from daemon.registry.errors import PermanentRegistryError, RegistryAuthError
+from daemon.registry.transport import Transport, describe
+
+TOKEN_USERNAME = "registry-janitor"
+TOKEN_ACTIONS = "pull,push,delete"
+#: The token spec's default when the service does not say ``expires_in``.
+DEFAULT_TOKEN_LIFETIME = 60.0
+
+_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """A ``WWW-Authenticate`` header: scheme (lower case) and its parameters."""
+
+    scheme: str
+    params: dict[str, str]
+
+    @property
+    def realm(self) -> str | None:
+        return self.params.get("realm")
+
+    @property
+    def service(self) -> str | None:
+        return self.params.get("service")
+
+
+def parse_challenge(header: str | None) -> Challenge | None:
+    """``Bearer realm="https://gl/jwt/auth",service="container_registry"`` -> Challenge; None if absent."""
+    if not header or not header.strip():
+        return None
+    scheme, _, rest = header.strip().partition(" ")
+    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3)) for m in
+              _PARAM.finditer(rest)}
+    return Challenge(scheme.lower(), {k: v.replace('\\"', '"') for k, v in params.items()})
+
+
+def scope_for(repository: str) -> str:
+    return f"repository:{repository}:{TOKEN_ACTIONS}"
+
+
+def _jwt_claims(token: str) -> dict[str, Any] | None:
+    """The unverified claims of a JWT, only to read its lifetime; None for opaque tokens."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, TypeError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def token_lifetime(answer: dict[str, Any], token: str) -> float:
+    """Seconds the token is valid: ``expires_in``, else the JWT's ``exp - iat``, else the spec's 60."""
+    expires_in = answer.get("expires_in")
+    if isinstance(expires_in, int | float) and expires_in > 0:
+        return float(expires_in)
+    claims = _jwt_claims(token)
+    if claims is not None:
+        exp, iat = claims.get("exp"), claims.get("iat")
+        if isinstance(exp, int | float) and isinstance(iat, int | float) and exp > iat:
+            return float(exp - iat)
+    return DEFAULT_TOKEN_LIFETIME
+
+
+@dataclass
+class _Cached:
+    token: str
+    valid_until: float
+
+
+class TokenCache:
+    """Tokens per (project, repository); one fetch at a time per key, so threads never ask twice."""
+
+    def __init__(self, clock: Callable[[], float], margin: float) -> None:
+        self._clock = clock
+        self._margin = margin
+        self._lock = threading.Lock()
+        self._tokens: dict[tuple[str, str], _Cached] = {}
+        self._fetching: dict[tuple[str, str], threading.Lock] = {}
+
+    def get(self, key: tuple[str, str], fetch: Callable[[], tuple[str, float]]) -> tuple[str, bool]:
+        """(token, fresh): the cached token, or a new one from ``fetch`` (then ``fresh`` is True)."""
+        cached = self._valid(key)
+        if cached is not None:
+            return cached, False
+        with self._lock:
+            key_lock = self._fetching.setdefault(key, threading.Lock())
+        with key_lock:
+            cached = self._valid(key)
+            if cached is not None:
+                return cached, False
+            token, lifetime = fetch()
+            # Keep it until `margin` before expiry; a lifetime shorter than the margin keeps half of it.
+            keep = max(lifetime - self._margin, lifetime / 2)
+            with self._lock:
+                self._tokens[key] = _Cached(token, self._clock() + keep)
+            return token, True
+
+    def invalidate(self, key: tuple[str, str], token: str) -> None:
+        """Forget ``token`` for ``key`` (unless another thread already replaced it)."""
+        with self._lock:
+            cached = self._tokens.get(key)
+            if cached is not None and cached.token == token:
+                del self._tokens[key]
+
+    def _valid(self, key: tuple[str, str]) -> str | None:
+        with self._lock:
+            cached = self._tokens.get(key)
+            if cached is not None and self._clock() < cached.valid_until:
+                return cached.token
+            return None
+
+
+def fetch_token(
+    transport: Transport, challenge: Challenge, project_path: str, repository: str, registry_token: str
+) -> tuple[str, float]:
+    """Ask the challenge's realm for a token on one repository; returns (token, lifetime in seconds)."""
+    if not challenge.realm:
+        raise RegistryAuthError(f"the registry's Bearer challenge names no realm: {challenge.params}")
+    params = {"scope": scope_for(repository)}
+    if challenge.service:
+        params["service"] = challenge.service
+    resp = transport.send(
+        "GET", challenge.realm, params=params, auth=(TOKEN_USERNAME, registry_token), limited=False
+    )
+    if resp.status_code in (401, 403):
+        raise RegistryAuthError(
+            f"the token service {challenge.realm} refused project {project_path}'s credential "
+            f"({describe(resp)}); check the project's registry_token",
+            status=resp.status_code,
+        )
+    if resp.status_code != 200:
+        raise PermanentRegistryError(
+            f"token service {challenge.realm} answered {describe(resp)} for {repository}",
+            status=resp.status_code,
+        )
+    try:
+        answer = resp.json()
+    except ValueError as exc:
+        raise PermanentRegistryError(f"token service {challenge.realm} answered no JSON") from exc
+    token = answer.get("token") or answer.get("access_token") if isinstance(answer, dict) else None
+    if not isinstance(token, str) or not token:
+        raise RegistryAuthError(
+            f"token service {challenge.realm} gave project {project_path} no token for {repository}; "
+            "check the project's registry_token"
+        )
+    return token, token_lifetime(answer, token)

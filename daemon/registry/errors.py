@@ -1,0 +1,59 @@
+"""Every error the registry client raises, as one tree under the janitor's ``JanitorError``.
+
+    JanitorError                              (daemon.errors)
+    └── RegistryError                         anything the registry client raises on purpose
+        ├── TransientRegistryError            5xx, connection errors, 429 after retries: try again later
+        ├── PermanentRegistryError            4xx other than 404/429, bad manifests: retrying will not help
+        │   └── RegistryAuthError             token refused, or a 401 even after one token refresh
+        ├── OutOfScopeError                   repository outside the project path; raised before any request
+        ├── TagNotFoundError                  a tag deleter (gitlab-api method) found the tag already gone
+        └── RestoreError                      a tag cannot be put back (blobs gone, or the tag was reused)
+            └── RestoreConflictError          the tag now points at another image; nothing was overwritten
+
+``status`` is the HTTP status that caused the error (None when no answer came) and ``codes`` the
+registry's error codes (``MANIFEST_UNKNOWN``, ``DIGEST_INVALID`` ...). Messages say what failed and what
+to do. This module owns the tree only: no HTTP, no decisions about which error to raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from daemon.errors import JanitorError
+
+
+class RegistryError(JanitorError):
+    """Base of every error raised by ``daemon.registry``."""
+
+    def __init__(self, message: str, *, status: int | None = None, codes: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.codes: tuple[str, ...] = tuple(codes)
+
+
+class TransientRegistryError(RegistryError):
+    """The registry was unreachable, overloaded (5xx) or kept rate limiting (429): retry later."""
+
+
+class PermanentRegistryError(RegistryError):
+    """The registry refused the request for a reason retrying will not change."""
+
+
+class RegistryAuthError(PermanentRegistryError):
+    """The token service refused the project's credential, or the registry refused the token it gave."""
+
+
+class OutOfScopeError(RegistryError):
+    """A repository outside the project's path (S6). Raised before any request is sent."""
+
+
+class TagNotFoundError(RegistryError):
+    """Raised by a ``TagDeleter`` when the tag it was asked to delete is already gone (S8: not a failure)."""
+
+
+class RestoreError(RegistryError):
+    """A saved manifest cannot be put back; the message says why and what to do instead."""
+
+
+class RestoreConflictError(RestoreError):
+    """The tag was pushed again since it was untagged; restoring would overwrite that newer image."""

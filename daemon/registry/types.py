@@ -1,0 +1,72 @@
+"""Values crossing the registry client's boundary: manifests, untag requests and results, the tag deleter.
+
+Frozen dataclasses, media type names and one Protocol; no HTTP, no I/O, no decisions. The worker turns
+``UntagResult`` into audit rows; ``Manifest`` is what it stores so that ``restore`` can put a tag back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+#: Sent as ``Accept`` on every manifest read, so indexes come back as stored and nothing is converted.
+MANIFEST_MEDIA_TYPES = (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX)
+
+UntagMethod = Literal["auto", "oci", "placeholder", "gitlab-api"]
+UNTAG_METHODS: tuple[str, ...] = ("auto", "oci", "placeholder", "gitlab-api")
+UntagOutcome = Literal["done", "skipped", "failed", "dry_run"]
+
+
+def sha256_digest(body: bytes) -> str:
+    """The content digest a registry gives these bytes (``sha256:<hex>``)."""
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest exactly as the registry stored it: the bytes are what its digest is computed over."""
+
+    digest: str
+    media_type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class UntagRequest:
+    """Remove ``tag`` from ``repository``, but only while it still points at ``expected_digest`` (S3)."""
+
+    repository: str
+    tag: str
+    expected_digest: str
+
+
+@dataclass(frozen=True)
+class UntagResult:
+    """What happened to one ``UntagRequest``.
+
+    ``reason``: for ``skipped`` one of ``superseded``, ``missing``, ``out_of_scope``; for ``failed`` a
+    short error text. ``saved`` is the manifest read just before the write (None when nothing was
+    written). ``method`` is the method that actually wrote (``oci``, ``placeholder``, ``gitlab-api``).
+    """
+
+    request: UntagRequest
+    outcome: UntagOutcome
+    reason: str | None = None
+    saved: Manifest | None = None
+    method: str | None = None
+
+
+class TagDeleter(Protocol):
+    """Deletes one tag through GitLab's API (the ``gitlab-api`` method); implemented in ``daemon.gitlab``.
+
+    Return normally once the tag is gone. Raise ``TagNotFoundError`` when it was already absent,
+    ``TransientRegistryError`` for errors worth retrying, ``PermanentRegistryError`` for the rest.
+    """
+
+    def delete_tag(self, project_path: str, repository: str, tag: str) -> None: ...

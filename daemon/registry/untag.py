@@ -1,0 +1,268 @@
+"""The untag methods (``oci``, ``placeholder``, ``gitlab-api``, ``auto``), their guards, and restore.
+
+Owns the order of requests around each write: the S3 guard immediately before it, the saved manifest,
+and what a write's answer means (404 is ``skipped: missing``, S8). The guard is a GET of the tag: one
+request that both re-checks the digest and reads the manifest to save, so the gap between the check and
+the write is a single round trip. Must not: decide what to untag, write anything when ``dry_run`` is
+set, or delete a manifest by digest other than a placeholder the janitor pushed itself (S5).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from daemon.registry.errors import (
+    PermanentRegistryError,
+    RegistryError,
+    RestoreConflictError,
+    RestoreError,
+    TagNotFoundError,
+)
+from daemon.registry.placeholder import Placeholder, candidate_config, is_placeholder_config, new_placeholder
+from daemon.registry.types import UNTAG_METHODS, Manifest, UntagRequest, UntagResult, sha256_digest
+
+if TYPE_CHECKING:
+    from daemon.registry.client import ProjectRegistry
+
+log = logging.getLogger(__name__)
+
+#: A tag DELETE answered with these means "this registry cannot delete tags" (spec section 8).
+_NO_TAG_DELETE_STATUS = frozenset({400, 405})
+_NO_TAG_DELETE_CODES = frozenset({"UNSUPPORTED", "DIGEST_INVALID"})
+_BLOBS_GONE_CODES = frozenset({"MANIFEST_BLOB_UNKNOWN", "BLOB_UNKNOWN", "MANIFEST_UNKNOWN"})
+
+Batch = list[tuple[int, UntagRequest]]
+
+
+@dataclass(frozen=True)
+class _Leftover:
+    """The tag points at a placeholder an interrupted run parked it on: finishing means deleting that."""
+
+    digest: str
+
+
+def untag(
+    reg: ProjectRegistry, items: Sequence[UntagRequest], *, method: str, dry_run: bool
+) -> list[UntagResult]:
+    if method not in UNTAG_METHODS:
+        raise ValueError(f"unknown untag method {method!r}; expected one of {', '.join(UNTAG_METHODS)}")
+    if method == "gitlab-api" and reg.tag_deleter is None and not dry_run:
+        raise ValueError("the gitlab-api untag method needs a tag deleter (RegistryClient(tag_deleter=...))")
+    results: dict[int, UntagResult] = {}
+    batches: dict[str, Batch] = {}
+    for i, item in enumerate(items):
+        try:
+            reg.check_scope(item.repository)
+        except RegistryError:
+            results[i] = UntagResult(item, "skipped", "out_of_scope")
+            continue
+        batches.setdefault(item.repository, []).append((i, item))
+    for batch in batches.values():
+        results.update(_untag_repository(reg, batch, method, dry_run))
+    for result in results.values():
+        log.info(
+            "untag %s %s:%s expected %s -> %s%s%s", reg.project_path, result.request.repository,
+            result.request.tag, result.request.expected_digest, result.outcome,
+            f" ({result.reason})" if result.reason else "", f" via {result.method}" if result.method else "",
+        )
+    return [results[i] for i in range(len(items))]
+
+
+def _untag_repository(reg: ProjectRegistry, batch: Batch, method: str, dry_run: bool) -> Iterator[
+    tuple[int, UntagResult]
+]:
+    if dry_run:  # reads only: the guard tells what would happen, nothing is written
+        for i, item in batch:
+            guard = _guard(reg, item)
+            yield i, guard if isinstance(guard, UntagResult) else UntagResult(item, "dry_run")
+        return
+    if method == "auto" and reg.client.auto_method == "placeholder":
+        method = "placeholder"
+    if method == "placeholder":
+        yield from _placeholder(reg, batch)
+    elif method == "gitlab-api":
+        for i, item in batch:
+            yield i, _via_gitlab(reg, item)
+    else:
+        for n, (i, item) in enumerate(batch):
+            result = _oci(reg, item, fallback=method == "auto")
+            if result is None:  # the registry cannot delete a tag: remember, and park the rest instead
+                log.info("registry %s cannot delete tags; using the placeholder method", reg.client.base_url)
+                reg.client.remember_tag_delete_unsupported()
+                yield from _placeholder(reg, batch[n:])
+                return
+            yield i, result
+
+
+def _guard(reg: ProjectRegistry, item: UntagRequest) -> UntagResult | Manifest | _Leftover:
+    """S3, right before the write: the manifest to save if the tag still points at the expected digest."""
+    try:
+        current = reg.get_manifest(item.repository, item.tag)
+        if current is None:
+            return UntagResult(item, "skipped", "missing")
+        if current.digest == item.expected_digest:
+            return current
+        if _is_leftover(reg, item.repository, current):
+            return _Leftover(current.digest)
+    except RegistryError as exc:
+        return _failed(item, exc)
+    return UntagResult(item, "skipped", "superseded")
+
+
+def _is_leftover(reg: ProjectRegistry, repository: str, manifest: Manifest) -> bool:
+    config_digest = candidate_config(manifest)
+    if config_digest is None:
+        return False
+    config = reg._get_blob(repository, config_digest)
+    return config is not None and is_placeholder_config(config)
+
+
+def _finish_leftover(reg: ProjectRegistry, item: UntagRequest, leftover: _Leftover) -> UntagResult:
+    try:
+        saved = reg.get_manifest(item.repository, item.expected_digest)
+        reg._delete_manifest(item.repository, leftover.digest)
+    except RegistryError as exc:
+        if exc.status == 404:
+            return UntagResult(item, "skipped", "missing")
+        return _failed(item, exc)
+    return UntagResult(item, "done", None, saved, "placeholder")
+
+
+def _oci(reg: ProjectRegistry, item: UntagRequest, *, fallback: bool) -> UntagResult | None:
+    """``DELETE /v2/<repo>/manifests/<tag>``; None when ``fallback`` and the registry cannot do that."""
+    guard = _guard(reg, item)
+    if isinstance(guard, UntagResult):
+        return guard
+    if isinstance(guard, _Leftover):
+        return _finish_leftover(reg, item, guard)
+    try:
+        reg._delete_manifest(item.repository, item.tag)
+    except RegistryError as exc:
+        if exc.status == 404:
+            return UntagResult(item, "skipped", "missing")
+        unsupported = exc.status in _NO_TAG_DELETE_STATUS or bool(_NO_TAG_DELETE_CODES & set(exc.codes))
+        if fallback and unsupported and isinstance(exc, PermanentRegistryError):
+            return None
+        return _failed(item, exc)
+    return UntagResult(item, "done", None, guard, "oci")
+
+
+def _via_gitlab(reg: ProjectRegistry, item: UntagRequest) -> UntagResult:
+    guard = _guard(reg, item)
+    if isinstance(guard, UntagResult):
+        return guard
+    if isinstance(guard, _Leftover):
+        return _finish_leftover(reg, item, guard)
+    assert reg.tag_deleter is not None
+    try:
+        reg.tag_deleter.delete_tag(reg.project_path, item.repository, item.tag)
+    except TagNotFoundError:
+        return UntagResult(item, "skipped", "missing")
+    except Exception as exc:  # foreign code: one failing tag must not lose the results of the others
+        return _failed(item, exc)
+    return UntagResult(item, "done", None, guard, "gitlab-api")
+
+
+def _placeholder(reg: ProjectRegistry, batch: Batch) -> Iterator[tuple[int, UntagResult]]:
+    size = reg.client.placeholder_batch
+    for start in range(0, len(batch), size):
+        yield from _placeholder_chunk(reg, batch[start:start + size])
+
+
+def _placeholder_chunk(reg: ProjectRegistry, chunk: Batch) -> Iterator[tuple[int, UntagResult]]:
+    """Park each guarded tag on one fresh placeholder, then delete that one digest."""
+    repository = chunk[0][1].repository
+    placeholder = new_placeholder()
+    try:  # before any guard, so each guard is followed directly by its PUT
+        reg._upload_blob(repository, placeholder.config, placeholder.config_digest)
+        if not reg.client.placeholder_delete_works:
+            _probe_delete(reg, repository, placeholder)
+    except RegistryError as exc:
+        for i, item in chunk:
+            yield i, _failed(item, exc)
+        return
+    parked: list[tuple[int, UntagRequest, Manifest]] = []
+    for i, item in chunk:
+        guard = _guard(reg, item)
+        if isinstance(guard, UntagResult):
+            yield i, guard
+            continue
+        if isinstance(guard, _Leftover):
+            yield i, _finish_leftover(reg, item, guard)
+            continue
+        try:
+            reg.put_manifest(repository, item.tag, placeholder.manifest)
+        except RegistryError as exc:
+            yield i, UntagResult(item, "skipped", "missing") if exc.status == 404 else _failed(item, exc)
+            continue
+        parked.append((i, item, guard))
+    if not parked:
+        return
+    digest = placeholder.manifest.digest
+    try:
+        reg._delete_manifest(repository, digest)
+    except RegistryError as exc:
+        if exc.status != 404:  # 404: someone deleted it already, so the tags are gone all the same
+            reason = f"tag left on placeholder {digest} ({exc}); retrying the untag finishes it"
+            for i, item, saved in parked:
+                yield i, UntagResult(item, "failed", reason, saved, "placeholder")
+            return
+    for i, item, saved in parked:
+        yield i, UntagResult(item, "done", None, saved, "placeholder")
+
+
+def _probe_delete(reg: ProjectRegistry, repository: str, placeholder: Placeholder) -> None:
+    """Once per registry: check it deletes manifests at all before parking any tag on a placeholder."""
+    manifest = placeholder.manifest
+    reg.put_manifest(repository, manifest.digest, manifest)
+    try:
+        reg._delete_manifest(repository, manifest.digest)
+    except PermanentRegistryError as exc:
+        if exc.status == 405:
+            raise PermanentRegistryError(
+                f"registry {reg.client.base_url} does not delete manifests (HTTP 405); enable "
+                "storage.delete.enabled in its configuration, or use untag_method gitlab-api",
+                status=exc.status, codes=exc.codes,
+            ) from exc
+        raise
+    reg.client.remember_placeholder_delete_works()
+
+
+def restore(reg: ProjectRegistry, repository: str, tag: str, manifest: Manifest) -> None:
+    """Put ``tag`` back at ``manifest``, unless the tag was pushed again since (``RestoreConflictError``)."""
+    reg.check_scope(repository)
+    if sha256_digest(manifest.body) != manifest.digest:
+        raise RestoreError(
+            f"the saved manifest of {repository}:{tag} does not hash to {manifest.digest}; it cannot be "
+            "restored from this record. Push the image again from its pipeline"
+        )
+    current = reg.head(repository, tag)
+    if current == manifest.digest:
+        return
+    if current is not None:
+        found = reg.get_manifest(repository, tag)
+        if found is not None and not _is_leftover(reg, repository, found):
+            raise RestoreConflictError(
+                f"{repository}:{tag} now points at {found.digest}, pushed after the untag; not overwriting "
+                f"it. To get {manifest.digest} back, restore it under another tag"
+            )
+    try:
+        stored = reg.put_manifest(repository, tag, manifest)
+    except PermanentRegistryError as exc:
+        if _BLOBS_GONE_CODES & set(exc.codes) or exc.status == 404:
+            raise RestoreError(
+                f"cannot restore {repository}:{tag}: the registry no longer holds what {manifest.digest} "
+                f"refers to ({exc}); garbage collection has probably removed it. Rebuild the image "
+                "(rerun the pipeline that pushed it) and push it again",
+                status=exc.status, codes=exc.codes,
+            ) from exc
+        raise
+    if stored != manifest.digest:
+        raise RestoreError(f"restoring {repository}:{tag} stored {stored}, not {manifest.digest}")
+
+
+def _failed(item: UntagRequest, exc: Exception) -> UntagResult:
+    return UntagResult(item, "failed", str(exc) or exc.__class__.__name__)
