@@ -31,8 +31,6 @@ class ProjectRegistryLike(Protocol):
     def untag(self, requests_: Sequence[UntagRequest], *, method: str = "auto",
               dry_run: bool = False) -> list[UntagResult]: ...
 
-    def tag_count(self, repository: str) -> int | None: ...
-
 
 RegistryFactory = Callable[[str, ProjectSettings], ProjectRegistryLike | None]
 
@@ -91,10 +89,11 @@ class Executor:
         decisions = [Decision(PlannedUntag(0, 0, u.repository, u.tag, u.expected_digest), "pending")
                      for u in pending]
         counts: dict[str, int] = {}
-        if registry is not None:
+        tag_count = getattr(registry, "tag_count", None)
+        if tag_count is not None:
             for repo in sorted({u.repository for u in pending}):
                 try:
-                    count = registry.tag_count(repo)
+                    count = tag_count(repo)
                 except Exception as exc:  # unknown counts are not judged by fraction
                     log.warning("tag count of %s unavailable: %s", repo, exc)
                     count = None
