@@ -1,9 +1,9 @@
 """The registry client: challenge auth, token cache, rate limit, retries and the untag methods (S3, S5, S6).
 
-Import from here. Submodules: ``client`` (RegistryClient, ProjectRegistry), ``untag`` (methods, guards,
-restore), ``auth`` (tokens), ``transport`` (limiter, retries), ``names`` (well-formed names, S6 scope),
-``placeholder`` (the empty image tags are parked on), ``ratelimit``, ``types`` and ``errors``. Nothing in
-this package reads config or storage: the worker wires it.
+Import from here. Submodules: ``client`` (RegistryClient), ``project`` (ProjectRegistry), ``untag``
+(methods, guards, restore), ``auth`` (tokens), ``transport`` (limiter, retries), ``names`` (well-formed
+names, S6 scope), ``placeholder`` (the empty image tags are parked on), ``ratelimit``, ``types`` and
+``errors``. Nothing in this package reads config or storage: the worker wires it.
 """
 
 from daemon.registry.client import ProjectRegistry, RegistryClient, new_session

@@ -49,8 +49,10 @@ def parse_challenge(header: str | None) -> Challenge | None:
     if not header or not header.strip():
         return None
     scheme, _, rest = header.strip().partition(" ")
-    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3)) for m in
-              _PARAM.finditer(rest)}
+    params = {
+        m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3))
+        for m in _PARAM.finditer(rest)
+    }
     return Challenge(scheme.lower(), {k: v.replace('\\"', '"') for k, v in params.items()})
 
 

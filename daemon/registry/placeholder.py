@@ -35,19 +35,23 @@ def _compact(value: object) -> bytes:
 
 def new_placeholder(nonce: str | None = None) -> Placeholder:
     """A fresh placeholder: a tiny image config carrying a random nonce, and a manifest with no layers."""
-    config = _compact({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Labels": {PLACEHOLDER_LABEL: nonce or secrets.token_hex(16)}},
-        "rootfs": {"type": "layers", "diff_ids": []},
-    })
+    config = _compact(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Labels": {PLACEHOLDER_LABEL: nonce or secrets.token_hex(16)}},
+            "rootfs": {"type": "layers", "diff_ids": []},
+        }
+    )
     config_digest = sha256_digest(config)
-    body = _compact({
-        "schemaVersion": 2,
-        "mediaType": DOCKER_MANIFEST,
-        "config": {"mediaType": DOCKER_CONFIG, "size": len(config), "digest": config_digest},
-        "layers": [],
-    })
+    body = _compact(
+        {
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": DOCKER_CONFIG, "size": len(config), "digest": config_digest},
+            "layers": [],
+        }
+    )
     return Placeholder(config, config_digest, Manifest(sha256_digest(body), DOCKER_MANIFEST, body))
 
 

@@ -77,8 +77,10 @@ def raise_for_status(resp: requests.Response, what: str) -> None:
     """Raise the error-tree exception for a non-2xx answer; ``what`` names the operation for the message."""
     if resp.status_code < 300:
         return
-    cls = TransientRegistryError if resp.status_code >= 500 or resp.status_code == 429 else (
-        PermanentRegistryError
+    cls = (
+        TransientRegistryError
+        if resp.status_code >= 500 or resp.status_code == 429
+        else (PermanentRegistryError)
     )
     raise cls(f"{what}: registry answered {describe(resp)}", status=resp.status_code, codes=error_codes(resp))
 
@@ -131,10 +133,19 @@ class Transport:
             started = self._clock()
             try:
                 resp = self.session.request(
-                    method, url, headers=dict(headers or {}), data=data, params=params, auth=auth,
+                    method,
+                    url,
+                    headers=dict(headers or {}),
+                    data=data,
+                    params=params,
+                    auth=auth,
                     timeout=self.timeout,
                 )
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            except (
+                requests.ConnectionError,
+                requests.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+            ) as exc:
                 self._observe(method, 0, started)
                 if last:
                     raise TransientRegistryError(
@@ -150,12 +161,16 @@ class Transport:
                 if delay is not None and delay > policy.max_retry_after:
                     raise TransientRegistryError(
                         f"{method} {url}: rate limited by the registry, Retry-After {delay:.0f}s; "
-                        "lower registry.requests_per_second", status=429, codes=error_codes(resp),
+                        "lower registry.requests_per_second",
+                        status=429,
+                        codes=error_codes(resp),
                     )
                 if last:
                     raise TransientRegistryError(
                         f"{method} {url}: still rate limited (429) after {attempt + 1} attempts; "
-                        "lower registry.requests_per_second", status=429, codes=error_codes(resp),
+                        "lower registry.requests_per_second",
+                        status=429,
+                        codes=error_codes(resp),
                     )
                 self._pause(policy.backoff(attempt) if delay is None else delay, f"{method} {url}: 429")
                 continue
@@ -163,7 +178,8 @@ class Transport:
                 if last:
                     raise TransientRegistryError(
                         f"{method} {url}: registry answered {describe(resp)} after {attempt + 1} attempts",
-                        status=resp.status_code, codes=error_codes(resp),
+                        status=resp.status_code,
+                        codes=error_codes(resp),
                     )
                 self._pause(policy.backoff(attempt), f"{method} {url}: HTTP {resp.status_code}")
                 continue

@@ -64,16 +64,21 @@ def untag(
         results.update(_untag_repository(reg, batch, method, dry_run))
     for result in results.values():
         log.info(
-            "untag %s %s:%s expected %s -> %s%s%s", reg.project_path, result.request.repository,
-            result.request.tag, result.request.expected_digest, result.outcome,
-            f" ({result.reason})" if result.reason else "", f" via {result.method}" if result.method else "",
+            "untag %s %s:%s expected %s -> %s%s%s",
+            reg.project_path,
+            result.request.repository,
+            result.request.tag,
+            result.request.expected_digest,
+            result.outcome,
+            f" ({result.reason})" if result.reason else "",
+            f" via {result.method}" if result.method else "",
         )
     return [results[i] for i in range(len(items))]
 
 
-def _untag_repository(reg: ProjectRegistry, batch: Batch, method: str, dry_run: bool) -> Iterator[
-    tuple[int, UntagResult]
-]:
+def _untag_repository(
+    reg: ProjectRegistry, batch: Batch, method: str, dry_run: bool
+) -> Iterator[tuple[int, UntagResult]]:
     if dry_run:  # reads only: the guard tells what would happen, nothing is written
         for i, item in batch:
             guard = _guard(reg, item)
@@ -169,7 +174,7 @@ def _via_gitlab(reg: ProjectRegistry, item: UntagRequest) -> UntagResult:
 def _placeholder(reg: ProjectRegistry, batch: Batch) -> Iterator[tuple[int, UntagResult]]:
     size = reg.client.placeholder_batch
     for start in range(0, len(batch), size):
-        yield from _placeholder_chunk(reg, batch[start:start + size])
+        yield from _placeholder_chunk(reg, batch[start : start + size])
 
 
 def _placeholder_chunk(reg: ProjectRegistry, chunk: Batch) -> Iterator[tuple[int, UntagResult]]:
@@ -225,7 +230,8 @@ def _probe_delete(reg: ProjectRegistry, repository: str, placeholder: Placeholde
             raise PermanentRegistryError(
                 f"registry {reg.client.base_url} does not delete manifests (HTTP 405); enable "
                 "storage.delete.enabled in its configuration, or use untag_method gitlab-api",
-                status=exc.status, codes=exc.codes,
+                status=exc.status,
+                codes=exc.codes,
             ) from exc
         raise
     reg.client.remember_placeholder_delete_works()
@@ -257,7 +263,8 @@ def restore(reg: ProjectRegistry, repository: str, tag: str, manifest: Manifest)
                 f"cannot restore {repository}:{tag}: the registry no longer holds what {manifest.digest} "
                 f"refers to ({exc}); garbage collection has probably removed it. Rebuild the image "
                 "(rerun the pipeline that pushed it) and push it again",
-                status=exc.status, codes=exc.codes,
+                status=exc.status,
+                codes=exc.codes,
             ) from exc
         raise
     if stored != manifest.digest:

@@ -1,0 +1,220 @@
+"""Challenge-driven token auth: scoped token requests, caching until expiry, one refresh, clear refusals.
+
+Error sequences (expiry, a 401 on a cached token) come from ``responses``; the real token flow against
+distribution and the GitLab stand-in is in test_registry_integration.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+import responses
+
+from daemon.registry import OutOfScopeError, RegistryAuthError, RegistryClient
+from daemon.registry.auth import parse_challenge, token_lifetime
+
+BASE = "https://registry.test"
+REALM = "https://gitlab.test/jwt/auth"
+DIGEST = "sha256:" + "b" * 64
+CHALLENGE = {"WWW-Authenticate": f'Bearer realm="{REALM}",service="container_registry"'}
+
+
+def url(repo: str = "group/app", ref: str = "mr-1") -> str:
+    return f"{BASE}/v2/{repo}/manifests/{ref}"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def client(clock: Clock | None = None, **kw: object) -> RegistryClient:
+    return RegistryClient(BASE, requests.Session(), clock=clock or Clock(), sleep=lambda s: None, **kw)  # type: ignore[arg-type]
+
+
+def registry_accepting(*tokens: str) -> None:
+    """HEAD answers 200 for a listed bearer token, 401 with the challenge otherwise."""
+
+    def answer(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        auth = request.headers.get("Authorization", "")
+        if auth.removeprefix("Bearer ") in tokens:
+            return 200, {"Docker-Content-Digest": DIGEST}, ""
+        return 401, CHALLENGE, ""
+
+    responses.add_callback("HEAD", url(), callback=answer)
+
+
+def token_calls() -> list[responses.Call]:
+    return [c for c in responses.calls if c.request.url and c.request.url.startswith(REALM)]
+
+
+@responses.activate
+def test_first_request_learns_the_challenge_and_asks_for_a_scoped_token() -> None:
+    registry_accepting("t1")
+    responses.add("GET", REALM, json={"token": "t1", "expires_in": 300})
+    reg = client().for_project("group/app", "project-secret")
+    assert reg.head("group/app", "mr-1") == DIGEST
+    (call,) = token_calls()
+    query = parse_qs(urlsplit(call.request.url).query)
+    assert query == {"scope": ["repository:group/app:pull,push,delete"], "service": ["container_registry"]}
+    basic = base64.b64decode(call.request.headers["Authorization"].removeprefix("Basic ")).decode()
+    assert basic.endswith(":project-secret")
+
+
+@responses.activate
+def test_later_requests_send_the_cached_token_upfront() -> None:
+    registry_accepting("t1")
+    responses.add("GET", REALM, json={"token": "t1", "expires_in": 300})
+    reg = client().for_project("group/app", "project-secret")
+    for _ in range(5):
+        reg.head("group/app", "mr-1")
+    assert len(token_calls()) == 1
+    assert len(responses.calls) == 1 + 1 + 5  # one 401, the token, then five 200s with the token upfront
+    assert sum(1 for c in responses.calls if c.response.status_code == 401) == 1
+
+
+@responses.activate
+def test_other_projects_reuse_the_challenge_but_get_their_own_tokens() -> None:
+    registry_accepting("t-app", "t-lib")
+    responses.add_callback(
+        "HEAD",
+        url("group/lib"),
+        callback=lambda r: (
+            (200, {"Docker-Content-Digest": DIGEST}, "")
+            if r.headers.get("Authorization") == "Bearer t-lib"
+            else (401, CHALLENGE, "")
+        ),
+    )
+    responses.add("GET", REALM, json={"token": "t-app", "expires_in": 300})
+    responses.add("GET", REALM, json={"token": "t-lib", "expires_in": 300})
+    shared = client()
+    shared.for_project("group/app", "s1").head("group/app", "mr-1")
+    shared.for_project("group/lib", "s2").head("group/lib", "mr-1")
+    assert [c.response.status_code for c in responses.calls] == [401, 200, 200, 200, 200]
+    scopes = [parse_qs(urlsplit(c.request.url).query)["scope"] for c in token_calls()]
+    assert scopes == [["repository:group/app:pull,push,delete"], ["repository:group/lib:pull,push,delete"]]
+
+
+@responses.activate
+def test_token_is_refetched_once_expires_in_minus_margin_has_passed() -> None:
+    clock = Clock()
+    registry_accepting("t1", "t2")
+    responses.add("GET", REALM, json={"token": "t1", "expires_in": 100})
+    responses.add("GET", REALM, json={"token": "t2", "expires_in": 100})
+    reg = client(clock, token_margin=30).for_project("group/app", "s")
+    reg.head("group/app", "mr-1")
+    clock.now = 69.0
+    reg.head("group/app", "mr-1")
+    assert len(token_calls()) == 1
+    clock.now = 70.0
+    reg.head("group/app", "mr-1")
+    assert len(token_calls()) == 2
+    assert responses.calls[-1].request.headers["Authorization"] == "Bearer t2"
+
+
+@responses.activate
+def test_401_on_a_cached_token_refreshes_once() -> None:
+    registry_accepting("t2")  # the registry stopped accepting t1 (revoked, clock skew ...)
+    responses.add("GET", REALM, json={"token": "t2", "expires_in": 300})
+    reg = client().for_project("group/app", "s")
+    reg.client.learn_challenge(_response_with(CHALLENGE))
+    reg.client.tokens.get(("group/app", "group/app"), lambda: ("t1", 300.0))
+    responses.calls.reset()
+    assert reg.head("group/app", "mr-1") == DIGEST
+    assert len(token_calls()) == 1
+    assert responses.calls[-1].request.headers["Authorization"] == "Bearer t2"
+
+
+@responses.activate
+def test_401_after_the_refresh_is_an_auth_error_naming_project_and_repository() -> None:
+    responses.add(
+        "HEAD",
+        url(),
+        status=401,
+        headers={"WWW-Authenticate": CHALLENGE["WWW-Authenticate"] + ',error="insufficient_scope"'},
+    )
+    responses.add("GET", REALM, json={"token": "empty-access", "expires_in": 300})
+    reg = client().for_project("group/app", "s")
+    with pytest.raises(RegistryAuthError) as info:
+        reg.head("group/app", "mr-1")
+    message = str(info.value)
+    assert "group/app" in message and "insufficient_scope" in message
+    assert "check the project's registry_token" in message
+    assert len(token_calls()) == 1  # a fresh token that is refused is not asked for again
+
+
+@responses.activate
+def test_token_service_refusing_the_credential_is_an_auth_error() -> None:
+    responses.add("HEAD", url(), status=401, headers=CHALLENGE)
+    responses.add("GET", REALM, status=401, json={"message": "HTTP Basic: Access denied"})
+    with pytest.raises(RegistryAuthError, match="check the project's registry_token"):
+        client().for_project("group/app", "wrong").head("group/app", "mr-1")
+
+
+@responses.activate
+def test_basic_challenge_is_refused_clearly() -> None:
+    responses.add("HEAD", url(), status=401, headers={"WWW-Authenticate": 'Basic realm="registry"'})
+    with pytest.raises(RegistryAuthError, match="Bearer"):
+        client().for_project("group/app", "s").head("group/app", "mr-1")
+
+
+@responses.activate
+@pytest.mark.parametrize(
+    "repo", ["other/app", "group/application", "group/app/../../other/x", "Group/App", "group/app/", ""]
+)
+def test_out_of_scope_raises_before_any_request(repo: str) -> None:
+    reg = client().for_project("group/app", "s")
+    with pytest.raises(OutOfScopeError):
+        reg.head(repo, "mr-1")
+    assert len(responses.calls) == 0
+
+
+@responses.activate
+def test_sub_repositories_are_in_scope() -> None:
+    registry_accepting()
+    responses.add("HEAD", url("group/app/builder"), status=404)
+    assert client().for_project("Group/App", "s").head("group/app/builder", "mr-1") is None
+
+
+def test_challenge_parsing() -> None:
+    found = parse_challenge(
+        'Bearer realm="https://gl/jwt/auth",service="container_registry",scope="repository:a/b:pull",'
+        'error="insufficient_scope"'
+    )
+    assert found is not None
+    assert found.scheme == "bearer"
+    assert found.realm == "https://gl/jwt/auth" and found.service == "container_registry"
+    assert found.params["scope"] == "repository:a/b:pull"
+    assert parse_challenge(None) is None
+
+
+def _jwt(claims: dict[str, int]) -> str:
+    part = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"e30.{part}.sig"
+
+
+@pytest.mark.parametrize(
+    ("answer", "token", "lifetime"),
+    [
+        ({"expires_in": 300}, "opaque", 300.0),
+        ({}, "opaque", 60.0),
+        ({}, _jwt({"iat": 1000, "exp": 1900}), 900.0),
+        ({"expires_in": 120}, _jwt({"iat": 0, "exp": 900}), 120.0),
+    ],
+)
+def test_token_lifetime(answer: dict[str, int], token: str, lifetime: float) -> None:
+    assert token_lifetime(answer, token) == lifetime
+
+
+def _response_with(headers: dict[str, str]) -> requests.Response:
+    resp = requests.Response()
+    resp.status_code = 401
+    resp.headers.update(headers)
+    return resp
