@@ -23,6 +23,7 @@ CONFIG_HELP = "config file (default: $JANITOR_CONFIG, else config/janitor.yaml)"
 def _setup_logging() -> None:
     logging.basicConfig(level=os.environ.get("JANITOR_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def settings_or_exit(path: str | None) -> Settings:
