@@ -1,0 +1,260 @@
+{{/*
+Names and labels.
+*/}}
+{{- define "registry-janitor.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "registry-janitor.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "registry-janitor.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "registry-janitor.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "registry-janitor.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "registry-janitor.labels" -}}
+helm.sh/chart: {{ include "registry-janitor.chart" . }}
+{{ include "registry-janitor.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: registry-janitor
+{{- end }}
+
+{{- define "registry-janitor.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "registry-janitor.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "registry-janitor.secretName" -}}
+{{- default (include "registry-janitor.fullname" .) .Values.existingSecret }}
+{{- end }}
+
+{{- define "registry-janitor.claimName" -}}
+{{- default (printf "%s-data" (include "registry-janitor.fullname" .)) .Values.persistence.existingClaim }}
+{{- end }}
+
+{{- define "registry-janitor.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/*
+Where the config file lives in the container; JANITOR_CONFIG points here too.
+*/}}
+{{- define "registry-janitor.configDir" -}}/etc/registry-janitor{{- end }}
+{{- define "registry-janitor.configPath" -}}{{ include "registry-janitor.configDir" . }}/janitor.yaml{{- end }}
+
+{{/*
+The container port, taken from config.server.bind ("0.0.0.0:8080", "[::]:8080"). A loopback bind
+would leave the pod unreachable, so it is refused.
+*/}}
+{{- define "registry-janitor.port" -}}
+{{- $bind := toString (dig "server" "bind" "0.0.0.0:8080" .Values.config) }}
+{{- if or (hasPrefix "127." $bind) (hasPrefix "localhost" $bind) (hasPrefix "[::1]" $bind) }}
+{{- fail (printf "config.server.bind is %q: in a pod the server must listen on all interfaces, e.g. 0.0.0.0:8080" $bind) }}
+{{- end }}
+{{- $port := splitList ":" $bind | last }}
+{{- if not (regexMatch `^[0-9]+$` $port) }}
+{{- fail (printf "config.server.bind is %q: write it as HOST:PORT, e.g. 0.0.0.0:8080" $bind) }}
+{{- end }}
+{{- $port }}
+{{- end }}
+
+{{/*
+The variables the config's secret keys reference, as a JSON list. Fails on a secret written inline:
+the ConfigMap must never carry one. A key ending in _file (a path to a mounted secret) is not a
+secret itself and is left alone.
+*/}}
+{{- define "registry-janitor.secretRefs" -}}
+{{- $config := .Values.config | default dict }}
+{{- $found := list }}
+{{- $checks := list }}
+{{- $checks = append $checks (list "gitlab.api_token" (dig "gitlab" "api_token" "" $config)) }}
+{{- $checks = append $checks (list "server.admin_token" (dig "server" "admin_token" "" $config)) }}
+{{- $checks = append $checks (list "server.registry_notification_token" (dig "server" "registry_notification_token" "" $config)) }}
+{{- range $i, $project := ($config.projects | default list) }}
+{{- $checks = append $checks (list (printf "projects[%d].webhook_secret" $i) (get $project "webhook_secret")) }}
+{{- $checks = append $checks (list (printf "projects[%d].registry_token" $i) (get $project "registry_token")) }}
+{{- end }}
+{{- range $checks }}
+{{- $where := index . 0 }}
+{{- $value := index . 1 }}
+{{- if $value }}
+{{- $text := toString $value }}
+{{- if not (regexMatch `^\$\{[A-Za-z_][A-Za-z0-9_]*\}$` $text) }}
+{{- fail (printf "config.%s holds an inline secret: write it as a ${VAR} reference (for example ${%s}) and give the value in .Values.secrets or in the Secret named by .Values.existingSecret" $where (include "registry-janitor.suggestVar" $where)) }}
+{{- end }}
+{{- $found = append $found (trimSuffix "}" (trimPrefix "${" $text)) }}
+{{- end }}
+{{- end }}
+{{- $found | uniq | toJson }}
+{{- end }}
+
+{{- define "registry-janitor.suggestVar" -}}
+{{- regexReplaceAll `[^A-Z0-9]+` (upper .) "_" | trimSuffix "_" }}
+{{- end }}
+
+{{/*
+The variable an ${VAR} reference names ("" when the value is empty).
+*/}}
+{{- define "registry-janitor.varName" -}}
+{{- trimSuffix "}" (trimPrefix "${" (toString (default "" .))) }}
+{{- end }}
+
+{{/*
+Variables the chart generates when neither `secrets` nor an existing Secret gives them: the two
+tokens the janitor itself checks (they are shared with GitLab's and the registry's side afterwards).
+*/}}
+{{- define "registry-janitor.generatedVars" -}}
+{{- $vars := list }}
+{{- range (list "admin_token" "registry_notification_token") }}
+{{- $var := include "registry-janitor.varName" (dig "server" . "" $.Values.config) }}
+{{- if and $var (not (hasKey ($.Values.secrets | default dict) $var)) }}
+{{- $vars = append $vars $var }}
+{{- end }}
+{{- end }}
+{{- $vars | toJson }}
+{{- end }}
+
+{{/*
+The environment every janitor container gets: the config path, one secretKeyRef per secret
+variable (so a missing key is named by Kubernetes before the process starts), then extraEnv.
+*/}}
+{{- define "registry-janitor.env" -}}
+{{- $extraNames := list }}
+{{- range .Values.extraEnv }}
+{{- $extraNames = append $extraNames .name }}
+{{- end }}
+{{- $vars := include "registry-janitor.secretRefs" . | fromJsonArray }}
+{{- if not .Values.existingSecret }}
+{{- $vars = concat $vars (keys (.Values.secrets | default dict)) }}
+{{- end }}
+- name: JANITOR_CONFIG
+  value: {{ include "registry-janitor.configPath" . | quote }}
+{{- range ($vars | uniq | sortAlpha) }}
+{{- if not (has . $extraNames) }}
+- name: {{ . }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "registry-janitor.secretName" $ }}
+      key: {{ . }}
+{{- end }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Fails when the chart creates the Secret and a variable the config references has no value, and
+when both secret sources are given (the values would be silently ignored).
+*/}}
+{{- define "registry-janitor.checkSecretValues" -}}
+{{- if and .Values.existingSecret .Values.secrets }}
+{{- fail "set either existingSecret (a Secret you manage) or secrets (values for a Secret the chart creates), not both" }}
+{{- end }}
+{{- if not .Values.existingSecret }}
+{{- $extraNames := list }}
+{{- range .Values.extraEnv }}
+{{- $extraNames = append $extraNames .name }}
+{{- end }}
+{{- $generated := include "registry-janitor.generatedVars" . | fromJsonArray }}
+{{- range (include "registry-janitor.secretRefs" . | fromJsonArray) }}
+{{- if not (or (hasKey ($.Values.secrets | default dict) .) (has . $generated) (has . $extraNames)) }}
+{{- fail (printf "the config references ${%s} but neither .Values.secrets.%s, extraEnv nor existingSecret gives it" . .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The janitor's URL as GitLab and the registry should call it.
+*/}}
+{{- define "registry-janitor.publicUrl" -}}
+{{- if .Values.publicUrl }}
+{{- trimSuffix "/" .Values.publicUrl }}
+{{- else if and .Values.ingress.enabled .Values.ingress.hosts }}
+{{- $host := (first .Values.ingress.hosts).host }}
+{{- printf "%s://%s" (ternary "https" "http" (gt (len .Values.ingress.tls) 0)) $host }}
+{{- else }}
+{{- printf "http://%s.%s.svc:%v" (include "registry-janitor.fullname" .) .Release.Namespace .Values.service.port }}
+{{- end }}
+{{- end }}
+
+{{/*
+One janitor container. Call with (dict "root" $ "name" NAME "command" SUBCOMMAND "http" BOOL "resources" MAP).
+*/}}
+{{- define "registry-janitor.container" -}}
+{{- $root := .root }}
+- name: {{ .name }}
+  image: {{ include "registry-janitor.image" $root | quote }}
+  imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+  command: ["registry-janitor"]
+  args: [{{ .command | quote }}]
+  env:
+    {{- include "registry-janitor.env" $root | trim | nindent 4 }}
+  {{- with $root.Values.extraEnvFrom }}
+  envFrom:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- if .http }}
+  ports:
+    - name: http
+      containerPort: {{ include "registry-janitor.port" $root }}
+      protocol: TCP
+  startupProbe:
+    httpGet:
+      path: /healthz
+      port: http
+    {{- toYaml $root.Values.probes.startup | nindent 4 }}
+  livenessProbe:
+    httpGet:
+      path: /healthz
+      port: http
+    {{- toYaml $root.Values.probes.liveness | nindent 4 }}
+  readinessProbe:
+    httpGet:
+      path: /readyz
+      port: http
+    {{- toYaml $root.Values.probes.readiness | nindent 4 }}
+  {{- end }}
+  {{- with .resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml $root.Values.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: config
+      mountPath: {{ include "registry-janitor.configDir" $root }}
+      readOnly: true
+    - name: data
+      mountPath: /data
+    - name: tmp
+      mountPath: /tmp
+    {{- with $root.Values.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end }}
