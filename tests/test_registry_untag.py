@@ -278,6 +278,15 @@ def test_transient_error_on_one_write_fails_that_item_only(fake: FakeRegistry) -
     assert results[1].outcome == "done"
 
 
+@pytest.mark.parametrize("method", ["oci", "placeholder"])
+def test_404_on_the_write_itself_is_missing_not_failed(fake: FakeRegistry, method: str) -> None:
+    fake.tag_delete = True
+    digest = fake.push("group/app", ["mr-1"])
+    fake.fail[("DELETE" if method == "oci" else "PUT", "mr-1")] = [404]  # gone between guard and write
+    (result,) = project().untag([UntagRequest("group/app", "mr-1", digest)], method=method)
+    assert (result.outcome, result.reason) == ("skipped", "missing")
+
+
 def test_503_then_success_on_a_write_is_retried(fake: FakeRegistry) -> None:
     fake.tag_delete = True
     digest = fake.push("group/app", ["mr-1"])
