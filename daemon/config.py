@@ -225,6 +225,8 @@ def _resolve(node: Any, path: str, environ: Mapping[str, str], errors: list[str]
     if isinstance(node, list):
         return [_resolve(v, f"{path}[{i}]", environ, errors, base) for i, v in enumerate(node)]
     if isinstance(node, str):
+        if path.endswith(".pattern"):
+            return node  # tag patterns use ${CI_*} themselves: GitLab's variables, not ours
 
         def sub_var(match: re.Match[str]) -> str:
             name, fallback = match.group(1), match.group(2)

@@ -87,3 +87,9 @@ def test_example_config_is_valid_with_its_variables_set():
     s = load_settings(Path(__file__).parents[1] / "config" / "janitor.example.yaml", environ=env)
     assert s.projects[0].repositories("group/app") == ("group/app", "group/app/builder")
     assert s.worker.reconcile_interval == 600
+
+
+def test_tag_patterns_keep_their_braced_ci_variables():
+    s = settings_from_dict({"projects": [{"path": "g/a", "webhook_secret": "x", "tags": [
+        {"pattern": "cache-${CI_PIPELINE_ID}", "lifetime": "pipeline"}]}]}, environ={})
+    assert s.projects[0].tags[0].pattern == "cache-${CI_PIPELINE_ID}"
