@@ -1,0 +1,374 @@
+"""The stand-in's records and their JSON, shaped as GitLab's REST API docs show them.
+
+Pure: dataclasses in, dicts out. Shapes follow doc/api/{projects,jobs,merge_requests,branches,
+project_webhooks,container_registry}.md. Fields the janitor never reads are kept where cheap, so
+python-gitlab objects look as they do against GitLab.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+JSON = dict[str, Any]
+
+HOOK_EVENT_FIELDS = (
+    "push_events",
+    "issues_events",
+    "confidential_issues_events",
+    "merge_requests_events",
+    "tag_push_events",
+    "note_events",
+    "confidential_note_events",
+    "job_events",
+    "pipeline_events",
+    "wiki_page_events",
+    "deployment_events",
+    "releases_events",
+    "milestone_events",
+    "feature_flag_events",
+    "emoji_events",
+    "resource_access_token_events",
+    "repository_update_events",
+)
+
+
+def iso(moment: dt.datetime | None) -> str | None:
+    """GitLab's API timestamp form: 2024-01-02T03:04:05.678Z."""
+    if moment is None:
+        return None
+    moment = moment.astimezone(dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def fake_sha(*parts: object) -> str:
+    return hashlib.sha1(":".join(map(str, parts)).encode()).hexdigest()
+
+
+@dataclass
+class Branch:
+    name: str
+    sha: str
+    created_at: dt.datetime
+
+
+@dataclass
+class MergeRequest:
+    id: int
+    iid: int
+    project_id: int
+    source_branch: str
+    target_branch: str
+    state: str
+    source_project_id: int
+    title: str
+    sha: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    merged_at: dt.datetime | None = None
+    closed_at: dt.datetime | None = None
+
+
+@dataclass
+class Hook:
+    id: int
+    project_id: int
+    url: str
+    created_at: dt.datetime
+    token: str | None = None
+    enable_ssl_verification: bool = True
+    push_events_branch_filter: str | None = None
+    name: str | None = None
+    description: str | None = None
+    events: dict[str, bool] = field(default_factory=lambda: {"push_events": True})
+
+
+@dataclass
+class Project:
+    id: int
+    path: str
+    token: str
+    default_branch: str
+    role: str
+    created_at: dt.datetime
+    branches: dict[str, Branch] = field(default_factory=dict)
+    merge_requests: dict[int, MergeRequest] = field(default_factory=dict)
+    hooks: dict[int, Hook] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def namespace(self) -> str:
+        return self.path.rsplit("/", 1)[0] if "/" in self.path else ""
+
+    def owns_repository(self, repository: str) -> bool:
+        return repository == self.path or repository.startswith(self.path + "/")
+
+
+@dataclass
+class Job:
+    id: int
+    token: str
+    project_id: int
+    pipeline_id: int
+    ref: str
+    status: str
+    tag: bool
+    sha: str
+    name: str
+    stage: str
+    created_at: dt.datetime
+
+
+ROOT_USER: JSON = {
+    "id": 1,
+    "username": "root",
+    "name": "Administrator",
+    "state": "active",
+    "locked": False,
+    "avatar_url": None,
+}
+
+
+def user_json(base_url: str, user: JSON = ROOT_USER) -> JSON:
+    return {**user, "web_url": f"{base_url}/{user['username']}"}
+
+
+def bot_user_json(base_url: str, project: Project) -> JSON:
+    username = f"project_{project.id}_bot"
+    return {
+        "id": 100000 + project.id,
+        "username": username,
+        "name": f"{project.name} bot",
+        "state": "active",
+        "locked": False,
+        "avatar_url": None,
+        "web_url": f"{base_url}/{username}",
+        "bot": True,
+    }
+
+
+def project_json(base_url: str, project: Project, registry_host: str | None) -> JSON:
+    web_url = f"{base_url}/{project.path}"
+    namespace_path = project.namespace
+    return {
+        "id": project.id,
+        "description": None,
+        "name": project.name,
+        "name_with_namespace": " / ".join(project.path.split("/")),
+        "path": project.name,
+        "path_with_namespace": project.path,
+        "created_at": iso(project.created_at),
+        "default_branch": project.default_branch,
+        "tag_list": [],
+        "topics": [],
+        "ssh_url_to_repo": f"git@127.0.0.1:{project.path}.git",
+        "http_url_to_repo": f"{web_url}.git",
+        "web_url": web_url,
+        "readme_url": None,
+        "avatar_url": None,
+        "forks_count": 0,
+        "star_count": 0,
+        "last_activity_at": iso(project.created_at),
+        "namespace": {
+            "id": int(fake_sha(namespace_path)[:6], 16),
+            "name": namespace_path.rsplit("/", 1)[-1],
+            "path": namespace_path.rsplit("/", 1)[-1],
+            "kind": "group",
+            "full_path": namespace_path,
+            "parent_id": None,
+            "avatar_url": None,
+            "web_url": f"{base_url}/groups/{namespace_path}",
+        },
+        "container_registry_image_prefix": f"{registry_host}/{project.path}" if registry_host else None,
+        "_links": {
+            "self": f"{base_url}/api/v4/projects/{project.id}",
+            "merge_requests": f"{base_url}/api/v4/projects/{project.id}/merge_requests",
+            "repo_branches": f"{base_url}/api/v4/projects/{project.id}/repository/branches",
+        },
+        "empty_repo": False,
+        "archived": False,
+        "visibility": "private",
+        "container_registry_enabled": True,
+        "container_registry_access_level": "enabled",
+        "merge_requests_enabled": True,
+        "jobs_enabled": True,
+    }
+
+
+def job_json(base_url: str, project: Project, job: Job) -> JSON:
+    """GET /job: note `pipeline.project_id`, which the single-job and job-token examples carry."""
+    return {
+        "commit": {
+            "author_email": "admin@example.com",
+            "author_name": "Administrator",
+            "created_at": iso(job.created_at),
+            "id": job.sha,
+            "message": "Build it.",
+            "short_id": job.sha[:8],
+            "title": "Build it.",
+        },
+        "coverage": None,
+        "allow_failure": False,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.created_at),
+        "finished_at": None,
+        "erased_at": None,
+        "duration": None,
+        "queued_duration": 0.1,
+        "artifacts_expire_at": None,
+        "tag_list": [],
+        "id": job.id,
+        "name": job.name,
+        "pipeline": {
+            "id": job.pipeline_id,
+            "project_id": project.id,
+            "ref": job.ref,
+            "sha": job.sha,
+            "status": "running" if job.status in {"running", "pending", "created"} else job.status,
+        },
+        "ref": job.ref,
+        "artifacts": [],
+        "runner": None,
+        "stage": job.stage,
+        "status": job.status,
+        "failure_reason": None,
+        "tag": job.tag,
+        "web_url": f"{base_url}/{project.path}/-/jobs/{job.id}",
+        "project": {"ci_job_token_scope_enabled": True},
+        "user": user_json(base_url),
+    }
+
+
+def merge_request_json(base_url: str, project: Project, mr: MergeRequest) -> JSON:
+    user = user_json(base_url)
+    return {
+        "id": mr.id,
+        "iid": mr.iid,
+        "project_id": project.id,
+        "title": mr.title,
+        "description": "",
+        "state": mr.state,
+        "created_at": iso(mr.created_at),
+        "updated_at": iso(mr.updated_at),
+        "merged_by": user if mr.state == "merged" else None,
+        "merge_user": user if mr.state == "merged" else None,
+        "merged_at": iso(mr.merged_at),
+        "closed_by": user if mr.state == "closed" else None,
+        "closed_at": iso(mr.closed_at),
+        "target_branch": mr.target_branch,
+        "source_branch": mr.source_branch,
+        "user_notes_count": 0,
+        "upvotes": 0,
+        "downvotes": 0,
+        "author": user,
+        "assignees": [],
+        "assignee": None,
+        "reviewers": [],
+        "source_project_id": mr.source_project_id,
+        "target_project_id": project.id,
+        "labels": [],
+        "draft": False,
+        "work_in_progress": False,
+        "milestone": None,
+        "merge_when_pipeline_succeeds": False,
+        "merge_status": "can_be_merged",
+        "detailed_merge_status": "mergeable" if mr.state == "opened" else "not_open",
+        "sha": mr.sha,
+        "merge_commit_sha": fake_sha("merge", project.id, mr.iid) if mr.state == "merged" else None,
+        "squash_commit_sha": None,
+        "discussion_locked": None,
+        "should_remove_source_branch": None,
+        "force_remove_source_branch": False,
+        "reference": f"!{mr.iid}",
+        "references": {"short": f"!{mr.iid}", "relative": f"!{mr.iid}", "full": f"{project.path}!{mr.iid}"},
+        "web_url": f"{base_url}/{project.path}/-/merge_requests/{mr.iid}",
+        "time_stats": {
+            "time_estimate": 0,
+            "total_time_spent": 0,
+            "human_time_estimate": None,
+            "human_total_time_spent": None,
+        },
+        "squash": False,
+        "squash_on_merge": False,
+        "task_completion_status": {"count": 0, "completed_count": 0},
+        "has_conflicts": False,
+        "blocking_discussions_resolved": True,
+    }
+
+
+def branch_json(base_url: str, project: Project, branch: Branch) -> JSON:
+    created = iso(branch.created_at)
+    return {
+        "name": branch.name,
+        "merged": False,
+        "protected": branch.name == project.default_branch,
+        "default": branch.name == project.default_branch,
+        "developers_can_push": False,
+        "developers_can_merge": False,
+        "can_push": True,
+        "web_url": f"{base_url}/{project.path}/-/tree/{branch.name}",
+        "commit": {
+            "id": branch.sha,
+            "short_id": branch.sha[:8],
+            "created_at": created,
+            "parent_ids": [fake_sha("parent", branch.sha)],
+            "title": "Add a feature",
+            "message": "Add a feature",
+            "author_name": "Administrator",
+            "author_email": "admin@example.com",
+            "authored_date": created,
+            "committer_name": "Administrator",
+            "committer_email": "admin@example.com",
+            "committed_date": created,
+            "trailers": {},
+            "extended_trailers": {},
+            "web_url": f"{base_url}/{project.path}/-/commit/{branch.sha}",
+        },
+    }
+
+
+def hook_json(hook: Hook) -> JSON:
+    """The token is write-only in GitLab: never part of the answer."""
+    body: JSON = {
+        "id": hook.id,
+        "url": hook.url,
+        "name": hook.name,
+        "description": hook.description,
+        "project_id": hook.project_id,
+        "push_events_branch_filter": hook.push_events_branch_filter,
+        "branch_filter_strategy": "wildcard",
+        "enable_ssl_verification": hook.enable_ssl_verification,
+        "alert_status": "executable",
+        "disabled_until": None,
+        "url_variables": [],
+        "custom_webhook_template": None,
+        "custom_headers": [],
+        "created_at": iso(hook.created_at),
+    }
+    for name in HOOK_EVENT_FIELDS:
+        body[name] = hook.events.get(name, False)
+    return body
+
+
+def registry_repository_json(
+    repository_id: int, project: Project, repository: str, registry_host: str, created_at: dt.datetime
+) -> JSON:
+    return {
+        "id": repository_id,
+        "name": repository[len(project.path) + 1 :] if repository != project.path else "",
+        "path": repository,
+        "project_id": project.id,
+        "location": f"{registry_host}/{repository}",
+        "created_at": iso(created_at),
+        "cleanup_policy_started_at": None,
+        "status": None,
+    }
+
+
+def registry_tag_json(repository: str, tag: str, registry_host: str) -> JSON:
+    return {"name": tag, "path": f"{repository}:{tag}", "location": f"{registry_host}/{repository}:{tag}"}

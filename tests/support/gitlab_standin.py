@@ -1,0 +1,812 @@
+"""A GitLab stand-in: the routes registry-janitor uses, shaped as GitLab's API docs show them.
+
+Serves `/jwt/auth` (registry tokens), `/api/v4/job`, projects, merge requests, branches, project
+hooks and registry repositories/tags (the tag delete is performed on the real registry, tag only),
+plus `/registry-relay`, which forwards registry notifications to the current test's target.
+Tests drive it through Python (`add_project`, `add_job`, `set_mr`, ...) and read `calls`.
+
+Deliberately not GitLab: no users or groups, one role per project token, no rate limits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import math
+import secrets
+import threading
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlencode, urlsplit
+
+import requests
+from flask import Flask, Response, jsonify, request
+
+from . import gitlab_json as gj
+from . import images
+from .gitlab_json import Branch, Hook, Job, MergeRequest, Project
+from .servers import ServerThread
+from .tokens import AdminRegistryAuth, TokenIssuer, parse_scopes
+
+ROLES = ("reporter", "developer", "maintainer", "owner")
+REGISTRY_ACTIONS = ("pull", "push", "delete")
+_HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request authenticated as: the admin, a project access token, or a running job."""
+
+    kind: str  # "admin" | "project" | "job"
+    project: Project | None = None
+    job: Job | None = None
+
+    def sees(self, project: Project) -> bool:
+        return self.kind == "admin" or (self.project is not None and self.project.id == project.id)
+
+    def has_role(self, role: str) -> bool:
+        if self.kind == "admin":
+            return True
+        if self.kind == "job":
+            return ROLES.index(role) <= ROLES.index("developer")
+        assert self.project is not None
+        return ROLES.index(self.project.role) >= ROLES.index(role)
+
+
+@dataclass(frozen=True)
+class RelayedNotification:
+    headers: dict[str, str]
+    body: bytes
+    target: str | None
+    status: int
+
+
+class _RegistryAccess:
+    """The stand-in's own admin access to the real registry (satisfies images.RegistryLike)."""
+
+    def __init__(self, url: str, issuer: TokenIssuer) -> None:
+        self.url = url.rstrip("/")
+        self.host = urlsplit(self.url).netloc
+        self._auth = AdminRegistryAuth(issuer)
+        self._local = threading.local()
+
+    @property
+    def session(self) -> requests.Session:
+        """One session per server thread: requests does not promise a Session is thread-safe."""
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.auth = self._auth
+        return session
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, key: str = "message") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {key: message}
+
+
+class GitLabStandin:
+    """The stand-in app and its state. Thread-safe; `start()` serves it on 127.0.0.1:<free port>."""
+
+    def __init__(self, *, issuer: TokenIssuer | None = None, token_lifetime: int = 300) -> None:
+        self.issuer = issuer or TokenIssuer()
+        self.default_token_lifetime = token_lifetime
+        self.token_lifetime = token_lifetime
+        self.admin_token = "glpat-admin-" + secrets.token_urlsafe(20)
+        self.now: Callable[[], dt.datetime] = _utcnow
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1)
+        self._projects: dict[int, Project] = {}
+        self._jobs: dict[str, Job] = {}
+        self._calls: Counter[str] = Counter()
+        self._relay_target: str | None = None
+        self.relayed: deque[RelayedNotification] = deque(maxlen=2000)
+        self._registry: _RegistryAccess | None = None
+        self._repository_ids: dict[str, int] = {}
+        self._repository_created: dict[str, dt.datetime] = {}
+        self.app = self._build_app()
+        self._server: ServerThread | None = None
+        self.url = ""
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> GitLabStandin:
+        self._server = ServerThread(self.app, name="gitlab-standin").start()
+        self.url = self._server.url
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api/v4"
+
+    @property
+    def realm(self) -> str:
+        return f"{self.url}/jwt/auth"
+
+    @property
+    def relay_url(self) -> str:
+        return f"{self.url}/registry-relay"
+
+    def attach_registry(self, url: str) -> None:
+        """Registry routes (`/registry/repositories...`) act on this registry."""
+        self._registry = _RegistryAccess(url, self.issuer)
+
+    # -- control surface for tests --------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget projects, jobs, counters, relayed notifications and the relay target."""
+        with self._lock:
+            self._projects.clear()
+            self._jobs.clear()
+            self._calls.clear()
+            self.relayed.clear()
+            self._relay_target = None
+            self.token_lifetime = self.default_token_lifetime
+            self.now = _utcnow
+
+    @property
+    def calls(self) -> Counter[str]:
+        """A snapshot of request counts keyed like "GET /jwt/auth" or
+        "GET /api/v4/projects/:id/merge_requests" (GitLab's doc notation for path parameters)."""
+        with self._lock:
+            return Counter(self._calls)
+
+    def set_relay(self, url: str | None) -> None:
+        """Forward registry notifications to `url` (None: answer 200 and drop them)."""
+        with self._lock:
+            self._relay_target = url
+
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    def add_project(
+        self, path: str, *, id: int | None = None, default_branch: str = "main", role: str = "maintainer"
+    ) -> Project:
+        """A project with a fresh project access token (`role` is the token's role) and its default branch."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}")
+        with self._lock:
+            if any(p.path.lower() == path.lower() for p in self._projects.values()):
+                raise ValueError(f"project {path} exists")
+            project_id = id if id is not None else self._next_id()
+            while id is None and project_id in self._projects:
+                project_id = self._next_id()
+            if project_id in self._projects:
+                raise ValueError(f"project id {project_id} is taken")
+            project = Project(
+                id=project_id,
+                path=path,
+                token="glpat-" + secrets.token_urlsafe(20),
+                default_branch=default_branch,
+                role=role,
+                created_at=self.now(),
+            )
+            self._projects[project_id] = project
+            self._add_branch_locked(project, default_branch)
+            return project
+
+    def add_job(
+        self,
+        project: Project,
+        *,
+        pipeline_id: int,
+        ref: str,
+        status: str = "running",
+        tag: bool = False,
+        sha: str | None = None,
+        name: str = "build",
+        stage: str = "build",
+    ) -> str:
+        """A CI job of `project`'s pipeline; returns its CI_JOB_TOKEN."""
+        with self._lock:
+            token = "glcbt-" + secrets.token_urlsafe(20)
+            self._jobs[token] = Job(
+                id=self._next_id(),
+                token=token,
+                project_id=project.id,
+                pipeline_id=pipeline_id,
+                ref=ref,
+                status=status,
+                tag=tag,
+                sha=sha or gj.fake_sha(project.id, pipeline_id, ref),
+                name=name,
+                stage=stage,
+                created_at=self.now(),
+            )
+            return token
+
+    def set_job_status(self, job_token: str, status: str) -> None:
+        """Only `running` jobs authenticate, as in GitLab (the token is revoked when the job ends)."""
+        with self._lock:
+            self._jobs[job_token].status = status
+
+    def job(self, job_token: str) -> Job:
+        with self._lock:
+            return self._jobs[job_token]
+
+    def set_mr(
+        self,
+        project: Project,
+        iid: int,
+        *,
+        source_branch: str,
+        state: str = "opened",
+        target_branch: str = "main",
+        source_project_id: int | None = None,
+        merged_at: dt.datetime | None = None,
+        closed_at: dt.datetime | None = None,
+        updated_at: dt.datetime | None = None,
+        title: str | None = None,
+    ) -> MergeRequest:
+        """Create or update MR !iid. Merged/closed MRs get `merged_at`/`closed_at` = now unless given."""
+        if state not in {"opened", "closed", "merged", "locked"}:
+            raise ValueError(f"unknown MR state {state}")
+        with self._lock:
+            now = self.now()
+            existing = project.merge_requests.get(iid)
+            mr = MergeRequest(
+                id=existing.id if existing else self._next_id(),
+                iid=iid,
+                project_id=project.id,
+                source_branch=source_branch,
+                target_branch=target_branch,
+                state=state,
+                source_project_id=source_project_id if source_project_id is not None else project.id,
+                title=title or f"Change {iid}",
+                sha=gj.fake_sha(project.id, source_branch, iid),
+                created_at=existing.created_at if existing else now,
+                updated_at=updated_at or now,
+                merged_at=merged_at or (now if state == "merged" else None),
+                closed_at=closed_at or (now if state == "closed" else None),
+            )
+            project.merge_requests[iid] = mr
+            return mr
+
+    def add_branch(self, project: Project, name: str) -> Branch:
+        with self._lock:
+            return self._add_branch_locked(project, name)
+
+    def _add_branch_locked(self, project: Project, name: str) -> Branch:
+        branch = Branch(name=name, sha=gj.fake_sha(project.id, name, self._next_id()), created_at=self.now())
+        project.branches[name] = branch
+        return branch
+
+    def delete_branch(self, project: Project, name: str) -> None:
+        with self._lock:
+            project.branches.pop(name, None)
+
+    def hooks(self, project: Project) -> list[Hook]:
+        """The project's hooks, with their secret token (which the API never shows)."""
+        with self._lock:
+            return list(project.hooks.values())
+
+    # -- lookups ----------------------------------------------------------------------------------
+    def _project_by_ref(self, ref: str) -> Project | None:
+        if ref.isdigit():
+            return self._projects.get(int(ref))
+        return next((p for p in self._projects.values() if p.path.lower() == ref.lower()), None)
+
+    def _project_of_repository(self, repository: str) -> Project | None:
+        """The project whose path is the longest prefix of `repository` (as GitLab resolves it)."""
+        owners = [p for p in self._projects.values() if p.owns_repository(repository)]
+        return max(owners, key=lambda p: len(p.path), default=None)
+
+    def _principal_for_token(self, token: str, *, allow_job: bool) -> Principal | None:
+        if secrets.compare_digest(token, self.admin_token):
+            return Principal("admin")
+        for project in self._projects.values():
+            if secrets.compare_digest(token, project.token):
+                return Principal("project", project=project)
+        job = self._jobs.get(token)
+        if allow_job and job is not None and job.status == "running":
+            return Principal("job", project=self._projects.get(job.project_id), job=job)
+        return None
+
+    # -- the app ----------------------------------------------------------------------------------
+    def _build_app(self) -> Flask:
+        app = Flask("gitlab_standin")
+        app.json.sort_keys = False  # type: ignore[attr-defined]
+
+        @app.errorhandler(ApiError)
+        def api_error(exc: ApiError) -> tuple[Response, int]:
+            return jsonify(exc.body), exc.status
+
+        @app.errorhandler(404)
+        def not_found(_exc: Exception) -> tuple[Response, int]:
+            self._count(f"{request.method} {request.path}")
+            return jsonify({"error": "404 Not Found"}), 404
+
+        @app.errorhandler(405)
+        def not_allowed(_exc: Exception) -> tuple[Response, int]:
+            self._count(f"{request.method} {request.path}")
+            return jsonify({"error": "405 Method Not Allowed"}), 405
+
+        app.add_url_rule("/jwt/auth", view_func=self._jwt_auth, methods=["GET"])
+        app.add_url_rule("/api/v4/job", view_func=self._get_job, methods=["GET"])
+        app.add_url_rule("/api/v4/user", view_func=self._get_user, methods=["GET"])
+        app.add_url_rule("/api/v4/version", view_func=self._get_version, methods=["GET"])
+        app.add_url_rule(
+            "/api/v4/projects/<path:_rest>",
+            view_func=self._projects_api,
+            methods=["GET", "POST", "PUT", "DELETE"],
+        )
+        app.add_url_rule("/api/v4/projects", view_func=self._list_projects, methods=["GET"])
+        app.add_url_rule("/api/v4/groups/<path:_rest>", view_func=self._group_projects, methods=["GET"])
+        app.add_url_rule("/registry-relay", view_func=self._relay, methods=["POST"])
+        return app
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self._calls[key] += 1
+
+    # /jwt/auth -----------------------------------------------------------------------------------
+    def _jwt_auth(self) -> Response | tuple[Response, int]:
+        self._count("GET /jwt/auth")
+        if request.args.get("service") != self.issuer.service:
+            return Response(status=404)
+        auth = request.authorization
+        principal: Principal | None = None
+        subject = "anonymous"
+        if auth is not None:
+            password = auth.password if auth.type == "basic" else auth.token
+            with self._lock:
+                principal = self._principal_for_token(password or "", allow_job=True)
+            if principal is None:
+                message = (
+                    "HTTP Basic: Access denied. If a password was provided for Git authentication, the "
+                    "password was incorrect or you're required to use a token instead of a password. If a "
+                    "token was provided, it was either incorrect, expired, or improperly scoped."
+                )
+                return jsonify({"errors": [{"code": "UNAUTHORIZED", "message": message}]}), 401
+            subject = self._subject(principal)
+        with self._lock:
+            access = [
+                {"type": kind, "name": name, "actions": self._granted(principal, kind, name, actions)}
+                for kind, name, actions in parse_scopes(request.args.getlist("scope"))
+            ]
+            lifetime = self.token_lifetime
+        token, claims = self.issuer.issue(subject, access, lifetime=lifetime)
+        issued_at = dt.datetime.fromtimestamp(claims["iat"], dt.UTC).isoformat().replace("+00:00", "Z")
+        return jsonify(
+            {"token": token, "access_token": token, "expires_in": lifetime, "issued_at": issued_at}
+        )
+
+    def _subject(self, principal: Principal) -> str:
+        if principal.kind == "project":
+            assert principal.project is not None
+            return f"project_{principal.project.id}_bot"
+        return "root"
+
+    def _granted(self, principal: Principal | None, kind: str, name: str, actions: list[str]) -> list[str]:
+        if principal is None:
+            return []
+        if principal.kind == "admin":
+            return actions
+        if kind != "repository" or principal.project is None:
+            return []
+        if self._project_of_repository(name) is not principal.project:
+            return []
+        allowed = ("pull",) if not principal.has_role("developer") else REGISTRY_ACTIONS
+        return [a for a in actions if a in allowed]
+
+    # /api/v4/job, /user, /version ---------------------------------------------------------------
+    def _get_job(self) -> Response:
+        self._count("GET /api/v4/job")
+        token = request.headers.get("JOB-TOKEN") or request.args.get("job_token")
+        if token is None and request.authorization is not None and request.authorization.type == "bearer":
+            token = request.authorization.token
+        with self._lock:
+            job = self._jobs.get(token or "")
+            if job is None or job.status != "running":
+                raise ApiError(401, "401 Unauthorized")
+            project = self._projects[job.project_id]
+            return jsonify(gj.job_json(self.url, project, job))
+
+    def _api_principal(self, *, allow_job: bool = False) -> Principal:
+        token = request.headers.get("PRIVATE-TOKEN") or request.args.get("private_token")
+        auth = request.authorization
+        if token is None and auth is not None and auth.type == "bearer":
+            token = auth.token
+        if token is None and allow_job:
+            token = request.headers.get("JOB-TOKEN") or request.args.get("job_token")
+        if not token:
+            raise ApiError(401, "401 Unauthorized")
+        with self._lock:
+            principal = self._principal_for_token(token, allow_job=allow_job)
+        if principal is None:
+            raise ApiError(401, "401 Unauthorized")
+        return principal
+
+    def _get_user(self) -> Response:
+        self._count("GET /api/v4/user")
+        principal = self._api_principal()
+        if principal.kind == "project":
+            assert principal.project is not None
+            return jsonify(gj.bot_user_json(self.url, principal.project))
+        return jsonify({**gj.user_json(self.url), "is_admin": True, "bot": False})
+
+    def _get_version(self) -> Response:
+        self._count("GET /api/v4/version")
+        self._api_principal()
+        return jsonify({"version": "17.5.1", "revision": "standin", "kas": {"enabled": False}})
+
+    # /api/v4/projects/... -----------------------------------------------------------------------
+    _ROUTES: tuple[tuple[str, str, str], ...] = (
+        ("GET", "", "_api_project"),
+        ("GET", "merge_requests", "_api_list_mrs"),
+        ("GET", "merge_requests/:iid", "_api_get_mr"),
+        ("GET", "repository/branches", "_api_list_branches"),
+        ("GET", "repository/branches/:branch", "_api_get_branch"),
+        ("GET", "hooks", "_api_list_hooks"),
+        ("POST", "hooks", "_api_create_hook"),
+        ("GET", "hooks/:hook_id", "_api_get_hook"),
+        ("PUT", "hooks/:hook_id", "_api_update_hook"),
+        ("DELETE", "hooks/:hook_id", "_api_delete_hook"),
+        ("GET", "registry/repositories", "_api_list_repositories"),
+        ("GET", "registry/repositories/:repository_id/tags", "_api_list_tags"),
+        ("GET", "registry/repositories/:repository_id/tags/:tag_name", "_api_get_tag"),
+        ("DELETE", "registry/repositories/:repository_id/tags/:tag_name", "_api_delete_tag"),
+    )
+
+    @staticmethod
+    def _raw_segments() -> list[str]:
+        """Path segments as sent (so `group%2Fapp` and `feature%2Fx` stay one segment each), decoded."""
+        raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.path
+        path = urlsplit(raw).path
+        return [unquote(s) for s in path.split("/")[4:]]  # after '', 'api', 'v4', 'projects' or 'groups'
+
+    def _projects_api(self, _rest: str) -> Any:
+        segments = self._raw_segments()
+        project_ref, tail = segments[0], segments[1:]
+        for method, pattern, handler in self._ROUTES:
+            parts = pattern.split("/") if pattern else []
+            if method != request.method or len(parts) != len(tail):
+                continue
+            if all(p.startswith(":") or p == s for p, s in zip(parts, tail, strict=True)):
+                self._count(f"{method} /api/v4/projects/:id" + (f"/{pattern}" if pattern else ""))
+                params = {p[1:]: s for p, s in zip(parts, tail, strict=True) if p.startswith(":")}
+                principal = self._api_principal(allow_job=pattern.startswith("registry"))
+                with self._lock:
+                    project = self._project_by_ref(project_ref)
+                if project is None or not principal.sees(project):
+                    raise ApiError(404, "404 Project Not Found")
+                return getattr(self, handler)(principal, project, **params)
+        self._count(f"{request.method} {request.path}")
+        raise ApiError(404, "404 Not Found", key="error")
+
+    def _api_project(self, principal: Principal, project: Project) -> Response:
+        return jsonify(gj.project_json(self.url, project, self._registry.host if self._registry else None))
+
+    def _project_list(self, principal: Principal, keep: Callable[[Project], bool]) -> Response:
+        search = (request.args.get("search") or "").lower()
+        host = self._registry.host if self._registry else None
+        with self._lock:
+            found = sorted(
+                (
+                    p
+                    for p in self._projects.values()
+                    if principal.sees(p) and keep(p) and search in p.path.lower()
+                ),
+                key=lambda p: p.id,
+                reverse=request.args.get("sort", "desc") == "desc",
+            )
+            return self._paginate([gj.project_json(self.url, p, host) for p in found])
+
+    def _list_projects(self) -> Response:
+        self._count("GET /api/v4/projects")
+        return self._project_list(self._api_principal(), lambda p: True)
+
+    def _group_projects(self, _rest: str) -> Response:
+        """GET /groups/:id/projects; a group is any namespace some project path has."""
+        segments = self._raw_segments()
+        if segments[1:] != ["projects"]:
+            self._count(f"{request.method} {request.path}")
+            raise ApiError(404, "404 Not Found", key="error")
+        self._count("GET /api/v4/groups/:id/projects")
+        principal = self._api_principal()
+        group = segments[0].lower()
+        nested = request.args.get("include_subgroups", "").lower() == "true"
+
+        def in_group(p: Project) -> bool:
+            namespace = p.namespace.lower()
+            return namespace == group or (nested and namespace.startswith(group + "/"))
+
+        with self._lock:
+            known = any(
+                p.namespace.lower() == group or p.namespace.lower().startswith(group + "/")
+                for p in self._projects.values()
+            )
+        if not known:
+            raise ApiError(404, "404 Group Not Found")
+        return self._project_list(principal, in_group)
+
+    # pagination as GitLab does it: page/per_page, X-* headers and a Link header
+    def _paginate(self, items: list[Any]) -> Response:
+        try:
+            page = max(int(request.args.get("page") or 1), 1)
+            per_page = min(max(int(request.args.get("per_page") or 20), 1), 100)
+        except ValueError as exc:
+            raise ApiError(400, "page or per_page is invalid", key="error") from exc
+        total = len(items)
+        pages = max(math.ceil(total / per_page), 1)
+        response = jsonify(items[(page - 1) * per_page : page * per_page])
+        raw = request.environ.get("RAW_URI") or request.path
+        base = f"{self.url}{urlsplit(raw).path}"
+        query = [(k, v) for k, v in request.args.items(multi=True) if k not in {"page", "per_page"}]
+
+        def link(n: int) -> str:
+            return f"{base}?{urlencode([*query, ('page', n), ('per_page', per_page)])}"
+
+        links = []
+        if page < pages:
+            links.append(f'<{link(page + 1)}>; rel="next"')
+        if page > 1:
+            links.append(f'<{link(page - 1)}>; rel="prev"')
+        links += [f'<{link(1)}>; rel="first"', f'<{link(pages)}>; rel="last"']
+        response.headers.update(
+            {
+                "X-Page": str(page),
+                "X-Per-Page": str(per_page),
+                "X-Total": str(total),
+                "X-Total-Pages": str(pages),
+                "X-Next-Page": str(page + 1) if page < pages else "",
+                "X-Prev-Page": str(page - 1) if page > 1 else "",
+                "Link": ", ".join(links),
+            }
+        )
+        return response
+
+    @staticmethod
+    def _time_arg(name: str) -> dt.datetime | None:
+        value = request.args.get(name)
+        if not value:
+            return None
+        try:
+            moment = dt.datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ApiError(400, f"{name} is invalid", key="error") from exc
+        return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+    def _api_list_mrs(self, principal: Principal, project: Project) -> Response:
+        state = request.args.get("state", "all")
+        if state not in {"opened", "closed", "locked", "merged", "all"}:
+            raise ApiError(400, "state does not have a valid value", key="error")
+        after, before = self._time_arg("updated_after"), self._time_arg("updated_before")
+        source, target = request.args.get("source_branch"), request.args.get("target_branch")
+        iids = {int(i) for i in request.args.getlist("iids[]") if i.isdigit()}
+        with self._lock:
+            mrs = [
+                mr
+                for mr in project.merge_requests.values()
+                if (state == "all" or mr.state == state)
+                and (after is None or mr.updated_at >= after)
+                and (before is None or mr.updated_at <= before)
+                and (source is None or mr.source_branch == source)
+                and (target is None or mr.target_branch == target)
+                and (not iids or mr.iid in iids)
+            ]
+            order = request.args.get("order_by", "created_at")
+            key = (lambda m: m.updated_at) if order == "updated_at" else (lambda m: (m.created_at, m.id))
+            mrs.sort(key=key, reverse=request.args.get("sort", "desc") == "desc")
+            return self._paginate([gj.merge_request_json(self.url, project, mr) for mr in mrs])
+
+    def _api_get_mr(self, principal: Principal, project: Project, iid: str) -> Response:
+        with self._lock:
+            mr = project.merge_requests.get(int(iid)) if iid.isdigit() else None
+            if mr is None:
+                raise ApiError(404, "404 Not found")
+            return jsonify(gj.merge_request_json(self.url, project, mr))
+
+    def _api_list_branches(self, principal: Principal, project: Project) -> Response:
+        search = request.args.get("search") or ""
+        prefix, suffix = search.startswith("^"), search.endswith("$")
+        needle = search.strip("^$").lower()
+
+        def matches(name: str) -> bool:
+            low = name.lower()
+            if prefix and suffix:
+                return low == needle
+            if prefix:
+                return low.startswith(needle)
+            if suffix:
+                return low.endswith(needle)
+            return needle in low
+
+        with self._lock:
+            branches = sorted((b for b in project.branches.values() if matches(b.name)), key=lambda b: b.name)
+            return self._paginate([gj.branch_json(self.url, project, b) for b in branches])
+
+    def _api_get_branch(self, principal: Principal, project: Project, branch: str) -> Response:
+        with self._lock:
+            found = project.branches.get(branch)
+            if found is None:
+                raise ApiError(404, "404 Branch Not Found")
+            return jsonify(gj.branch_json(self.url, project, found))
+
+    # hooks ------------------------------------------------------------------------------------
+    def _need_role(self, principal: Principal, role: str) -> None:
+        if not principal.has_role(role):
+            raise ApiError(403, "403 Forbidden")
+
+    @staticmethod
+    def _hook_params() -> dict[str, Any]:
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            data = request.form.to_dict()
+
+        def boolean(value: Any) -> bool:
+            return value is True or str(value).lower() in {"true", "1", "yes", "on"}
+
+        params: dict[str, Any] = {}
+        for name in (*gj.HOOK_EVENT_FIELDS, "enable_ssl_verification"):
+            if name in data:
+                params[name] = boolean(data[name])
+        for name in ("url", "token", "push_events_branch_filter", "name", "description"):
+            if name in data:
+                params[name] = data[name]
+        return params
+
+    def _apply_hook(self, hook: Hook, params: dict[str, Any]) -> None:
+        for name, value in params.items():
+            if name in gj.HOOK_EVENT_FIELDS:
+                hook.events[name] = value
+            else:
+                setattr(hook, name, value)
+
+    def _api_list_hooks(self, principal: Principal, project: Project) -> Response:
+        self._need_role(principal, "maintainer")
+        with self._lock:
+            return self._paginate([gj.hook_json(h) for h in project.hooks.values()])
+
+    def _api_create_hook(self, principal: Principal, project: Project) -> tuple[Response, int]:
+        self._need_role(principal, "maintainer")
+        params = self._hook_params()
+        if not params.get("url"):
+            raise ApiError(400, "url is missing", key="error")
+        with self._lock:
+            hook = Hook(id=self._next_id(), project_id=project.id, url=params["url"], created_at=self.now())
+            self._apply_hook(hook, params)
+            project.hooks[hook.id] = hook
+            return jsonify(gj.hook_json(hook)), 201
+
+    def _find_hook(self, project: Project, hook_id: str) -> Hook:
+        hook = project.hooks.get(int(hook_id)) if hook_id.isdigit() else None
+        if hook is None:
+            raise ApiError(404, "404 Not found")
+        return hook
+
+    def _api_get_hook(self, principal: Principal, project: Project, hook_id: str) -> Response:
+        self._need_role(principal, "maintainer")
+        with self._lock:
+            return jsonify(gj.hook_json(self._find_hook(project, hook_id)))
+
+    def _api_update_hook(self, principal: Principal, project: Project, hook_id: str) -> Response:
+        self._need_role(principal, "maintainer")
+        params = self._hook_params()
+        with self._lock:
+            hook = self._find_hook(project, hook_id)
+            self._apply_hook(hook, params)
+            return jsonify(gj.hook_json(hook))
+
+    def _api_delete_hook(self, principal: Principal, project: Project, hook_id: str) -> Response:
+        self._need_role(principal, "maintainer")
+        with self._lock:
+            project.hooks.pop(self._find_hook(project, hook_id).id)
+        return Response(status=204)
+
+    # registry repositories and tags, against the real registry -----------------------------------
+    def _registry_access(self) -> _RegistryAccess:
+        if self._registry is None:
+            raise ApiError(500, "the stand-in has no registry attached (use the `registry` fixture)")
+        return self._registry
+
+    def _repository_id(self, repository: str) -> int:
+        with self._lock:
+            if repository not in self._repository_ids:
+                self._repository_ids[repository] = self._next_id()
+                self._repository_created[repository] = self.now()
+            return self._repository_ids[repository]
+
+    def _project_repositories(self, project: Project) -> list[str]:
+        registry = self._registry_access()
+        names = [r for r in images.catalog(registry) if project.owns_repository(r)]
+        with self._lock:
+            return sorted(r for r in names if self._project_of_repository(r) is project)
+
+    def _repository_by_id(self, project: Project, repository_id: str) -> str:
+        with self._lock:
+            found = next((r for r, i in self._repository_ids.items() if str(i) == repository_id), None)
+            if found is None or self._project_of_repository(found) is not project:
+                raise ApiError(404, "404 Repository Not Found")
+            return found
+
+    def _api_list_repositories(self, principal: Principal, project: Project) -> Response:
+        registry = self._registry_access()
+        with_tags = request.args.get("tags", "").lower() == "true"
+        with_count = request.args.get("tags_count", "").lower() == "true"
+        body = []
+        for repository in self._project_repositories(project):
+            item = gj.registry_repository_json(
+                self._repository_id(repository),
+                project,
+                repository,
+                registry.host,
+                self._repository_created[repository],
+            )
+            if with_tags or with_count:
+                names = images.tags(registry, repository)
+                if with_tags:
+                    item["tags"] = [gj.registry_tag_json(repository, t, registry.host) for t in names]
+                if with_count:
+                    item["tags_count"] = len(names)
+            body.append(item)
+        return self._paginate(body)
+
+    def _api_list_tags(self, principal: Principal, project: Project, repository_id: str) -> Response:
+        registry = self._registry_access()
+        repository = self._repository_by_id(project, repository_id)
+        names = images.tags(registry, repository)
+        return self._paginate([gj.registry_tag_json(repository, t, registry.host) for t in names])
+
+    def _api_get_tag(
+        self, principal: Principal, project: Project, repository_id: str, tag_name: str
+    ) -> Response:
+        registry = self._registry_access()
+        repository = self._repository_by_id(project, repository_id)
+        found = images.get_manifest(registry, repository, tag_name)
+        if found is None:
+            raise ApiError(404, "404 Tag Not Found")
+        body, _media_type, digest = found
+        manifest = images.json.loads(body)
+        config = manifest.get("config") or {}
+        size = sum(int(layer.get("size", 0)) for layer in manifest.get("layers", [])) + int(
+            config.get("size", 0)
+        )
+        revision = str(config.get("digest", digest)).split(":", 1)[-1]
+        return jsonify(
+            {
+                **gj.registry_tag_json(repository, tag_name, registry.host),
+                "revision": revision,
+                "short_revision": revision[:9],
+                "digest": digest,
+                "created_at": gj.iso(self._repository_created.get(repository)),
+                "total_size": size,
+            }
+        )
+
+    def _api_delete_tag(
+        self, principal: Principal, project: Project, repository_id: str, tag_name: str
+    ) -> Response:
+        self._need_role(principal, "developer")
+        registry = self._registry_access()
+        repository = self._repository_by_id(project, repository_id)
+        if not images.untag(registry, repository, tag_name):
+            raise ApiError(404, "404 Tag Not Found")
+        return Response(status=200)
+
+    # registry notification relay -------------------------------------------------------------------
+    def _relay(self) -> Response:
+        self._count("POST /registry-relay")
+        body = request.get_data()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        with self._lock:
+            target = self._relay_target
+        status = 200
+        if target is not None:
+            try:
+                status = requests.post(target, data=body, headers=headers, timeout=5).status_code
+            except requests.RequestException:
+                status = 502
+        self.relayed.append(RelayedNotification(headers=headers, body=body, target=target, status=status))
+        return Response(status=status)
