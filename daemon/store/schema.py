@@ -83,7 +83,13 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.table("kv").create({"key": str, "value": str, "updated_at": float}, pk="key")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+def _v2_ci_records(db: sqlite_utils.Database) -> None:
+    # CI records pushed without a digest wait for the worker's HEAD; find them without a scan.
+    db.execute("CREATE INDEX idx_push_records_unresolved_ci ON push_records(id)"
+               " WHERE state = 'expected' AND source = 'ci'")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2_ci_records]
 
 
 def migrate(db: sqlite_utils.Database) -> int:
