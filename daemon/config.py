@@ -182,7 +182,8 @@ class ProjectSettings(Policy):
         """Registry repositories this project entry covers; None means any below the project path."""
         if "*" in self.images:
             return None
-        return tuple(f"{project_path}/{image}" if image else project_path for image in self.images)
+        base = project_path.lower()  # registry repository names are the project path in lower case
+        return tuple(f"{base}/{image}" if image else base for image in self.images)
 
 
 class Settings(_Frozen):

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from daemon.config import ProjectSettings, Settings
@@ -24,7 +25,7 @@ from daemon.events import (
     parse_gitlab,
     parse_registry,
 )
-from daemon.model import Pipeline, Trigger
+from daemon.model import Pipeline, PushRecord, Trigger
 from daemon.patterns import PipelineVars, expand
 from daemon.planner import ProjectPolicy, decide, selects
 from daemon.store import InboxEvent, Store
@@ -185,19 +186,32 @@ class Ingest:
     # triggers ---------------------------------------------------------------------------------------
     def raise_trigger(self, trigger: Trigger, now: float) -> int | None:
         """Plan what ``trigger`` ends; one plan per trigger key. Returns the plan id, if any."""
-        project = self.settings.project_for(trigger.project_path)
-        if project is None:
-            return None
         candidates = [r for r in self.store.candidates(trigger) if selects(trigger, r)]
-        if not candidates:
+        return self.plan(trigger, candidates, now)
+
+    def plan(self, trigger: Trigger, candidates: Sequence[PushRecord], now: float) -> int | None:
+        """Decide on ``candidates`` and store the plan. Records that arrive after the trigger's plan was
+        made join it while it waits, or make a follow-up plan once it has run."""
+        project = self.settings.project_for(trigger.project_path)
+        if project is None or not candidates:
             return None
         others = self.store.owners_of((r.repository, r.tag) for r in candidates)
         pipelines = self.store.pipelines(trigger.project_path, {o.pipeline_id for o in others})
         refs = self.store.ref_states(trigger.project_path, {o.ref for o in others})
         default_branch = next((p.default_branch for p in pipelines.values() if p.default_branch), None)
-        policy = policy_for(project, trigger.project_path, default_branch)
-        decisions = decide(trigger, candidates, others, pipelines, refs, policy)
+        decisions = decide(trigger, candidates, others, pipelines, refs,
+                           policy_for(project, trigger.project_path, default_branch))
         wait = 0.0 if trigger.kind == "ci_request" else project.grace_period
+        existing = self.store.plan_state(trigger.key)
+        if existing is not None:
+            plan_id, state = existing
+            if self.store.join_plan(plan_id, decisions, now) or state in ("scheduled", "held"):
+                return plan_id
+            covered = {(u.repository, u.tag) for u in self.store.plan_untags(plan_id)}
+            decisions = [d for d in decisions if (d.untag.repository, d.untag.tag) not in covered]
+            if not decisions:
+                return plan_id
+            trigger = replace(trigger, key=f"{trigger.key}:after:{max(r.pipeline_id for r in candidates)}")
         plan_id, created = self.store.create_plan(trigger, decisions, state="scheduled",
                                                   due_at=now + wait, now=now)
         if created:
@@ -206,6 +220,23 @@ class Ingest:
         return plan_id
 
     # resolution -------------------------------------------------------------------------------------
+    def resolve_ci_pushes(self, limit: int = 100) -> int:
+        """CI jobs that recorded a push without its digest: HEAD the tag and record what it points at."""
+        resolved = 0
+        for record in self.store.unresolved_ci_records(limit):
+            project = self.settings.project_for(record.project_path)
+            reader = self.readers(record.project_path, project) if project else None
+            if reader is None:
+                continue
+            try:
+                digest = reader.head(record.repository, record.tag)
+            except Exception as exc:
+                log.warning("could not resolve %s:%s: %s", record.repository, record.tag, exc)
+                continue
+            self.store.set_record_digest(record.id, digest, self.clock())
+            resolved += 1
+        return resolved
+
     def resolve_pipeline(self, project_path: str, pipeline_id: int) -> None:
         """A finished pipeline's expected tags not yet confirmed: HEAD each, record or drop."""
         project = self.settings.project_for(project_path)

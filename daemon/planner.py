@@ -43,7 +43,7 @@ def covers(trigger: Trigger, pipeline_id: int, ref: str, mr_iid: int | None) -> 
         return (mr_iid is not None and mr_iid == trigger.mr_iid) or (
             trigger.ref is not None and ref == trigger.ref
         )
-    if kind == "branch_deleted":
+    if kind in ("branch_deleted", "ci_request"):  # a CI job speaks for every pipeline of its ref
         return ref == trigger.ref
     return pipeline_id == trigger.pipeline_id
 
@@ -89,7 +89,7 @@ def live_owner(trigger: Trigger, record: PushRecord, others: Iterable[PushRecord
             continue
         if (other.repository, other.tag) != (record.repository, record.tag):
             continue
-        if trigger.kind in ("ttl_expired", "ci_request", "pipeline_finished"):
+        if trigger.kind == "ttl_expired":
             if other.pipeline_id == record.pipeline_id:
                 continue
         elif covers(trigger, other.pipeline_id, other.ref, other.mr_iid):

@@ -56,6 +56,7 @@ class Worker:
         with self._lock:
             self.heartbeat()
             events = self.ingest.drain()
+            self.ingest.resolve_ci_pushes()
             ttl = self.raise_ttl_triggers()
             plans = self.executor.run_due()
             self.heartbeat()

@@ -81,6 +81,9 @@ class LedgerStore(StoreBase):
         if not created and state == "confirmed" and digest:
             db.execute("UPDATE push_records SET state = 'confirmed', digest = ?, source = ?, updated_at = ?"
                        " WHERE id = ?", [digest, source, now, row[0]])
+        if not created and source == "pattern":  # the project's patterns decide lifetimes
+            db.execute("UPDATE push_records SET lifetime = ?, ttl_seconds = ? WHERE id = ?",
+                       [lifetime, ttl_seconds, row[0]])
         return int(row[0]), created
 
     def record(self, record_id: int) -> PushRecord | None:
@@ -160,6 +163,22 @@ class LedgerStore(StoreBase):
             " ON CONFLICT(project_path, iid) DO UPDATE SET source_branch = excluded.source_branch,"
             " state = excluded.state, updated_at = excluded.updated_at",
             [project_path, iid, source_branch, source_project_id, target_project_id, state, now])
+
+    def mr_source_branch(self, project_path: str, iid: int) -> str | None:
+        row = self.db.execute("SELECT source_branch FROM merge_requests WHERE project_path = ? AND iid = ?",
+                              [project_path, iid]).fetchone()
+        return None if row is None else str(row[0])
+
+    def default_branch(self, project_path: str) -> str | None:
+        row = self.db.execute("SELECT default_branch FROM pipelines WHERE project_path = ? AND"
+                              " default_branch IS NOT NULL ORDER BY pipeline_id DESC LIMIT 1",
+                              [project_path]).fetchone()
+        return None if row is None else str(row[0])
+
+    def unresolved_ci_records(self, limit: int = 100) -> list[PushRecord]:
+        rows = self.db.execute(f"SELECT {_RECORD_COLS} FROM push_records WHERE state = 'expected'"
+                               " AND source = 'ci' ORDER BY id LIMIT ?", [limit])
+        return [_record(r) for r in rows]
 
     def open_mr_branches(self, project_path: str) -> set[str]:
         rows = self.db.execute("SELECT source_branch FROM merge_requests WHERE project_path = ? AND"

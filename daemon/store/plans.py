@@ -51,16 +51,43 @@ class PlanStore(StoreBase):
                 row = db.execute("SELECT id FROM plans WHERE trigger_key = ?", [trigger.key]).fetchone()
                 return int(row[0]), False
             plan_id = int(cur.lastrowid or 0)
-            for d in decisions:
-                u = d.untag
-                db.execute(
-                    "INSERT INTO untags (plan_id, project_path, push_record_id, pipeline_id, repository,"
-                    " tag, expected_digest, outcome, reason, attempts, created_at, finished_at)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,0,?,?)",
-                    [plan_id, trigger.project_path, u.push_record_id, u.pipeline_id, u.repository, u.tag,
-                     u.expected_digest, d.outcome, d.reason, now,
-                     None if d.outcome == "pending" else now])
+            self._insert_untags(plan_id, trigger.project_path, decisions, now)
             return plan_id, True
+
+    def join_plan(self, plan_id: int, decisions: Sequence[Decision], now: float) -> int:
+        """Add the decisions for tags the plan does not hold yet (records that arrived after it was
+        made), while it has not started. Returns how many joined; 0 when it is too late to join."""
+        db = self.db
+        with write_tx(db):
+            row = db.execute("SELECT project_path, state FROM plans WHERE id = ?", [plan_id]).fetchone()
+            if row is None or row[1] not in ("scheduled", "held"):
+                return 0
+            held = {(r[0], r[1]) for r in db.execute("SELECT repository, tag FROM untags WHERE plan_id = ?",
+                                                     [plan_id])}
+            fresh = [d for d in decisions if (d.untag.repository, d.untag.tag) not in held]
+            self._insert_untags(plan_id, row[0], fresh, now)
+            return len(fresh)
+
+    def _insert_untags(self, plan_id: int, project_path: str, decisions: Sequence[Decision],
+                       now: float) -> None:
+        for d in decisions:
+            u = d.untag
+            self.db.execute(
+                "INSERT INTO untags (plan_id, project_path, push_record_id, pipeline_id, repository,"
+                " tag, expected_digest, outcome, reason, attempts, created_at, finished_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,0,?,?)",
+                [plan_id, project_path, u.push_record_id, u.pipeline_id, u.repository, u.tag,
+                 u.expected_digest, d.outcome, d.reason, now, None if d.outcome == "pending" else now])
+
+    def plan_state(self, trigger_key: str) -> tuple[int, str] | None:
+        row = self.db.execute("SELECT id, state FROM plans WHERE trigger_key = ?", [trigger_key]).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def ci_requests_of_pipeline(self, project_path: str, pipeline_id: int) -> int:
+        row = self.db.execute("SELECT COUNT(*) FROM plans WHERE project_path = ? AND"
+                              " trigger_kind = 'ci_request' AND pipeline_id = ?",
+                              [project_path, pipeline_id]).fetchone()
+        return int(row[0])
 
     def cancel_scheduled(self, project_path: str, *, kinds: Sequence[str], ref: str | None = None,
                          mr_iid: int | None = None, now: float, note: str) -> int:
