@@ -77,10 +77,10 @@ def worker(config_path: str | None) -> None:
     _setup_logging()
     settings = settings_or_exit(config_path)
     from daemon.store import open_store
-    from daemon.worker import Worker, registry_factory
+    from daemon.worker import Worker, gitlab_ref_lookup, registry_factory
 
     store = open_store(settings.storage.url)
-    Worker(settings, store, registry_factory(settings)).run_forever()
+    Worker(settings, store, registry_factory(settings), ref_lookup=gitlab_ref_lookup(settings)).run_forever()
 
 
 @main.command()

@@ -68,6 +68,12 @@ class RegistryPush:
     tag: str
     digest: str
     at: float
+    useragent: str = ""
+
+    @property
+    def by_janitor(self) -> bool:
+        """The janitor's own writes (placeholders, restores) notify too; they are never anyone's push."""
+        return self.useragent.startswith("registry-janitor")
 
 
 GitLabEvent = PipelineEvent | MergeRequestEvent | PushEvent | IgnoredEvent
@@ -232,6 +238,8 @@ def parse_registry(envelope: Any, received_at: float) -> list[RegistryPush]:
         tag, repo, digest = target.get("tag"), target.get("repository"), target.get("digest")
         if target.get("mediaType") not in MANIFEST_MEDIA_TYPES or not (tag and repo and digest):
             continue
-        pushes.append(RegistryPush(str(repo), str(tag), str(digest), parse_time(event.get("timestamp"),
-                                                                                 received_at)))
+        request: dict[str, Any] = event["request"] if isinstance(event.get("request"), dict) else {}
+        pushes.append(RegistryPush(str(repo), str(tag), str(digest),
+                                   parse_time(event.get("timestamp"), received_at),
+                                   str(request.get("useragent") or "")))
     return pushes

@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from daemon.config import ProjectSettings, Settings
-from daemon.ingest import policy_for
+from daemon.ingest import LiveRefs, policy_for
 from daemon.model import Plan, Trigger, Untag
 from daemon.patterns import is_protected
 from daemon.planner import Decision, PlannedUntag, bulk_guard, in_scope, live_owner
-from daemon.registry.types import UntagRequest, UntagResult
+from daemon.registry.types import Manifest, UntagRequest, UntagResult
 from daemon.store import SavedManifest, Store
 
 log = logging.getLogger("registry_janitor.execute")
@@ -31,6 +31,10 @@ class ProjectRegistryLike(Protocol):
     def untag(self, requests_: Sequence[UntagRequest], *, method: str = "auto",
               dry_run: bool = False) -> list[UntagResult]: ...
 
+    def get_manifest(self, repository: str, ref: str) -> Manifest | None: ...
+
+    def put_manifest(self, repository: str, ref: str, manifest: Manifest) -> str: ...
+
 
 RegistryFactory = Callable[[str, ProjectSettings], ProjectRegistryLike | None]
 
@@ -41,11 +45,12 @@ def next_hour(now: float) -> float:
 
 class Executor:
     def __init__(self, settings: Settings, store: Store, registries: RegistryFactory,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], live_refs: LiveRefs | None = None) -> None:
         self.settings = settings
         self.store = store
         self.registries = registries
         self.clock = clock
+        self.live_refs = live_refs or LiveRefs(store, None, clock)
 
     def run_due(self, limit: int = 50) -> int:
         ran = 0
@@ -115,7 +120,7 @@ class Executor:
             return None
         others = self.store.owners_of([(untag.repository, untag.tag)])
         pipelines = self.store.pipelines(plan.project_path, {o.pipeline_id for o in others})
-        refs = self.store.ref_states(plan.project_path, {o.ref for o in others})
+        refs = self.live_refs.states(plan.project_path, {o.ref for o in others if o.id != record.id}, project)
         trigger = self._trigger_of(plan)
         if live_owner(trigger, record, others, pipelines, refs, default_branch):
             return "live_owner"
@@ -145,6 +150,7 @@ class Executor:
             by_repo[untag.repository].append((untag, UntagRequest(untag.repository, untag.tag, digest)))
         method = self.settings.registry.untag_method
         for repo, items in sorted(by_repo.items()):
+            self.store.mark_started([untag.id for untag, _ in items], self.clock())
             try:
                 results = registry.untag([req for _, req in items], method=method,  # type: ignore[union-attr]
                                          dry_run=project.dry_run)
@@ -167,6 +173,37 @@ class Executor:
             self.store.mark_untagged(untag.push_record_id, now)
         log.info("untag %s %s:%s -> %s%s", untag.id, untag.repository, untag.tag, outcome,
                  f" ({reason})" if reason else "")
+
+    def repair_races(self) -> int:
+        """Put back tags that were pushed between an untag's guard read and its write (notified by the
+        registry): the tag is re-pointed at the pushed digest unless something newer holds it."""
+        repaired = 0
+        for repair_id, _untag_id, project_path, repo, tag, digest in self.store.pending_repairs():
+            project = self.settings.project_for(project_path)
+            registry = self.registries(project_path, project) if project else None
+            if registry is None:
+                self.store.finish_repair(repair_id, "failed", "no registry access for the project", self.clock())
+                continue
+            try:
+                current = registry.head(repo, tag)
+                if current == digest:
+                    state, note = "not_needed", "the pushed image still holds the tag"
+                elif current is not None:
+                    state, note = "superseded", f"the tag now points at {current}"
+                else:
+                    manifest = registry.get_manifest(repo, digest)
+                    if manifest is None:
+                        state, note = "failed", f"{digest} is no longer in the registry"
+                    else:
+                        registry.put_manifest(repo, tag, manifest)
+                        state, note = "repaired", f"{repo}:{tag} points at {digest} again"
+                        repaired += 1
+            except Exception as exc:
+                log.warning("repair of %s:%s failed: %s", repo, tag, exc)
+                continue  # transient: tried again next tick
+            log.warning("race repair %s: %s (%s)", repair_id, state, note)
+            self.store.finish_repair(repair_id, state, note, self.clock())
+        return repaired
 
     def _trigger_of(self, plan: Plan) -> Trigger:
         return self.store.plan_trigger(plan.id)

@@ -34,6 +34,9 @@ from daemon.store.db import write_tx
 log = logging.getLogger("registry_janitor.ingest")
 # A registry notification may precede the pipeline hook that explains it by this much and still join.
 OBSERVATION_SLACK = 3600.0
+# How far around an untag's guard-to-write window a notified push still counts as inside it: the
+# registry's clock and the janitor's may differ a little.
+RACE_SLACK = 5.0
 
 
 class ManifestReader(Protocol):
@@ -41,6 +44,30 @@ class ManifestReader(Protocol):
 
 
 ReaderFactory = Callable[[str, ProjectSettings], ManifestReader | None]
+# Asks GitLab whether a branch exists: True/False, or None when it cannot tell.
+RefLookup = Callable[[str, str, ProjectSettings], bool | None]
+
+
+class LiveRefs:
+    """What is known of refs' liveness (S4): from events first, then GitLab for refs never seen (its
+    answer is remembered in the ledger), else unknown, which the planner treats as live."""
+
+    def __init__(self, store: Store, lookup: RefLookup | None, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.lookup = lookup
+        self.clock = clock
+
+    def states(self, project_path: str, refs: set[str], project: ProjectSettings) -> dict[str, bool | None]:
+        states = self.store.ref_states(project_path, refs)
+        if self.lookup is None:
+            return states
+        for ref, live in states.items():
+            if live is None:
+                found = self.lookup(project_path, ref, project)
+                if found is not None:
+                    self.store.set_ref(project_path, ref, found, self.clock())
+                    states[ref] = found
+        return states
 
 
 def policy_for(settings: ProjectSettings, project_path: str, default_branch: str | None) -> ProjectPolicy:
@@ -52,11 +79,12 @@ def policy_for(settings: ProjectSettings, project_path: str, default_branch: str
 
 class Ingest:
     def __init__(self, settings: Settings, store: Store, readers: ReaderFactory,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], ref_lookup: RefLookup | None = None) -> None:
         self.settings = settings
         self.store = store
         self.readers = readers
         self.clock = clock
+        self.live_refs = LiveRefs(store, ref_lookup, clock)
 
     # inbox ------------------------------------------------------------------------------------------
     def drain(self, limit: int = 500) -> int:
@@ -171,8 +199,15 @@ class Ingest:
 
     def on_registry_push(self, push: RegistryPush, now: float) -> None:
         """Attribute a pushed tag to the newest pipeline expecting it; otherwise keep it as an
-        observation only (proof the tag was pushed), never as ownership."""
+        observation only (proof the tag was pushed), never as ownership. A push that landed while
+        the janitor was untagging that very tag is put back by the worker (a repair)."""
+        if push.by_janitor:
+            return
         self.store.add_observation(push.repository, push.tag, push.digest, push.at)
+        for untag_id, _ in self.store.untags_in_window(push.repository, push.tag, push.at, RACE_SLACK):
+            if self.store.add_repair(untag_id, push.repository, push.tag, push.digest, push.at, now):
+                log.warning("%s:%s was pushed (%s) while untag %s ran; it will be put back",
+                            push.repository, push.tag, push.digest, untag_id)
         for record in self.store.expected_for(push.repository, push.tag):
             pipeline = self.store.get_pipeline(record.project_path, record.pipeline_id)
             if pipeline is None:
@@ -197,7 +232,8 @@ class Ingest:
             return None
         others = self.store.owners_of((r.repository, r.tag) for r in candidates)
         pipelines = self.store.pipelines(trigger.project_path, {o.pipeline_id for o in others})
-        refs = self.store.ref_states(trigger.project_path, {o.ref for o in others})
+        refs = self.live_refs.states(trigger.project_path, {o.ref for o in others if o.id not in
+                                                            {c.id for c in candidates}}, project)
         default_branch = next((p.default_branch for p in pipelines.values() if p.default_branch), None)
         decisions = decide(trigger, candidates, others, pipelines, refs,
                            policy_for(project, trigger.project_path, default_branch))

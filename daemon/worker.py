@@ -17,9 +17,9 @@ import requests
 
 from daemon.config import ProjectSettings, Settings
 from daemon.execute import Executor, ProjectRegistryLike, RegistryFactory
-from daemon.ingest import Ingest
+from daemon.ingest import Ingest, RefLookup
 from daemon.model import Trigger
-from daemon.registry.client import RegistryClient
+from daemon.registry.client import RegistryClient, new_session
 from daemon.registry.ratelimit import RateLimiter
 from daemon.store import Store
 from daemon.web.health import HEARTBEAT_KEY
@@ -30,7 +30,7 @@ log = logging.getLogger("registry_janitor.worker")
 def registry_factory(settings: Settings, session: requests.Session | None = None) -> RegistryFactory:
     """One client (one keep-alive session, one rate limiter) per registry, scoped per project."""
     reg = settings.registry
-    client = RegistryClient(reg.url, session or requests.Session(),
+    client = RegistryClient(reg.url, session or new_session(),
                             limiter=RateLimiter(reg.requests_per_second, reg.burst))
 
     def for_project(project_path: str, project: ProjectSettings) -> ProjectRegistryLike | None:
@@ -41,14 +41,28 @@ def registry_factory(settings: Settings, session: requests.Session | None = None
     return for_project
 
 
+def gitlab_ref_lookup(settings: Settings) -> RefLookup:
+    """S4's question to GitLab for refs the janitor has not seen: does this branch still exist?"""
+    from daemon.gitlab import GitLab
+
+    g = settings.gitlab
+    client = GitLab(g.url, api_token=g.api_token.get_secret_value() if g.api_token else None, timeout=g.timeout)
+
+    def lookup(project_path: str, ref: str, project: ProjectSettings) -> bool | None:
+        token = project.registry_token.get_secret_value() if project.registry_token else None
+        return client.branch_exists(project_path, ref, token)
+
+    return lookup
+
+
 class Worker:
     def __init__(self, settings: Settings, store: Store, registries: RegistryFactory,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, ref_lookup: RefLookup | None = None) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
-        self.ingest = Ingest(settings, store, registries, clock)
-        self.executor = Executor(settings, store, registries, clock)
+        self.ingest = Ingest(settings, store, registries, clock, ref_lookup)
+        self.executor = Executor(settings, store, registries, clock, self.ingest.live_refs)
         self._lock = threading.Lock()
 
     def tick(self) -> dict[str, int]:
@@ -59,6 +73,7 @@ class Worker:
             self.ingest.resolve_ci_pushes()
             ttl = self.raise_ttl_triggers()
             plans = self.executor.run_due()
+            self.executor.repair_races()
             self.heartbeat()
         return {"events": events, "ttl_plans": ttl, "plans": plans}
 

@@ -189,6 +189,37 @@ class PlanStore(StoreBase):
             [outcome, reason, method, now, saved.digest if saved else None,
              saved.media_type if saved else None, saved.body if saved else None, untag_id])
 
+    def mark_started(self, untag_ids: Sequence[int], now: float) -> None:
+        for untag_id in untag_ids:
+            self.db.execute("UPDATE untags SET started_at = ? WHERE id = ?", [now, untag_id])
+
+    def untags_in_window(self, repository: str, tag: str, at: float, slack: float) -> list[tuple[int, str]]:
+        """Done untags of repository:tag whose guard-to-write window (plus ``slack``) holds ``at``:
+        (untag id, digest the tag was untagged from)."""
+        rows = self.db.execute(
+            "SELECT u.id, COALESCE(u.manifest_digest, u.expected_digest) FROM untags u WHERE"
+            " u.repository = ? AND u.tag = ? AND u.outcome = 'done' AND u.started_at IS NOT NULL AND"
+            " u.started_at - ? <= ? AND u.finished_at + ? >= ?", [repository, tag, slack, at, slack, at])
+        return [(int(r[0]), str(r[1] or "")) for r in rows]
+
+    def add_repair(self, untag_id: int, repository: str, tag: str, digest: str, seen_at: float,
+                   now: float) -> bool:
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO repairs (untag_id, repository, tag, digest, seen_at, state, created_at)"
+            " VALUES (?,?,?,?,?,'pending',?)", [untag_id, repository, tag, digest, seen_at, now])
+        return cur.rowcount == 1
+
+    def pending_repairs(self, limit: int = 50) -> list[tuple[int, int, str, str, str, str]]:
+        """(repair id, untag id, project path, repository, tag, digest to put back)."""
+        rows = self.db.execute(
+            "SELECT r.id, r.untag_id, u.project_path, r.repository, r.tag, r.digest FROM repairs r"
+            " JOIN untags u ON u.id = r.untag_id WHERE r.state = 'pending' ORDER BY r.id LIMIT ?", [limit])
+        return [(int(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5])) for r in rows]
+
+    def finish_repair(self, repair_id: int, state: str, note: str, now: float) -> None:
+        self.db.execute("UPDATE repairs SET state = ?, note = ?, finished_at = ? WHERE id = ?",
+                        [state, note, now, repair_id])
+
     def get_untag(self, untag_id: int) -> tuple[Untag, SavedManifest | None] | None:
         row = self.db.execute(f"SELECT {_UNTAG_COLS}, manifest_digest, manifest_media_type, manifest_body"
                               " FROM untags JOIN plans ON plans.id = plan_id WHERE untags.id = ?",

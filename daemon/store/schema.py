@@ -89,7 +89,19 @@ def _v2_ci_records(db: sqlite_utils.Database) -> None:
                " WHERE state = 'expected' AND source = 'ci'")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2_ci_records]
+def _v3_race_repair(db: sqlite_utils.Database) -> None:
+    # When each untag's guard read happened: a push landing between it and the write is repaired.
+    db.table("untags").add_column("started_at", float)
+    db.table("repairs").create(
+        {"id": int, "untag_id": int, "repository": str, "tag": str, "digest": str, "seen_at": float,
+         "state": str, "note": str, "created_at": float, "finished_at": float},
+        pk="id", not_null={"untag_id", "repository", "tag", "digest", "state"},
+    )
+    db.table("repairs").create_index(["untag_id", "digest"], unique=True)
+    db.execute("CREATE INDEX idx_repairs_pending ON repairs(id) WHERE state = 'pending'")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2_ci_records, _v3_race_repair]
 
 
 def migrate(db: sqlite_utils.Database) -> int:
