@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -15,7 +16,7 @@ import requests
 import responses
 
 from daemon.registry import OutOfScopeError, RegistryAuthError, RegistryClient
-from daemon.registry.auth import parse_challenge, token_lifetime
+from daemon.registry.auth import TokenCache, parse_challenge, token_lifetime
 
 BASE = "https://registry.test"
 REALM = "https://gitlab.test/jwt/auth"
@@ -181,6 +182,28 @@ def test_sub_repositories_are_in_scope() -> None:
     registry_accepting()
     responses.add("HEAD", url("group/app/builder"), status=404)
     assert client().for_project("Group/App", "s").head("group/app/builder", "mr-1") is None
+
+
+def test_threads_asking_for_the_same_token_fetch_it_once() -> None:
+    cache = TokenCache(Clock(), margin=30)
+    fetched: list[int] = []
+    start = threading.Barrier(8)
+    got: list[str] = []
+
+    def fetch() -> tuple[str, float]:
+        fetched.append(1)
+        return f"t{len(fetched)}", 300.0
+
+    def worker() -> None:
+        start.wait()
+        got.append(cache.get(("group/app", "group/app"), fetch)[0])
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert fetched == [1] and got == ["t1"] * 8
 
 
 def test_challenge_parsing() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -49,9 +50,7 @@ def tag_deletes(log: list[LoggedRequest]) -> list[LoggedRequest]:
 
 
 def digest_deletes(log: list[LoggedRequest]) -> list[str]:
-    return [
-        e.path.rsplit("/", 1)[1] for e in log if e.method == "DELETE" and is_digest(e.path.rsplit("/", 1)[1])
-    ]
+    return [e.path.rsplit("/", 1)[1] for e in log if e.method == "DELETE" and is_digest(e.path.rsplit("/", 1)[1])]
 
 
 @pytest.fixture
@@ -114,9 +113,7 @@ def test_auto_falls_back_to_placeholder_on_distribution_2_8_and_remembers(
     assert tags(registry, repo) == ["keep"]
 
 
-def test_superseded_and_missing_are_skipped_without_a_write(
-    registry: Registry, project: Project, repo: str
-) -> None:
+def test_superseded_and_missing_are_skipped_without_a_write(registry: Registry, project: Project, repo: str) -> None:
     old = push_image(registry, repo, ["mr-1"])
     new = push_image(registry, repo, ["mr-1"])  # CI pushed mr-1 again after the janitor recorded `old`
     reg = janitor(registry.url).for_project(project.path, project.token)
@@ -175,15 +172,11 @@ def test_tokens_are_cached_and_the_challenge_is_learnt_once(
     assert len(log) == 11
 
 
-def test_expired_token_is_replaced(
-    registry: Registry, gitlab: GitLabStandin, project: Project, repo: str
-) -> None:
+def test_expired_token_is_replaced(registry: Registry, gitlab: GitLabStandin, project: Project, repo: str) -> None:
     digest = push_image(registry, repo, ["x"])
     now = [0.0]
     gitlab.token_lifetime = 60
-    reg = janitor(registry.url, clock=lambda: now[0], token_margin=30).for_project(
-        project.path, project.token
-    )
+    reg = janitor(registry.url, clock=lambda: now[0], token_margin=30).for_project(project.path, project.token)
     reg.head(repo, "x")
     now[0] = 29.0
     reg.head(repo, "x")
@@ -220,11 +213,29 @@ def test_a_pull_only_token_dry_runs_but_fails_the_write_with_an_auth_error(
     assert tags(registry, repo) == ["mr-1"]
 
 
+def test_one_client_serves_many_threads(
+    registry: Registry, gitlab: GitLabStandin, project: Project, unique_repo: Callable[..., str]
+) -> None:
+    repos = [unique_repo(project, f"r{n}") for n in range(4)]
+    work = {
+        repo: [UntagRequest(repo, f"mr-{k}", push_image(registry, repo, [f"mr-{k}", f"keep-{k}"])) for k in range(5)]
+        for repo in repos
+    }
+    client = janitor(registry.url)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(
+            pool.map(lambda items: client.for_project(project.path, project.token).untag(items), work.values())
+        )
+    assert all(r.outcome == "done" for results in outcomes for r in results)
+    for repo in repos:
+        assert tags(registry, repo) == [f"keep-{k}" for k in range(5)]
+    assert gitlab.calls["GET /jwt/auth"] == len(repos)
+    assert client.auto_method == "placeholder"
+
+
 def test_rate_limit_spaces_requests(registry: Registry, project: Project, repo: str) -> None:
     digest = push_image(registry, repo, ["x"])
-    reg = janitor(registry.url, limiter=RateLimiter(rate=20, burst=1)).for_project(
-        project.path, project.token
-    )
+    reg = janitor(registry.url, limiter=RateLimiter(rate=20, burst=1)).for_project(project.path, project.token)
     reg.head(repo, "x")  # learn the challenge and fetch the token first
     started = time.monotonic()
     for _ in range(6):
@@ -232,9 +243,7 @@ def test_rate_limit_spaces_requests(registry: Registry, project: Project, repo: 
     assert time.monotonic() - started >= 5 / 20 * 0.95  # at least (n - burst) / rate; no upper bound
 
 
-def test_restore_puts_the_tag_back_at_the_same_digest(
-    registry: Registry, project: Project, repo: str
-) -> None:
+def test_restore_puts_the_tag_back_at_the_same_digest(registry: Registry, project: Project, repo: str) -> None:
     digest = push_image(registry, repo, ["mr-1", "main"])
     reg = janitor(registry.url).for_project(project.path, project.token)
     (result,) = reg.untag([UntagRequest(repo, "mr-1", digest)])
@@ -245,9 +254,7 @@ def test_restore_puts_the_tag_back_at_the_same_digest(
     assert tags(registry, repo) == ["main", "mr-1"]
 
 
-def test_restore_after_garbage_collection_explains_what_to_do(
-    registry: Registry, project: Project, repo: str
-) -> None:
+def test_restore_after_garbage_collection_explains_what_to_do(registry: Registry, project: Project, repo: str) -> None:
     digest = push_image(registry, repo, ["mr-1"])
     reg = janitor(registry.url).for_project(project.path, project.token)
     (result,) = reg.untag([UntagRequest(repo, "mr-1", digest)])
@@ -261,9 +268,7 @@ def test_restore_after_garbage_collection_explains_what_to_do(
 
 
 @pytest.mark.parametrize("media_type", [OCI_INDEX, images.MANIFEST_LIST])
-def test_image_index_untag_and_restore(
-    registry: Registry, project: Project, repo: str, media_type: str
-) -> None:
+def test_image_index_untag_and_restore(registry: Registry, project: Project, repo: str, media_type: str) -> None:
     digest = push_index(registry, repo, ["mr-1", "main"], media_type=media_type)
     reg = janitor(registry.url).for_project(project.path, project.token)
     (result,) = reg.untag([UntagRequest(repo, "mr-1", digest)])
@@ -278,9 +283,7 @@ def test_an_interrupted_placeholder_untag_is_finished_by_the_next_attempt(
     registry: Registry, project: Project, repo: str
 ) -> None:
     digest = push_image(registry, repo, ["mr-1", "keep"])
-    parked = (
-        new_placeholder()
-    )  # as a worker killed between parking the tag and deleting the placeholder left it
+    parked = new_placeholder()  # as a worker killed between parking the tag and deleting the placeholder left it
     images.upload_blob(registry, repo, parked.config)
     images.put_manifest(registry, repo, "mr-1", parked.manifest.body, parked.manifest.media_type)
     reg = janitor(registry.url).for_project(project.path, project.token)

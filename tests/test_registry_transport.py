@@ -72,9 +72,7 @@ def test_429_with_retry_after_seconds_is_honoured() -> None:
 def test_429_with_http_date_is_honoured_against_the_wall_clock() -> None:
     clock = Clock()
     wall = 1_700_000_000.0
-    responses.add(
-        "HEAD", URL, status=429, headers={"Retry-After": email.utils.formatdate(wall + 7, usegmt=True)}
-    )
+    responses.add("HEAD", URL, status=429, headers={"Retry-After": email.utils.formatdate(wall + 7, usegmt=True)})
     responses.add("HEAD", URL, **ok_head())  # type: ignore[arg-type]
     reg = make(clock, wall_clock=lambda: wall).for_project("group/app", "secret")
     assert reg.head("group/app", "mr-1") == DIGEST
@@ -114,6 +112,15 @@ def test_503_then_200_retries_with_jittered_backoff() -> None:
     assert len(clock.sleeps) == 2
     assert 0 <= clock.sleeps[0] <= 0.5
     assert 0 <= clock.sleeps[1] <= 1.0
+
+
+@responses.activate
+def test_503_with_retry_after_waits_as_told() -> None:
+    clock = Clock()
+    responses.add("HEAD", URL, status=503, headers={"Retry-After": "2"})
+    responses.add("HEAD", URL, **ok_head())  # type: ignore[arg-type]
+    assert make(clock).for_project("group/app", "secret").head("group/app", "mr-1") == DIGEST
+    assert clock.sleeps == [2.0]
 
 
 @responses.activate

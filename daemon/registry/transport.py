@@ -77,11 +77,7 @@ def raise_for_status(resp: requests.Response, what: str) -> None:
     """Raise the error-tree exception for a non-2xx answer; ``what`` names the operation for the message."""
     if resp.status_code < 300:
         return
-    cls = (
-        TransientRegistryError
-        if resp.status_code >= 500 or resp.status_code == 429
-        else (PermanentRegistryError)
-    )
+    cls = TransientRegistryError if resp.status_code >= 500 or resp.status_code == 429 else (PermanentRegistryError)
     raise cls(f"{what}: registry answered {describe(resp)}", status=resp.status_code, codes=error_codes(resp))
 
 
@@ -181,7 +177,10 @@ class Transport:
                         status=resp.status_code,
                         codes=error_codes(resp),
                     )
-                self._pause(policy.backoff(attempt), f"{method} {url}: HTTP {resp.status_code}")
+                # a 503 may say when to come back; otherwise back off, never longer than the cap allows
+                hint = retry_after_seconds(resp.headers.get("Retry-After"), self._wall_clock())
+                delay = policy.backoff(attempt) if hint is None else min(hint, policy.max_retry_after)
+                self._pause(delay, f"{method} {url}: HTTP {resp.status_code}")
                 continue
             return resp
         raise AssertionError("unreachable: the last attempt always returns or raises")
