@@ -89,9 +89,7 @@ class FakeRegistry:
             self.blobs[(repo, digest)] = body
             return 201, {}, ""
         if kind == "blobs":
-            return (
-                (200, {}, self.blobs[(repo, ref)]) if (repo, ref) in self.blobs else _err(404, "BLOB_UNKNOWN")
-            )
+            return (200, {}, self.blobs[(repo, ref)]) if (repo, ref) in self.blobs else _err(404, "BLOB_UNKNOWN")
         return self._manifest(method, repo, ref, request)
 
     def _manifest(
@@ -213,9 +211,7 @@ def test_auto_falls_back_to_placeholder_and_remembers(fake: FakeRegistry) -> Non
     b = fake.push("group/app", ["mr-2"], seed="b")
     client = make_client()
     assert client.auto_method == "oci"
-    results = project(client).untag(
-        [UntagRequest("group/app", "mr-1", a), UntagRequest("group/app", "mr-2", b)]
-    )
+    results = project(client).untag([UntagRequest("group/app", "mr-1", a), UntagRequest("group/app", "mr-2", b)])
     assert [(r.outcome, r.method) for r in results] == [("done", "placeholder"), ("done", "placeholder")]
     assert client.auto_method == "placeholder"
     assert set(fake.tags) == {("group/app", "main")}
@@ -354,9 +350,7 @@ class FakeDeleter:
 def test_gitlab_api_method_guards_then_calls_the_deleter(fake: FakeRegistry) -> None:
     digest = fake.push("group/app", ["mr-1"])
     deleter = FakeDeleter(fake)
-    (result,) = project(tag_deleter=deleter).untag(
-        [UntagRequest("group/app", "mr-1", digest)], method="gitlab-api"
-    )
+    (result,) = project(tag_deleter=deleter).untag([UntagRequest("group/app", "mr-1", digest)], method="gitlab-api")
     assert (result.outcome, result.method) == ("done", "gitlab-api")
     assert result.saved is not None and result.saved.digest == digest
     assert deleter.calls == [("group/app", "group/app", "mr-1")]

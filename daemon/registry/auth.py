@@ -49,10 +49,7 @@ def parse_challenge(header: str | None) -> Challenge | None:
     if not header or not header.strip():
         return None
     scheme, _, rest = header.strip().partition(" ")
-    params = {
-        m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3))
-        for m in _PARAM.finditer(rest)
-    }
+    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3)) for m in _PARAM.finditer(rest)}
     return Challenge(scheme.lower(), {k: v.replace('\\"', '"') for k, v in params.items()})
 
 
@@ -143,9 +140,7 @@ def fetch_token(
     params = {"scope": scope_for(repository)}
     if challenge.service:
         params["service"] = challenge.service
-    resp = transport.send(
-        "GET", challenge.realm, params=params, auth=(TOKEN_USERNAME, registry_token), limited=False
-    )
+    resp = transport.send("GET", challenge.realm, params=params, auth=(TOKEN_USERNAME, registry_token), limited=False)
     if resp.status_code in (401, 403):
         raise RegistryAuthError(
             f"the token service {challenge.realm} refused project {project_path}'s credential "

@@ -214,9 +214,7 @@ class ProjectRegistry:
             return None, False
         return self.client.tokens.get(
             (self.project_path, repository),
-            lambda: fetch_token(
-                self.client.transport, challenge, self.project_path, repository, self._registry_token
-            ),
+            lambda: fetch_token(self.client.transport, challenge, self.project_path, repository, self._registry_token),
         )
 
 

@@ -44,9 +44,7 @@ class _Leftover:
     digest: str
 
 
-def untag(
-    reg: ProjectRegistry, items: Sequence[UntagRequest], *, method: str, dry_run: bool
-) -> list[UntagResult]:
+def untag(reg: ProjectRegistry, items: Sequence[UntagRequest], *, method: str, dry_run: bool) -> list[UntagResult]:
     if method not in UNTAG_METHODS:
         raise ValueError(f"unknown untag method {method!r}; expected one of {', '.join(UNTAG_METHODS)}")
     if method == "gitlab-api" and reg.tag_deleter is None and not dry_run:
