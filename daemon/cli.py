@@ -76,11 +76,14 @@ def worker(config_path: str | None) -> None:
     """Process events and run due plans (the only process that writes to the registry)."""
     _setup_logging()
     settings = settings_or_exit(config_path)
+    from daemon.registry_stats import RegistryStats
     from daemon.store import open_store
     from daemon.worker import Worker, gitlab_ref_lookup, registry_factory
 
     store = open_store(settings.storage.url)
-    Worker(settings, store, registry_factory(settings), ref_lookup=gitlab_ref_lookup(settings)).run_forever()
+    stats = RegistryStats()  # registry request metrics, flushed to storage every tick
+    Worker(settings, store, registry_factory(settings, observer=stats), ref_lookup=gitlab_ref_lookup(settings),
+           registry_stats=stats).run_forever()
 
 
 @main.command()

@@ -21,17 +21,22 @@ from daemon.ingest import Ingest, RefLookup
 from daemon.model import Trigger
 from daemon.registry.client import RegistryClient, new_session
 from daemon.registry.ratelimit import RateLimiter
+from daemon.registry.transport import Observer
+from daemon.registry_stats import RegistryStats
+from daemon.restore import carry_out_requests
 from daemon.store import Store
 from daemon.web.health import HEARTBEAT_KEY
 
 log = logging.getLogger("registry_janitor.worker")
 
 
-def registry_factory(settings: Settings, session: requests.Session | None = None) -> RegistryFactory:
-    """One client (one keep-alive session, one rate limiter) per registry, scoped per project."""
+def registry_factory(settings: Settings, session: requests.Session | None = None,
+                     observer: Observer | None = None) -> RegistryFactory:
+    """One client (one keep-alive session, one rate limiter) per registry, scoped per project;
+    ``observer`` sees every registry answer (``RegistryStats`` counts them for /metrics)."""
     reg = settings.registry
     client = RegistryClient(reg.url, session or new_session(),
-                            limiter=RateLimiter(reg.requests_per_second, reg.burst))
+                            limiter=RateLimiter(reg.requests_per_second, reg.burst), observer=observer)
 
     def for_project(project_path: str, project: ProjectSettings) -> ProjectRegistryLike | None:
         if project.registry_token is None:
@@ -57,12 +62,14 @@ def gitlab_ref_lookup(settings: Settings) -> RefLookup:
 
 class Worker:
     def __init__(self, settings: Settings, store: Store, registries: RegistryFactory,
-                 clock: Callable[[], float] = time.time, ref_lookup: RefLookup | None = None) -> None:
+                 clock: Callable[[], float] = time.time, ref_lookup: RefLookup | None = None,
+                 registry_stats: RegistryStats | None = None) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
         self.ingest = Ingest(settings, store, registries, clock, ref_lookup)
         self.executor = Executor(settings, store, registries, clock, self.ingest.live_refs)
+        self.registry_stats = registry_stats
         self._lock = threading.Lock()
 
     def tick(self) -> dict[str, int]:
@@ -72,8 +79,11 @@ class Worker:
             events = self.ingest.drain()
             self.ingest.resolve_ci_pushes()
             ttl = self.raise_ttl_triggers()
+            carry_out_requests(self.settings, self.store, self.executor.registries, self.clock)
             plans = self.executor.run_due()
             self.executor.repair_races()
+            if self.registry_stats is not None:
+                self.registry_stats.flush(self.store)
             self.heartbeat()
         return {"events": events, "ttl_plans": ttl, "plans": plans}
 

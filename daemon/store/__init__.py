@@ -6,6 +6,7 @@ SQLite: no connection, row or ``sqlite_utils`` object leaves it, and claims are 
 
 from __future__ import annotations
 
+from daemon.store.admin import AdminStore
 from daemon.store.db import ConnectionPool
 from daemon.store.inbox import InboxEvent, InboxStore
 from daemon.store.ledger import LedgerStore
@@ -16,7 +17,7 @@ from daemon.store.stats import StatsStore
 __all__ = ["InboxEvent", "SavedManifest", "Store", "open_store"]
 
 
-class Store(InboxStore, LedgerStore, PlanStore, StatsStore):
+class Store(InboxStore, LedgerStore, PlanStore, StatsStore, AdminStore):
     """The one storage object the web app and the worker are given."""
 
     def close(self) -> None:

@@ -101,7 +101,27 @@ def _v3_race_repair(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_repairs_pending ON repairs(id) WHERE state = 'pending'")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2_ci_records, _v3_race_repair]
+def _v4_operations(db: sqlite_utils.Database) -> None:
+    # Restores and retries operators ask for (API, CLI, dashboard), carried out by the worker.
+    db.table("operator_requests").create(
+        {"id": int, "kind": str, "untag_id": int, "state": str, "reason": str, "requested_by": str,
+         "requested_at": float, "updated_at": float, "lease_until": float, "finished_at": float},
+        pk="id", not_null={"kind", "untag_id", "state", "requested_at"},
+        foreign_keys=[("untag_id", "untags", "id")],
+    )
+    db.execute("CREATE INDEX idx_operator_requests_open ON operator_requests(id)"
+               " WHERE state IN ('pending', 'running')")
+    db.table("operator_requests").create_index(["untag_id", "kind"])
+    # Registry request counters and latency buckets, flushed by the worker each tick (metrics read them).
+    db.table("registry_requests").create(
+        {"method": str, "code": int, "count": int, "seconds_sum": float}, pk=("method", "code"))
+    db.table("registry_request_buckets").create({"method": str, "le": str, "count": int},
+                                                pk=("method", "le"))
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1, _v2_ci_records, _v3_race_repair, _v4_operations,
+]
 
 
 def migrate(db: sqlite_utils.Database) -> int:
