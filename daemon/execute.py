@@ -35,6 +35,8 @@ class ProjectRegistryLike(Protocol):
 
     def put_manifest(self, repository: str, ref: str, manifest: Manifest) -> str: ...
 
+    def tag_count(self, repository: str) -> int | None: ...
+
 
 RegistryFactory = Callable[[str, ProjectSettings], ProjectRegistryLike | None]
 
@@ -94,11 +96,10 @@ class Executor:
         decisions = [Decision(PlannedUntag(0, 0, u.repository, u.tag, u.expected_digest), "pending")
                      for u in pending]
         counts: dict[str, int] = {}
-        tag_count = getattr(registry, "tag_count", None)
-        if tag_count is not None:
+        if registry is not None:
             for repo in sorted({u.repository for u in pending}):
                 try:
-                    count = tag_count(repo)
+                    count = registry.tag_count(repo)
                 except Exception as exc:  # unknown counts are not judged by fraction
                     log.warning("tag count of %s unavailable: %s", repo, exc)
                     count = None
