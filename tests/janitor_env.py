@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,17 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@dataclass
+class RealClock(Clock):
+    """Wall-clock time (for tests where the registry's own timestamps meet the janitor's), still
+    advanceable to skip grace periods: ``now`` is the offset added to it."""
+
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.now
 
 
 def make_settings(projects: list[dict[str, Any]] | None = None, **sections: Any) -> Settings:
