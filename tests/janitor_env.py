@@ -66,8 +66,8 @@ class Harness:
     fake clock and the Flask test client in place of gunicorn."""
 
     def __init__(self, tmp_path: Path, settings: Settings, clock: Clock | None = None) -> None:
-        from daemon.web import create_app
         from daemon.config import GitLabSettings
+        from daemon.web import create_app
         from daemon.worker import Worker, gitlab_ref_lookup, registry_factory
 
         self.settings = settings
