@@ -120,3 +120,12 @@ def run(config_path: str | None) -> None:
                 _stop(signal.SIGTERM, None)
         time.sleep(0.2)
     sys.exit(code)
+
+
+def _register() -> None:
+    from daemon.cli_ci import ci
+
+    main.add_command(ci)
+
+
+_register()
