@@ -11,7 +11,7 @@ import time
 
 import requests
 import yaml
-from janitor_env import SECRET, Harness, RealClock, make_settings, mr_hook, pipeline_hook
+from janitor_env import SECRET, Harness, RealClock, make_settings, mr_hook, pipeline_hook, push_hook
 from support.images import digest_of, push_image, tags
 from support.registry import free_port
 from support.servers import ServerThread
@@ -109,3 +109,34 @@ def _up(url: str) -> bool:
         return requests.get(f"{url}/healthz", timeout=1).status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_two_pipelines_pushing_the_same_tag(tmp_path, registry, gitlab, project):
+    """Two pipelines of one branch push its slug tag in turn: the newest push is what the janitor expects,
+    and a pipeline-lifetime cleanup of the older one leaves the newer image alone."""
+    settings = make_settings(
+        [{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token, "dry_run": False,
+          "grace_period": "1m", "tags": [{"pattern": "$CI_COMMIT_REF_SLUG", "lifetime": "branch"},
+                                         {"pattern": "build-$CI_COMMIT_REF_SLUG", "lifetime": "pipeline"}]}],
+        registry={"url": registry.url, "requests_per_second": 0})
+    j = Harness(tmp_path, settings)
+    repo = project.path
+    push_image(registry, repo, ["topic", "build-topic"], seed=1)
+    j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=1, ref="topic", status="running"))
+    j.tick()
+    second = push_image(registry, repo, ["topic", "build-topic"], seed=2)
+    j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=2, ref="topic", status="running"))
+    j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=1, ref="topic"))  # the older one finishes last
+    j.tick()
+    j.tick(advance=61)
+    # pipeline 1's build tag was resolved to the image pipeline 2 pushed; pipeline 2 still runs on a
+    # live ref and owns it, so it stays
+    assert digest_of(registry, repo, "build-topic") == second
+    j.hook("Push Hook", push_hook(repo, ref="topic", deleted=True))
+    j.tick()
+    j.tick(advance=61)
+    assert tags(registry, repo) == ["build-topic"]
+    untags = {(u.pipeline_id, u.tag): (u.outcome, u.reason) for u in j.store.list_untags()}
+    assert untags[(1, "build-topic")] == ("skipped", "live_owner")
+    assert untags[(2, "topic")] == ("done", None)
+    j.close()

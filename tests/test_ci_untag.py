@@ -1,0 +1,77 @@
+"""POST /api/v1/ci/untag: SPEC 7's checks in order, first failure answers, then the untag runs at once."""
+
+import pytest
+from janitor_env import SECRET, Harness, make_settings
+from support.images import push_image, tags
+
+SLUG = {"pattern": "$CI_COMMIT_REF_SLUG", "lifetime": "branch"}
+
+
+@pytest.fixture
+def broker(tmp_path, registry, gitlab, project):
+    settings = make_settings(
+        [{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token, "dry_run": False,
+          "ci_untag_per_pipeline": 2, "tags": [SLUG]}],
+        registry={"url": registry.url, "requests_per_second": 0}, gitlab={"url": gitlab.url})
+    j = Harness(tmp_path, settings)
+    yield j
+    j.close()
+
+
+def call(j, route, token, body):
+    headers = {"JOB-TOKEN": token} if token else {}
+    return j.client.post(f"/api/v1/ci/{route}", json=body, headers=headers)
+
+
+def image(registry, repo, tag):
+    return {"image": f"{registry.host}/{repo}:{tag}"}
+
+
+def test_checks_in_order_and_the_answer_of_each(broker, registry, gitlab, project):
+    j, repo = broker, project.path
+    push_image(registry, repo, ["feature-a", "feature-b", "latest", "other-ref"])
+    job = gitlab.add_job(project, pipeline_id=10, ref="feature-a")
+    other_job = gitlab.add_job(project, pipeline_id=11, ref="other-ref")
+    assert call(j, "pushes", other_job, image(registry, repo, "other-ref")).status_code == 201
+    for tag in ("feature-a", "feature-b", "latest"):
+        assert call(j, "pushes", job, image(registry, repo, tag)).status_code == 201
+
+    answers = {
+        "no token": call(j, "untag", None, image(registry, repo, "feature-a")),
+        "bad token": call(j, "untag", "wrong", {"image": "garbage"}),  # token is checked before the body
+        "bad body": call(j, "untag", job, {"image": "no-tag-here"}),
+        "bad host": call(j, "untag", job, {"image": f"evil.example/{repo}:feature-a"}),
+        "other project": call(j, "untag", job, image(registry, "someone/else", "latest")),  # scope before protected
+        "protected": call(j, "untag", job, image(registry, repo, "latest")),
+        "other ref": call(j, "untag", job, image(registry, repo, "other-ref")),
+        "never pushed": call(j, "untag", job, image(registry, repo, "nothing")),
+    }
+    got = {name: (r.status_code, r.get_json()["error"]) for name, r in answers.items()}
+    assert got == {
+        "no token": (401, "job_token_missing"), "bad token": (401, "job_token_invalid"),
+        "bad body": (400, "malformed"), "bad host": (400, "malformed"),
+        "other project": (403, "out_of_scope"), "protected": (409, "protected"),
+        "other ref": (403, "not_owned"), "never pushed": (403, "not_owned"),
+    }
+    first = call(j, "untag", job, image(registry, repo, "feature-a"))
+    second = call(j, "untag", job, image(registry, repo, "feature-b"))
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert first.get_json()["untag_id"] != second.get_json()["untag_id"]
+    over = call(j, "untag", job, image(registry, repo, "feature-a"))
+    assert over.status_code == 429 and over.headers["Retry-After"]
+    j.tick()
+    assert sorted(tags(registry, repo)) == ["latest", "other-ref"]
+    assert {u.tag: u.outcome for u in j.store.list_untags()} == {"feature-a": "done", "feature-b": "done"}
+
+
+def test_a_branch_cleans_up_after_its_earlier_pipelines(broker, registry, gitlab, project):
+    """Every pipeline of the job's ref counts as its own: an older pipeline's record is no live owner."""
+    j, repo = broker, project.path
+    push_image(registry, repo, ["feature-c"])
+    old = gitlab.add_job(project, pipeline_id=20, ref="feature-c")
+    assert call(j, "pushes", old, image(registry, repo, "feature-c")).status_code == 201
+    new = gitlab.add_job(project, pipeline_id=21, ref="feature-c")
+    r = call(j, "untag", new, image(registry, repo, "feature-c"))
+    assert r.status_code == 202 and r.get_json()["outcome"] == "pending"
+    j.tick()
+    assert tags(registry, repo) == []
