@@ -18,8 +18,8 @@ from daemon.config import ProjectSettings, Settings
 from daemon.gitlab import Job
 from daemon.ingest import Ingest
 from daemon.model import Pipeline, PushRecord, Trigger
-from daemon.patterns import PipelineVars, expand, is_protected, is_valid_tag
-from daemon.registry.names import in_scope, is_digest, is_repository
+from daemon.names import in_scope, is_digest, is_repository, is_tag
+from daemon.patterns import PipelineVars, expand, is_protected
 from daemon.store import Store
 
 _MR_REF = re.compile(r"^refs/merge-requests/(\d+)/(?:head|merge|train)$")
@@ -53,7 +53,7 @@ def parse_image(text: Any, hostnames: tuple[str, ...]) -> ImageRef:
     repository, sep, tag = rest.rpartition(":")
     if not sep or "/" in tag or "@" in rest:
         raise ValueError("'image' must name a tag: <registry host>/<repository>:<tag>")
-    if not is_repository(repository) or not is_valid_tag(tag):
+    if not is_repository(repository) or not is_tag(tag):
         raise ValueError(f"{repository}:{tag} is not a valid repository and tag")
     return ImageRef(host, repository, tag)
 

@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from daemon.names import is_tag
+
 VARIABLES = (
     "CI_COMMIT_REF_SLUG",
     "CI_COMMIT_REF_NAME",
@@ -22,8 +24,6 @@ VARIABLES = (
     "CI_MERGE_REQUEST_IID",
 )
 _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
-# The OCI distribution spec's tag grammar.
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -98,13 +98,9 @@ def expand(pattern: str, pipeline: PipelineVars) -> str | None:
         return value
 
     tag = _VAR.sub(sub, pattern)
-    if empty or not _TAG.fullmatch(tag):
+    if empty or not is_tag(tag):
         return None
     return tag
-
-
-def is_valid_tag(tag: str) -> bool:
-    return bool(_TAG.fullmatch(tag))
 
 
 def is_protected(tag: str, protected: Iterable[str], default_branch: str | None) -> bool:

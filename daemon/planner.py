@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from daemon import names
 from daemon.model import Decision, Pipeline, PlannedUntag, PushRecord, Trigger
 from daemon.patterns import is_protected
 
@@ -30,8 +31,7 @@ class ProjectPolicy:
 
 def in_scope(repository: str, policy: ProjectPolicy) -> bool:
     """S6: only the project's own repositories (``path`` or ``path/...``), and only configured images."""
-    path = policy.project_path
-    if repository != path and not repository.startswith(path + "/"):
+    if not names.in_scope(policy.project_path, repository):
         return False
     return policy.repositories is None or repository in policy.repositories
 

@@ -1,44 +1,16 @@
-"""Repository, tag and digest names: what is well formed, and which repositories a project owns (S6).
-
-Pure functions, no I/O. Every name that reaches a URL path passes through here first, so a tag or a
-repository can never smuggle ``..`` or ``/`` into a request, and the scope check cannot be fooled by a
-name like ``group/app/../other``.
-"""
+"""References checked before they reach a URL path. The naming rules themselves live in ``daemon.names``
+(shared with the planner and the CI broker); this adds the registry's error for a bad reference."""
 
 from __future__ import annotations
 
-import re
-
+from daemon.names import in_scope, is_digest, is_repository, is_tag
 from daemon.registry.errors import PermanentRegistryError
 
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
-
-
-def is_digest(ref: str) -> bool:
-    return _DIGEST.fullmatch(ref) is not None
-
-
-def is_repository(name: str) -> bool:
-    return len(name) <= 255 and _REPOSITORY.fullmatch(name) is not None
-
-
-def in_scope(project_path: str, repository: str) -> bool:
-    """S6: a well-formed repository name equal to the project path or below it (``path/...``).
-
-    GitLab registry paths are the project's full path in lower case, so the project path is compared
-    lower-cased; the repository itself must already be lower case, as the registry requires.
-    """
-    path = project_path.strip("/").lower()
-    if not path or not is_repository(repository):
-        return False
-    return repository == path or repository.startswith(path + "/")
+__all__ = ["checked_ref", "in_scope", "is_digest", "is_repository"]
 
 
 def checked_ref(ref: str) -> str:
     """A tag or digest, validated so nothing but a reference can reach the URL path."""
-    if _TAG.fullmatch(ref) is None and not is_digest(ref):
+    if not is_tag(ref) and not is_digest(ref):
         raise PermanentRegistryError(f"{ref!r} is neither a valid tag nor a digest")
     return ref
