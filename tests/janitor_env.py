@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-import copy
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from conftest import load_payload
 
 from daemon.config import Settings, settings_from_dict
 from daemon.store import Store, open_store
 
-PAYLOADS = Path(__file__).resolve().parents[1].parent / "shared" / "gitlab-payloads"
 SECRET = "hook-secret"
 ADMIN = "admin-token"
 REGISTRY_NOTIFY = "notify-token"
 
 
-def load_payload(name: str) -> dict[str, Any]:
-    return copy.deepcopy(json.loads((PAYLOADS / f"{name}.json").read_text()))
-
-
 @dataclass
 class Clock:
     now: float = 1_700_000_000.0
-    steps: list[float] = field(default_factory=list)
 
     def __call__(self) -> float:
         return self.now
