@@ -112,8 +112,10 @@ class Ingest:
                 else:
                     parsed = parse_gitlab(event.headers.get("X-Gitlab-Event"), payload, event.received_at)
                     to_resolve = self.on_gitlab(parsed, now)
-            except (MalformedEvent, ValueError) as exc:
-                error = f"unusable event: {exc}"
+            except (MalformedEvent, ValueError, TypeError, KeyError, AttributeError) as exc:
+                # A payload the web accepted but the ledger cannot use must not block the inbox
+                # behind it: it is kept, marked with why, and the worker moves on.
+                error = f"unusable event: {exc!r}"
                 log.warning("inbox event %s: %s", event.id, error)
             self.store.mark_processed(event.id, now, error)
         for project_path, pipeline_id in to_resolve:
