@@ -253,6 +253,10 @@ class AdminStore(StoreBase):
             seen.setdefault(project, {}).update(image_bytes(bytes(body)))
         return {project: sum(blobs.values()) for project, blobs in seen.items()}
 
+    def last_registry_event(self) -> float | None:
+        row = self.db.execute("SELECT MAX(received_at) FROM inbox WHERE source = 'registry'").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     def oldest_pending_event(self) -> float | None:
         row = self.db.execute("SELECT MIN(received_at) FROM inbox WHERE processed_at IS NULL").fetchone()
         return None if row is None or row[0] is None else float(row[0])

@@ -17,7 +17,7 @@ from daemon.web.errors import json_error
 def create_app(settings: Settings, store: Store, *, clock: Callable[[], float] = time.time,
                **services: object) -> Flask:
     """Build the app from already-built parts (tests pass their own store, clock and GitLab client)."""
-    from daemon.web import ci, health, webhooks
+    from daemon.web import api, ci, dashboard, health, metrics, openapi, webhooks
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
@@ -38,4 +38,6 @@ def create_app(settings: Settings, store: Store, *, clock: Callable[[], float] =
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(ci.bp)
+    for blueprint in (api.bp, dashboard.bp, metrics.bp, openapi.bp):
+        app.register_blueprint(blueprint)
     return app

@@ -1,0 +1,243 @@
+"""The admin API (``/api/v1/status``, ``plans``, ``untags``, ``requests``), behind the admin token.
+
+Reads come from storage; the only writes are decisions on held plans and operator requests (restore,
+retry) that the worker carries out on its next tick: this process never calls the registry. The
+actions live here as plain functions so the dashboard's forms do exactly what the API does.
+Lists are newest first, paged with ``limit`` and ``offset`` or with the ``next_cursor`` of the page before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Blueprint, jsonify, request, url_for
+from flask.typing import ResponseReturnValue
+
+from daemon.model import Plan
+from daemon.overview import (
+    OUTCOMES,
+    PLAN_STATES,
+    parse_since,
+    plan_json,
+    request_json,
+    status_snapshot,
+    untag_json,
+)
+from daemon.store.admin import OperatorRequest, UntagView
+from daemon.web.auth import admin_name, admin_required
+from daemon.web.errors import json_error, now, settings, store
+
+bp = Blueprint("api", __name__)
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+
+
+class ActionRefused(Exception):
+    """An admin action that cannot be done: HTTP status, error code and what to do instead."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class BadQuery(ValueError):
+    pass
+
+
+# actions (shared with the dashboard) ------------------------------------------------------------------
+def decide_plan(plan_id: int, approve: bool, who: str) -> Plan:
+    """Approve (held -> ready, due now) or reject (held -> cancelled) a held plan."""
+    decided = store().decide_held(plan_id, approve, who, now())
+    if decided is not None:
+        return decided
+    plan = store().get_plan(plan_id)
+    if plan is None:
+        raise ActionRefused(404, "not_found", f"there is no plan {plan_id}")
+    raise ActionRefused(409, "not_held", f"plan {plan_id} is {plan.state}, not held; only held plans "
+                        f"can be {'approved' if approve else 'rejected'}")
+
+
+def ask_restore(untag_id: int, who: str) -> tuple[OperatorRequest, bool]:
+    """Record a restore request for an untag that was carried out and whose manifest was saved."""
+    view = store().untag_view(untag_id)
+    if view is None:
+        raise ActionRefused(404, "not_found", f"there is no untag {untag_id}")
+    u = view.untag
+    if u.outcome != "done":
+        raise ActionRefused(409, "not_restorable", f"untag {untag_id} ({u.repository}:{u.tag}) was not "
+                            f"carried out (outcome {u.outcome}); the tag was never removed")
+    if view.restored_at is not None:
+        raise ActionRefused(409, "already_restored", f"{u.repository}:{u.tag} was already restored")
+    if view.manifest_size is None:
+        raise ActionRefused(409, "no_saved_manifest", f"no manifest of {u.repository}:{u.tag} was saved "
+                            "before the untag; push the image again from its pipeline")
+    return store().add_request("restore", untag_id, who, now())
+
+
+def ask_retry(untag_id: int, who: str) -> tuple[OperatorRequest, bool]:
+    """Record a retry request for a failed untag."""
+    view = store().untag_view(untag_id)
+    if view is None:
+        raise ActionRefused(404, "not_found", f"there is no untag {untag_id}")
+    if view.untag.outcome != "failed":
+        raise ActionRefused(409, "not_failed", f"untag {untag_id} is {view.untag.outcome}, not failed; "
+                            "only failed untags can be retried")
+    return store().add_request("retry", untag_id, who, now())
+
+
+# query parsing ----------------------------------------------------------------------------------------
+def _page_args(args: Mapping[str, str]) -> tuple[int, int, int | None]:
+    try:
+        limit = int(args.get("limit", DEFAULT_LIMIT))
+        offset = int(args.get("offset", 0))
+        cursor = args.get("cursor")
+        before = int(cursor) if cursor else None
+    except ValueError:
+        raise BadQuery("limit, offset and cursor are whole numbers (cursor: the next_cursor of a "
+                       "previous page)") from None
+    if not 1 <= limit <= MAX_LIMIT or offset < 0 or (before is not None and before < 1):
+        raise BadQuery(f"limit is 1..{MAX_LIMIT}, offset 0 or more, cursor a next_cursor")
+    return limit, offset, before
+
+
+def _choice(args: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
+    value = args.get(name) or None
+    if value is not None and value not in allowed:
+        raise BadQuery(f"{name} is one of {', '.join(allowed)}")
+    return value
+
+
+def _refused(exc: ActionRefused) -> ResponseReturnValue:
+    return json_error(exc.status, exc.code, exc.message)
+
+
+def _bad(exc: BadQuery) -> ResponseReturnValue:
+    return json_error(400, "bad_query", str(exc))
+
+
+def _requests_of(views: list[UntagView]) -> dict[tuple[int, str], OperatorRequest]:
+    return store().latest_requests(v.untag.id for v in views)
+
+
+def _accepted(req: OperatorRequest, created: bool) -> ResponseReturnValue:
+    response = jsonify({"request": request_json(req), "created": created,
+                        "message": f"{req.kind} of untag {req.untag_id} is recorded; the worker carries it "
+                                   f"out on its next tick (poll {url_for('api.get_request', request_id=req.id)})"})
+    response.status_code = 202
+    response.headers["Location"] = url_for("api.get_request", request_id=req.id)
+    return response
+
+
+# routes -----------------------------------------------------------------------------------------------
+@bp.get("/api/v1/status")
+@admin_required
+def status() -> ResponseReturnValue:
+    return jsonify(status_snapshot(settings(), store(), now()))
+
+
+@bp.get("/api/v1/plans")
+@admin_required
+def list_plans() -> ResponseReturnValue:
+    try:
+        limit, offset, before = _page_args(request.args)
+        state = _choice(request.args, "state", PLAN_STATES)
+    except BadQuery as exc:
+        return _bad(exc)
+    plans = store().plan_page(state=state, project_path=request.args.get("project") or None,
+                              before_id=before, limit=limit + 1, offset=offset)
+    page = plans[:limit]
+    more = len(plans) > limit
+    return jsonify({"plans": [plan_json(p) for p in page], "limit": limit, "offset": offset,
+                    "next_cursor": str(page[-1].id) if more else None})
+
+
+@bp.get("/api/v1/plans/<int:plan_id>")
+@admin_required
+def get_plan(plan_id: int) -> ResponseReturnValue:
+    plan = store().get_plan(plan_id)
+    if plan is None:
+        return json_error(404, "not_found", f"there is no plan {plan_id}")
+    views = store().untag_views(plan_id=plan_id, limit=100_000)
+    requests = _requests_of(views)
+    return jsonify({**plan_json(plan), "approved_by": store().plan_approver(plan_id),
+                    "untags": [untag_json(v, requests) for v in reversed(views)]})
+
+
+@bp.post("/api/v1/plans/<int:plan_id>/approve")
+@admin_required
+def approve(plan_id: int) -> ResponseReturnValue:
+    try:
+        return jsonify(plan_json(decide_plan(plan_id, True, admin_name())))
+    except ActionRefused as exc:
+        return _refused(exc)
+
+
+@bp.post("/api/v1/plans/<int:plan_id>/reject")
+@admin_required
+def reject(plan_id: int) -> ResponseReturnValue:
+    try:
+        return jsonify(plan_json(decide_plan(plan_id, False, admin_name())))
+    except ActionRefused as exc:
+        return _refused(exc)
+
+
+@bp.get("/api/v1/untags")
+@admin_required
+def list_untags() -> ResponseReturnValue:
+    try:
+        limit, offset, before = _page_args(request.args)
+        outcome = _choice(request.args, "outcome", OUTCOMES)
+        since_text = request.args.get("since")
+        try:
+            since = parse_since(since_text, now()) if since_text else None
+        except ValueError as exc:
+            raise BadQuery(f"since: {exc}") from None
+    except BadQuery as exc:
+        return _bad(exc)
+    views = store().untag_views(project_path=request.args.get("project") or None, outcome=outcome,
+                                since=since, before_id=before, limit=limit + 1, offset=offset)
+    page = views[:limit]
+    requests = _requests_of(page)
+    return jsonify({"untags": [untag_json(v, requests) for v in page], "limit": limit, "offset": offset,
+                    "next_cursor": str(page[-1].untag.id) if len(views) > limit else None})
+
+
+@bp.get("/api/v1/untags/<int:untag_id>")
+@admin_required
+def get_untag(untag_id: int) -> ResponseReturnValue:
+    view = store().untag_view(untag_id)
+    if view is None:
+        return json_error(404, "not_found", f"there is no untag {untag_id}")
+    return jsonify(untag_json(view, _requests_of([view])))
+
+
+@bp.post("/api/v1/untags/<int:untag_id>/restore")
+@admin_required
+def restore(untag_id: int) -> ResponseReturnValue:
+    try:
+        return _accepted(*ask_restore(untag_id, admin_name()))
+    except ActionRefused as exc:
+        return _refused(exc)
+
+
+@bp.post("/api/v1/untags/<int:untag_id>/retry")
+@admin_required
+def retry(untag_id: int) -> ResponseReturnValue:
+    try:
+        return _accepted(*ask_retry(untag_id, admin_name()))
+    except ActionRefused as exc:
+        return _refused(exc)
+
+
+@bp.get("/api/v1/requests/<int:request_id>")
+@admin_required
+def get_request(request_id: int) -> ResponseReturnValue:
+    req = store().get_request(request_id)
+    if req is None:
+        return json_error(404, "not_found", f"there is no operator request {request_id}")
+    body: dict[str, Any] = {"request": request_json(req)}
+    view = store().untag_view(req.untag_id)
+    if view is not None:
+        body["untag"] = untag_json(view, _requests_of([view]))
+    return jsonify(body)

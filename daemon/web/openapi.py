@@ -1,0 +1,284 @@
+"""``GET /api/v1/openapi.json``: the OpenAPI 3.1 document of every route the app serves (no auth).
+
+Written by hand next to the routes it describes; ``tests/test_openapi.py`` fails when a route of the
+app is missing here, and validates the document. Must not: describe anything the app does not serve.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
+
+bp = Blueprint("openapi", __name__)
+
+JSON = "application/json"
+ADMIN: list[dict[str, list[str]]] = [{"adminBearer": []}, {"adminBasic": []}]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+def _id(name: str, what: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": what,
+            "schema": {"type": "integer", "minimum": 1}}
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+ADMIN_ERRORS = {
+    "401": {**_error("no or wrong admin token"),
+            "headers": {"WWW-Authenticate": {"schema": {"type": "string"},
+                                             "description": 'Basic realm="registry-janitor"'}}},
+    "503": _error("server.admin_token is not configured"),
+}
+PAGING = [
+    _query("limit", "items per page (default 50)", {"type": "integer", "minimum": 1, "maximum": 500}),
+    _query("offset", "items to skip", {"type": "integer", "minimum": 0}),
+    _query("cursor", "the next_cursor of the previous page (newest first)", {"type": "string"}),
+]
+PLAN_STATES = ["scheduled", "ready", "running", "done", "held", "cancelled", "dry_run"]
+OUTCOMES = ["pending", "done", "skipped", "failed", "dry_run"]
+STR_OR_NULL = {"type": ["string", "null"]}
+TIME = {"type": ["string", "null"], "format": "date-time"}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error", "message"],
+              "properties": {"error": {"type": "string", "description": "machine-readable code"},
+                             "message": {"type": "string", "description": "what failed and what to do"}}},
+    "Plan": {"type": "object", "required": ["id", "project", "trigger", "state"], "properties": {
+        "id": {"type": "integer"}, "project": {"type": "string"}, "trigger": {"type": "string"},
+        "trigger_key": {"type": "string"}, "state": {"type": "string", "enum": PLAN_STATES},
+        "untag_count": {"type": "integer"}, "note": STR_OR_NULL, "created_at": TIME, "due_at": TIME}},
+    "PlanDetail": {"allOf": [_ref("Plan"), {"type": "object", "properties": {
+        "approved_by": STR_OR_NULL, "untags": {"type": "array", "items": _ref("Untag")}}}]},
+    "PlanPage": {"type": "object", "required": ["plans", "next_cursor"], "properties": {
+        "plans": {"type": "array", "items": _ref("Plan")}, "limit": {"type": "integer"},
+        "offset": {"type": "integer"}, "next_cursor": STR_OR_NULL}},
+    "OperatorRequest": {"type": "object", "required": ["id", "kind", "untag_id", "state"], "properties": {
+        "id": {"type": "integer"}, "kind": {"type": "string", "enum": ["restore", "retry"]},
+        "untag_id": {"type": "integer"},
+        "state": {"type": "string", "enum": ["pending", "running", "done", "failed"]},
+        "reason": STR_OR_NULL, "requested_by": {"type": "string"}, "requested_at": TIME,
+        "finished_at": TIME}},
+    "Untag": {"type": "object", "required": ["id", "plan_id", "project", "repository", "tag", "outcome"],
+              "properties": {
+                  "id": {"type": "integer"}, "plan_id": {"type": "integer"}, "project": {"type": "string"},
+                  "repository": {"type": "string"}, "tag": {"type": "string"}, "image": {"type": "string"},
+                  "expected_digest": STR_OR_NULL, "outcome": {"type": "string", "enum": OUTCOMES},
+                  "reason": STR_OR_NULL, "method": STR_OR_NULL, "trigger": STR_OR_NULL,
+                  "pipeline_id": {"type": ["integer", "null"]}, "attempts": {"type": "integer"},
+                  "created_at": TIME, "finished_at": TIME, "restored_at": TIME,
+                  "restorable": {"type": "boolean"},
+                  "saved_manifest": {"type": ["object", "null"], "properties": {
+                      "digest": {"type": "string"}, "media_type": {"type": "string"},
+                      "size": {"type": "integer"}}},
+                  "restore": {"anyOf": [_ref("OperatorRequest"), {"type": "null"}]},
+                  "retry": {"anyOf": [_ref("OperatorRequest"), {"type": "null"}]}}},
+    "UntagPage": {"type": "object", "required": ["untags", "next_cursor"], "properties": {
+        "untags": {"type": "array", "items": _ref("Untag")}, "limit": {"type": "integer"},
+        "offset": {"type": "integer"}, "next_cursor": STR_OR_NULL}},
+    "Accepted": {"type": "object", "required": ["request"], "properties": {
+        "request": _ref("OperatorRequest"), "created": {"type": "boolean"}, "message": {"type": "string"}}},
+    "RequestDetail": {"type": "object", "required": ["request"], "properties": {
+        "request": _ref("OperatorRequest"), "untag": _ref("Untag")}},
+    "Counters": {"type": "object", "properties": {
+        **{k: {"type": "integer"} for k in ("created", "untagged", "scheduled", "held", "failed", "dry_run",
+                                            "restored")},
+        "ratio": {"type": "number", "description": "untagged / created"},
+        "untagged_image_bytes": {"type": ["integer", "null"],
+                                 "description": "bytes the untagged images reference (from saved manifests)"}}},
+    "ProjectStatus": {"allOf": [_ref("Counters"), {"type": "object", "properties": {
+        "configured": {"type": "boolean"}, "dry_run_mode": {"type": ["boolean", "null"]},
+        "last_events": {"type": "object", "additionalProperties": {"type": "string", "format": "date-time"}},
+        "last_event_at": TIME, "quiet": {"type": "boolean", "description": "no event for over 24 hours"}}}]},
+    "Status": {"type": "object", "required": ["projects", "total", "queue"], "properties": {
+        "generated_at": TIME,
+        "projects": {"type": "object", "additionalProperties": _ref("ProjectStatus")},
+        "total": _ref("Counters"),
+        "queue": {"type": "object", "properties": {"depth": {"type": "integer"},
+                                                   "oldest_pending_age_seconds": {"type": ["number", "null"]}}},
+        "plans": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "operator_requests_open": {"type": "integer"},
+        "registry_notifications": {"type": "object", "properties": {"last_event_at": TIME}},
+        "worker": {"type": "object", "properties": {"heartbeat_age_seconds": {"type": ["number", "null"]},
+                                                    "fresh": {"type": "boolean"}}},
+        "dry_run_projects": {"type": "array", "items": {"type": "string"}}}},
+    "Stored": {"type": "object", "properties": {"status": {"type": "string",
+                                                           "enum": ["stored", "duplicate", "ignored"]},
+                                                "kind": {"type": "string"}, "pushes": {"type": "integer"}}},
+    "CiImage": {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string", "description": "<registry host>/<repository>:<tag>",
+                  "example": "registry.example.com/group/app:mr-42"},
+        "digest": {"type": "string", "description": "optional, pushes only: sha256:<hex>"}}},
+    "CiPush": {"type": "object", "properties": {
+        "status": {"type": "string", "enum": ["recorded", "already_recorded"]},
+        "push_record_id": {"type": "integer"}, "lifetime": {"type": "string"}}},
+    "CiUntag": {"type": "object", "properties": {
+        "status": {"type": "string", "enum": ["accepted"]}, "untag_id": {"type": "integer"},
+        "plan_id": {"type": "integer"}, "outcome": {"type": "string"}, "reason": STR_OR_NULL}},
+}
+
+
+def _admin_get(summary: str, schema: str, *, params: list[dict[str, Any]] | None = None,
+               not_found: bool = False, bad_query: bool = False) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": _json(_ref(schema), summary), **ADMIN_ERRORS}
+    if not_found:
+        responses["404"] = _error("no such id")
+    if bad_query:
+        responses["400"] = _error("a query parameter is malformed")
+    return {"get": {"summary": summary, "security": ADMIN, "parameters": params or [],
+                    "responses": responses}}
+
+
+def _admin_action(summary: str, param: dict[str, Any], ok: str, schema: str, conflict: str) -> dict[str, Any]:
+    return {"post": {"summary": summary, "security": ADMIN, "parameters": [param],
+                     "responses": {ok: _json(_ref(schema), summary), "404": _error("no such id"),
+                                   "409": _error(conflict), **ADMIN_ERRORS}}}
+
+
+def _dashboard_action(summary: str, param: dict[str, Any]) -> dict[str, Any]:
+    return {"post": {
+        "summary": summary, "security": ADMIN, "parameters": [param], "tags": ["dashboard"],
+        "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+            "type": "object", "required": ["csrf"], "properties": {"csrf": {"type": "string"}}}}}},
+        "responses": {"303": {"description": "back to /dashboard with a flash message"},
+                      "403": _error("CSRF token missing or wrong, or a cross-site request"), **ADMIN_ERRORS}}}
+
+
+def _paths() -> dict[str, Any]:
+    plan_id, untag_id = _id("plan_id", "plan id"), _id("untag_id", "untag id")
+    ci_auth: list[dict[str, list[str]]] = [{"jobToken": []}]
+    ci_errors = {"400": _error("malformed body"), "401": _error("job token missing or refused by GitLab"),
+                 "403": _error("repository outside the job's project"),
+                 "503": _error("GitLab unreachable; retry")}
+    return {
+        "/webhooks/gitlab": {"post": {
+            "summary": "GitLab project, group or system hook (pipeline, merge request, push events)",
+            "security": [{"gitlabToken": []}],
+            "parameters": [{"name": "X-Gitlab-Event", "in": "header", "schema": {"type": "string"}},
+                           {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
+                           {"name": "X-Gitlab-Event-UUID", "in": "header", "schema": {"type": "string"}}],
+            "requestBody": {"required": True, "content": {JSON: {"schema": {"type": "object"}}}},
+            "responses": {"202": _json(_ref("Stored"), "stored durably"),
+                          "200": _json(_ref("Stored"), "duplicate delivery, or a kind the janitor ignores"),
+                          "400": _error("malformed event"), "401": _error("bad token or unknown project"),
+                          "413": _error("body over server.max_body_bytes"), "415": _error("not JSON")}}},
+        "/webhooks/registry": {"post": {
+            "summary": "Registry notifications (v1 and v2 envelopes)", "security": [{"registryBearer": []}],
+            "requestBody": {"required": True, "content": {JSON: {"schema": {"type": "object"}},
+                                                          "application/vnd.docker.distribution.events.v1+json":
+                                                              {"schema": {"type": "object"}}}},
+            "responses": {"202": _json(_ref("Stored"), "stored (or nothing to store)"),
+                          "400": _error("malformed envelope"),
+                          "401": _error("not Bearer <server.registry_notification_token>"),
+                          "415": _error("not JSON")}}},
+        "/api/v1/ci/pushes": {"post": {
+            "summary": "A CI job records a tag its pipeline pushed", "security": ci_auth,
+            "requestBody": {"required": True, "content": {JSON: {"schema": _ref("CiImage")}}},
+            "responses": {"201": _json(_ref("CiPush"), "recorded"),
+                          "200": _json(_ref("CiPush"), "already recorded"), **ci_errors}}},
+        "/api/v1/ci/untag": {"post": {
+            "summary": "A CI job asks to untag one tag a pipeline of its project and ref pushed",
+            "security": ci_auth,
+            "requestBody": {"required": True, "content": {JSON: {"schema": _ref("CiImage")}}},
+            "responses": {"202": _json(_ref("CiUntag"), "accepted, with the untag id"), **ci_errors,
+                          "403": _error("not owned by this project and ref, or another project"),
+                          "409": _error("protected tag"),
+                          "429": {**_error("ci_untag_per_pipeline used up"),
+                                  "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}}},
+        "/api/v1/status": _admin_get("Per-project and total counters, queue, plans, webhook health",
+                                     "Status"),
+        "/api/v1/plans": _admin_get("Plans, newest first", "PlanPage", bad_query=True, params=[
+            _query("state", "only plans in this state", {"type": "string", "enum": PLAN_STATES}),
+            _query("project", "only this project path", {"type": "string"}), *PAGING]),
+        "/api/v1/plans/{plan_id}": _admin_get("One plan with its untags", "PlanDetail", params=[plan_id],
+                                              not_found=True),
+        "/api/v1/plans/{plan_id}/approve": _admin_action(
+            "Approve a held plan: it runs on the worker's next tick", plan_id, "200", "Plan", "plan is not held"),
+        "/api/v1/plans/{plan_id}/reject": _admin_action(
+            "Reject a held plan: it is cancelled, nothing is untagged", plan_id, "200", "Plan",
+            "plan is not held"),
+        "/api/v1/untags": _admin_get("The untag log (audit), newest first", "UntagPage", bad_query=True, params=[
+            _query("project", "only this project path", {"type": "string"}),
+            _query("outcome", "only this outcome", {"type": "string", "enum": OUTCOMES}),
+            _query("since", "finished since: a duration back from now (2h, 7d), an ISO date or date-time",
+                   {"type": "string"}), *PAGING]),
+        "/api/v1/untags/{untag_id}": _admin_get("One untag", "Untag", params=[untag_id], not_found=True),
+        "/api/v1/untags/{untag_id}/restore": _admin_action(
+            "Ask the worker to put the tag back at its saved manifest", untag_id, "202", "Accepted",
+            "not restorable: not carried out, already restored, or no saved manifest"),
+        "/api/v1/untags/{untag_id}/retry": _admin_action(
+            "Ask the worker to retry a failed untag", untag_id, "202", "Accepted", "the untag is not failed"),
+        "/api/v1/requests/{request_id}": _admin_get(
+            "A restore or retry request and its outcome", "RequestDetail",
+            params=[_id("request_id", "operator request id")], not_found=True),
+        "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
+                                         "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}},
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics (text format 0.0.4), derived from storage",
+            "description": "Needs the admin token when server.metrics_require_token is true.",
+            "security": [{}, *ADMIN],
+            "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          **ADMIN_ERRORS}}},
+        "/healthz": {"get": {"summary": "Liveness", "security": [],
+                             "responses": {"200": _json({"type": "object"}, "alive")}}},
+        "/readyz": {"get": {"summary": "Readiness: storage writable and a fresh worker heartbeat", "security": [],
+                            "responses": {"200": _json({"type": "object"}, "ready"),
+                                          "503": _error("storage not writable, or no fresh worker heartbeat")}}},
+        "/dashboard": {"get": {
+            "summary": "The operators' page (HTML)", "security": ADMIN, "tags": ["dashboard"],
+            "responses": {"200": {"description": "the page",
+                                  "content": {"text/html": {"schema": {"type": "string"}}}}, **ADMIN_ERRORS}}},
+        "/dashboard/plans/{plan_id}/approve": _dashboard_action("Approve a held plan (form)", plan_id),
+        "/dashboard/plans/{plan_id}/reject": _dashboard_action("Reject a held plan (form)", plan_id),
+        "/dashboard/untags/{untag_id}/restore": _dashboard_action("Ask for a restore (form)", untag_id),
+        "/dashboard/untags/{untag_id}/retry": _dashboard_action("Ask for a retry (form)", untag_id),
+    }
+
+
+def document() -> dict[str, Any]:
+    try:
+        app_version = version("registry-janitor")
+    except PackageNotFoundError:
+        app_version = "0"
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "registry-janitor", "version": app_version,
+                 "description": "Untags exactly the image tags a GitLab pipeline pushed. Every error body is "
+                                "JSON {\"error\": \"<code>\", \"message\": \"<what to do>\"}."},
+        "paths": _paths(),
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "adminBearer": {"type": "http", "scheme": "bearer",
+                                "description": "Authorization: Bearer <server.admin_token>"},
+                "adminBasic": {"type": "http", "scheme": "basic",
+                               "description": "any user name, server.admin_token as the password"},
+                "gitlabToken": {"type": "apiKey", "in": "header", "name": "X-Gitlab-Token",
+                                "description": "the project's webhook_secret"},
+                "registryBearer": {"type": "http", "scheme": "bearer",
+                                   "description": "server.registry_notification_token"},
+                "jobToken": {"type": "apiKey", "in": "header", "name": "JOB-TOKEN",
+                             "description": "the job's $CI_JOB_TOKEN, verified with GitLab"},
+            },
+        },
+    }
+
+
+@bp.get("/api/v1/openapi.json")
+def openapi() -> ResponseReturnValue:
+    return jsonify(document())
