@@ -253,6 +253,17 @@ class AdminStore(StoreBase):
             seen.setdefault(project, {}).update(image_bytes(bytes(body)))
         return {project: sum(blobs.values()) for project, blobs in seen.items()}
 
+    def daily_created_untagged(self, since: float) -> list[tuple[str, int, int]]:
+        """(UTC day, pushes confirmed, untags done) per day since ``since``. A push counts on the day it
+        was recorded even after it was untagged, so both series only ever grow."""
+        created = dict(self.db.execute(
+            "SELECT date(recorded_at, 'unixepoch'), COUNT(*) FROM push_records WHERE state IN"
+            " ('confirmed', 'untagged') AND recorded_at >= ? GROUP BY 1", [since]).fetchall())
+        untagged = dict(self.db.execute(
+            "SELECT date(finished_at, 'unixepoch'), COUNT(*) FROM untags WHERE outcome = 'done'"
+            " AND finished_at >= ? GROUP BY 1", [since]).fetchall())
+        return [(d, int(created.get(d, 0)), int(untagged.get(d, 0))) for d in sorted(set(created) | set(untagged))]
+
     def last_registry_event(self) -> float | None:
         row = self.db.execute("SELECT MAX(received_at) FROM inbox WHERE source = 'registry'").fetchone()
         return None if row is None or row[0] is None else float(row[0])

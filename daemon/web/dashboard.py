@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,7 +173,7 @@ def page() -> ResponseReturnValue:
     requests = s.latest_requests([v.untag.id for v in (*failures, *recent)])
     today = dt.datetime.fromtimestamp(current, dt.UTC).date()
     since = dt.datetime.combine(today - dt.timedelta(days=CHART_DAYS - 1), dt.time(), dt.UTC).timestamp()
-    chart = build_chart(s.daily_counts(since), today)
+    chart = build_chart(s.daily_created_untagged(since), today)
     nonce = request.cookies.get(CSRF_COOKIE, "")
     fresh_nonce = not _NONCE.match(nonce)
     if fresh_nonce:
@@ -197,15 +198,14 @@ def page() -> ResponseReturnValue:
     return response
 
 
-def _act(anchor: str, action: Any, done: str) -> ResponseReturnValue:
+def _act(anchor: str, action: Callable[[], object], done: str) -> ResponseReturnValue:
     refused = _csrf_refusal()
     if refused is not None:
         return refused
     try:
-        result = action()
+        action()
     except ActionRefused as exc:
         return _back(exc.message, "error", anchor)
-    del result
     return _back(done, "ok", anchor)
 
 
