@@ -171,6 +171,13 @@ def _pipeline(payload: dict[str, Any], received_at: float) -> PipelineEvent:
     # GitLab's own doc example) show the target instead, so trust the MR block when present.
     if mr and isinstance(mr.get("source_branch"), str) and mr["source_branch"]:
         ref = mr["source_branch"]
+    # A fork's MR pipeline run in this (the target) project: its source branch is a branch of the
+    # fork, not of this project, and must never be mistaken for this project's branch of the same
+    # name (branch_deleted, another MR from it). Here it runs on the MR's own ref.
+    source_project = _opt_int(mr.get("source_project_id")) if mr else None
+    here = _opt_int(project.get("id"))
+    if mr_iid is not None and source_project is not None and here is not None and source_project != here:
+        ref = f"refs/merge-requests/{mr_iid}/head"
     return PipelineEvent(
         Pipeline(
             project_path=_str(project.get("path_with_namespace"), "project.path_with_namespace"),

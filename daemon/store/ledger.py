@@ -165,8 +165,11 @@ class LedgerStore(StoreBase):
             [project_path, iid, source_branch, source_project_id, target_project_id, state, now])
 
     def mr_source_branch(self, project_path: str, iid: int) -> str | None:
-        row = self.db.execute("SELECT source_branch FROM merge_requests WHERE project_path = ? AND iid = ?",
-                              [project_path, iid]).fetchone()
+        """The branch of this project an MR comes from; None when unknown, or when the MR comes from a
+        fork: the fork's branch name says nothing of this project's branch of the same name."""
+        row = self.db.execute("SELECT source_branch FROM merge_requests WHERE project_path = ? AND iid = ?"
+                              " AND (source_project_id IS NULL OR target_project_id IS NULL"
+                              " OR source_project_id = target_project_id)", [project_path, iid]).fetchone()
         return None if row is None else str(row[0])
 
     def default_branch(self, project_path: str) -> str | None:
