@@ -26,6 +26,13 @@ def _pipeline(row: Sequence[Any]) -> Pipeline:
                     created_at=row[9] or 0.0)
 
 
+# An expired TTL record stays expired: each minute's ttl_expired trigger would plan it again while
+# the plan that holds it waits out its grace period (or an admin's decision), and again after an
+# admin rejected it. Records already in such a plan are not the next trigger's.
+_NOT_PLANNED = ("NOT EXISTS (SELECT 1 FROM untags u WHERE u.push_record_id = push_records.id"
+                " AND (u.outcome = 'pending' OR u.reason = 'rejected'))")
+
+
 def _marks(n: int) -> str:
     return ",".join("?" * n)
 
@@ -113,8 +120,8 @@ class LedgerStore(StoreBase):
         elif trigger.kind == "branch_deleted":
             rows = self.db.execute(sql + "ref = ?", [p, trigger.ref])
         elif trigger.kind == "ttl_expired":
-            rows = self.db.execute(sql + "ttl_seconds IS NOT NULL AND recorded_at + ttl_seconds <= ?",
-                                   [p, trigger.raised_at])
+            rows = self.db.execute(sql + "ttl_seconds IS NOT NULL AND recorded_at + ttl_seconds <= ?"
+                                   f" AND {_NOT_PLANNED}", [p, trigger.raised_at])
         else:
             rows = self.db.execute(sql + "pipeline_id = ?", [p, trigger.pipeline_id])
         return [_record(r) for r in rows]
@@ -139,7 +146,8 @@ class LedgerStore(StoreBase):
 
     def ttl_projects(self, now: float) -> list[str]:
         rows = self.db.execute("SELECT DISTINCT project_path FROM push_records WHERE ttl_seconds IS NOT"
-                               " NULL AND state = 'confirmed' AND recorded_at + ttl_seconds <= ?", [now])
+                               " NULL AND state = 'confirmed' AND recorded_at + ttl_seconds <= ?"
+                               f" AND {_NOT_PLANNED}", [now])
         return [r[0] for r in rows]
 
     # observations (registry pushes not yet attributed) -------------------------------------------
