@@ -88,6 +88,7 @@ class LedgerStore(StoreBase):
         if not created and state == "confirmed" and digest:
             db.execute("UPDATE push_records SET state = 'confirmed', digest = ?, source = ?, updated_at = ?"
                        " WHERE id = ?", [digest, source, now, row[0]])
+            self._pending_untags_follow(int(row[0]), digest, now)
         if not created and source == "pattern":  # the project's patterns decide lifetimes
             db.execute("UPDATE push_records SET lifetime = ?, ttl_seconds = ? WHERE id = ?",
                        [lifetime, ttl_seconds, row[0]])
@@ -107,6 +108,19 @@ class LedgerStore(StoreBase):
         """Resolve an expected record: confirmed with the digest found, or dropped when absent."""
         self.db.execute("UPDATE push_records SET digest = ?, state = ?, updated_at = ? WHERE id = ?",
                         [digest, "confirmed" if digest else "dropped", now, record_id])
+        self._pending_untags_follow(record_id, digest, now)
+
+    def _pending_untags_follow(self, record_id: int, digest: str | None, now: float) -> None:
+        """A plan made while its record was only expected carries no digest to guard (S3), and the
+        executor would untag whatever the tag points at when it runs. Once the ledger learns the
+        record's digest, its waiting untags guard that digest; once it learns the pipeline never
+        pushed the tag (dropped), they are skipped: the ledger no longer attributes it to anyone (S1)."""
+        if digest:
+            self.db.execute("UPDATE untags SET expected_digest = ? WHERE push_record_id = ?"
+                            " AND outcome = 'pending'", [digest, record_id])
+        else:
+            self.db.execute("UPDATE untags SET outcome = 'skipped', reason = 'missing', finished_at = ?"
+                            " WHERE push_record_id = ? AND outcome = 'pending'", [now, record_id])
 
     def candidates(self, trigger: Trigger) -> list[PushRecord]:
         """A superset of the records ``trigger`` may end, found through indexes only; the planner
