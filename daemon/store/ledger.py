@@ -40,18 +40,27 @@ def _marks(n: int) -> str:
 class LedgerStore(StoreBase):
     # pipelines -------------------------------------------------------------------------------------
     def upsert_pipeline(self, p: Pipeline, now: float) -> None:
-        """Keep the newest status; a late 'running' hook never un-finishes a pipeline."""
+        """Keep the newest status; a late 'running' hook never un-finishes a pipeline. A branch name
+        replaces a ``refs/merge-requests/...`` ref a CI job reported first."""
         self.db.execute(
             "INSERT INTO pipelines (project_path, pipeline_id, iid, ref, sha, status, is_tag, mr_iid,"
             " default_branch, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT(project_path, pipeline_id) DO UPDATE SET"
             " status = CASE WHEN pipelines.status IN ('success','failed','canceled','skipped')"
             "   THEN pipelines.status ELSE excluded.status END,"
+            " ref = CASE WHEN pipelines.ref LIKE 'refs/merge-requests/%'"
+            "   AND excluded.ref NOT LIKE 'refs/merge-requests/%' THEN excluded.ref ELSE pipelines.ref END,"
             " mr_iid = COALESCE(excluded.mr_iid, pipelines.mr_iid),"
             " default_branch = COALESCE(excluded.default_branch, pipelines.default_branch),"
             " updated_at = excluded.updated_at",
             [p.project_path, p.pipeline_id, p.iid, p.ref, p.sha, p.status, int(p.is_tag), p.mr_iid,
              p.default_branch, p.created_at, now])
+        if not p.ref.startswith("refs/merge-requests/"):
+            # A CI job of a merge-request pipeline may record its pushes before any hook said which
+            # branch ``refs/merge-requests/<iid>/head`` stands for; the pipeline hook names it, and the
+            # records made under the placeholder ref take the branch (branch_deleted must find them).
+            self.db.execute("UPDATE push_records SET ref = ? WHERE project_path = ? AND pipeline_id = ?"
+                            " AND ref LIKE 'refs/merge-requests/%'", [p.ref, p.project_path, p.pipeline_id])
 
     def get_pipeline(self, project_path: str, pipeline_id: int) -> Pipeline | None:
         row = self.db.execute(f"SELECT {_PIPELINE_COLS} FROM pipelines WHERE project_path = ?"
