@@ -200,7 +200,7 @@ class Ingest:
                                         note=f"branch {push.ref} was pushed again")
 
     def on_registry_push(self, push: RegistryPush, now: float) -> None:
-        """Attribute a pushed tag to the newest pipeline expecting it; otherwise keep it as an
+        """Attribute a pushed tag to the newest running pipeline expecting it; otherwise keep it as an
         observation only (proof the tag was pushed), never as ownership. A push that landed while
         the janitor was untagging that very tag is put back by the worker (a repair)."""
         if push.by_janitor:
@@ -210,10 +210,17 @@ class Ingest:
             if self.store.add_repair(untag_id, push.repository, push.tag, push.digest, push.at, now):
                 log.warning("%s:%s was pushed (%s) while untag %s ran; it will be put back",
                             push.repository, push.tag, push.digest, untag_id)
-        for record in self.store.expected_for(push.repository, push.tag):
+        for record in self.store.pattern_owners_of(push.repository, push.tag):
             pipeline = self.store.get_pipeline(record.project_path, record.pipeline_id)
             if pipeline is None:
                 continue
+            # A confirmed record of a pipeline still running follows its re-push (a retried job), and
+            # corrects a digest taken from an observation older than the pipeline's own push; a
+            # finished pipeline pushes nothing more.
+            if record.state == "confirmed" and pipeline.finished:
+                continue
+            if record.digest == push.digest:
+                return
             self.store.add_record(project_path=record.project_path, pipeline=pipeline,
                                   repository=push.repository, tag=push.tag, digest=push.digest,
                                   lifetime=record.lifetime, ttl_seconds=record.ttl_seconds,

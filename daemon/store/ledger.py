@@ -162,9 +162,12 @@ class LedgerStore(StoreBase):
         self.db.execute("UPDATE push_records SET state = 'untagged', updated_at = ? WHERE id = ?",
                         [now, record_id])
 
-    def expected_for(self, repository: str, tag: str) -> list[PushRecord]:
+    def pattern_owners_of(self, repository: str, tag: str) -> list[PushRecord]:
+        """Records of this tag that patterns or notifications made (not a CI job's own word), still
+        expected or confirmed, newest pipeline first: who a notified push of the tag may belong to."""
         rows = self.db.execute(f"SELECT {_RECORD_COLS} FROM push_records WHERE repository = ? AND tag = ?"
-                               " AND state = 'expected' ORDER BY pipeline_id DESC", [repository, tag])
+                               " AND (state = 'expected' OR (state = 'confirmed' AND source != 'ci'))"
+                               " ORDER BY pipeline_id DESC", [repository, tag])
         return [_record(r) for r in rows]
 
     def ttl_projects(self, now: float) -> list[str]:
