@@ -1,0 +1,300 @@
+"""POST /api/v1/ci/pushes: a CI job records what it pushed. GitLab (the stand-in) vouches for the job;
+the registry is real; the worker resolves digests the job did not send."""
+
+from __future__ import annotations
+
+import pytest
+from janitor_env import SECRET, Harness, make_settings, mr_hook, pipeline_hook, push_hook
+from support.images import digest_of, push_image, tags
+
+GRACE = 60.0
+SHA = "fade0123" + "0" * 32
+PATTERNS = [
+    {"pattern": "mr-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"},
+    {"pattern": "$CI_COMMIT_REF_SLUG", "lifetime": "branch"},
+    {"pattern": "cache-$CI_PIPELINE_ID", "lifetime": "pipeline"},
+    {"pattern": "preview-$CI_COMMIT_SHORT_SHA", "ttl": "2h"},
+]
+
+
+def build(tmp_path, registry, gitlab, project, **extra):
+    return Harness(tmp_path, make_settings(
+        [{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token, "dry_run": False,
+          "grace_period": "1m", "tags": PATTERNS, **extra}],
+        registry={"url": registry.url, "requests_per_second": 0}, gitlab={"url": gitlab.url}))
+
+
+@pytest.fixture
+def janitor(tmp_path, registry, gitlab, project):
+    harness = build(tmp_path, registry, gitlab, project)
+    yield harness
+    harness.close()
+
+
+def record_push(janitor, token, body):
+    headers = {} if token is None else {"JOB-TOKEN": token}
+    if isinstance(body, bytes):
+        return janitor.client.post("/api/v1/ci/pushes", data=body, headers=headers,
+                                   content_type="application/json")
+    return janitor.client.post("/api/v1/ci/pushes", json=body, headers=headers)
+
+
+def image(registry, repo, tag):
+    return f"{registry.host}/{repo}:{tag}"
+
+
+def all_records(janitor):
+    rows = janitor.store.db.execute("SELECT id FROM push_records ORDER BY id").fetchall()
+    return [janitor.store.record(r[0]) for r in rows]
+
+
+# -- answers -----------------------------------------------------------------------------------------
+
+def test_first_record_is_201_and_the_same_again_is_200(janitor, registry, gitlab, project):
+    token = gitlab.add_job(project, pipeline_id=70, ref="feat")
+    first = record_push(janitor, token, {"image": image(registry, project.path, "feat")})
+    assert first.status_code == 201, first.get_json()
+    assert first.get_json()["status"] == "recorded" and first.get_json()["lifetime"] == "branch"
+    again = record_push(janitor, token, {"image": image(registry, project.path, "feat")})
+    assert again.status_code == 200 and again.get_json()["status"] == "already_recorded"
+    assert again.get_json()["push_record_id"] == first.get_json()["push_record_id"]
+    (record,) = all_records(janitor)
+    assert (record.pipeline_id, record.ref, record.source, record.state, record.digest) == (
+        70, "feat", "ci", "expected", None)
+
+
+def test_project_pipeline_and_ref_come_from_gitlab_not_the_body(janitor, registry, gitlab, project):
+    token = gitlab.add_job(project, pipeline_id=71, ref="feat")
+    body = {"image": image(registry, project.path, "feat"), "project": "other/project",
+            "pipeline_id": 999, "ref": "main", "sha": "0" * 40, "mr_iid": 5}
+    assert record_push(janitor, token, body).status_code == 201
+    (record,) = all_records(janitor)
+    assert (record.project_path, record.pipeline_id, record.ref, record.mr_iid) == (project.path, 71, "feat", None)
+
+
+@pytest.mark.parametrize("token", [None, "", "glcbt-not-a-job", "finished"])
+def test_a_job_token_gitlab_does_not_vouch_for_is_401(janitor, registry, gitlab, project, token):
+    if token == "finished":  # GitLab revokes a job's token when the job ends
+        token = gitlab.add_job(project, pipeline_id=72, ref="feat")
+        gitlab.set_job_status(token, "success")
+    response = record_push(janitor, token, {"image": image(registry, project.path, "feat")})
+    assert response.status_code == 401
+    assert response.get_json()["error"].startswith("job_token") and response.get_json()["message"]
+    assert all_records(janitor) == []
+
+
+@pytest.mark.parametrize("repository", [
+    "someone-else/app",
+    "{path}-evil",          # a name that merely starts like the project's path
+    "{group}/other",        # a neighbour in the same group
+])
+def test_a_repository_outside_the_jobs_project_is_403_and_nothing_is_recorded(
+        janitor, registry, gitlab, project, repository):
+    token = gitlab.add_job(project, pipeline_id=73, ref="feat")
+    repo = repository.format(path=project.path, group=project.path.split("/")[0])
+    response = record_push(janitor, token, {"image": image(registry, repo, "feat")})
+    assert response.status_code == 403 and response.get_json()["error"] == "out_of_scope"
+    assert all_records(janitor) == []
+
+
+def test_a_project_the_janitor_does_not_clean_is_403(janitor, registry, gitlab):
+    stranger = gitlab.add_project("not/configured")
+    token = gitlab.add_job(stranger, pipeline_id=74, ref="feat")
+    response = record_push(janitor, token, {"image": image(registry, stranger.path, "feat")})
+    assert response.status_code == 403
+    assert all_records(janitor) == []
+
+
+@pytest.mark.parametrize("body", [
+    {"image": "no-host-or-tag"},
+    {"image": "{host}/{repo}"},                     # no tag
+    {"image": "{host}/{repo}@sha256:" + "a" * 64},   # a digest, not a tag
+    {"image": "{host}/{repo}:"},
+    {"image": "{host}/{repo}:bad/tag"},
+    {"image": "{host}/{repo}:-leading-dash"},
+    {"image": "{host}/Upper/Case:tag"},
+    {"image": "registry.elsewhere.example/{repo}:tag"},   # host not in registry.hostnames
+    {"image": "{host}/{repo}:tag", "digest": "md5:abc"},
+    {"image": "{host}/{repo}:tag", "digest": 12},
+    {"image": 42},
+    {"tag": "feat"},
+    [],
+    b"{not json",
+    b"",
+])
+def test_malformed_bodies_are_400(janitor, registry, gitlab, project, body):
+    token = gitlab.add_job(project, pipeline_id=75, ref="feat")
+    if isinstance(body, dict):
+        body = {k: v.format(host=registry.host, repo=project.path) if isinstance(v, str) else v
+                for k, v in body.items()}
+    response = record_push(janitor, token, body)
+    assert response.status_code == 400, response.get_json()
+    assert response.get_json()["error"] == "malformed" and response.get_json()["message"]
+    assert all_records(janitor) == []
+
+
+def test_a_bad_token_answers_before_a_bad_body(janitor):
+    assert record_push(janitor, "glcbt-nobody", {"image": 42}).status_code == 401
+
+
+# -- digests -------------------------------------------------------------------------------------------
+
+def test_the_worker_resolves_a_digest_the_job_did_not_send(janitor, registry, gitlab, project):
+    digest = push_image(registry, project.path, ["feat", "other"])
+    token = gitlab.add_job(project, pipeline_id=76, ref="feat")
+    assert record_push(janitor, token, {"image": image(registry, project.path, "feat")}).status_code == 201
+    assert record_push(janitor, token, {"image": image(registry, project.path, "never-pushed")}).status_code == 201
+    janitor.tick()
+    by_tag = {r.tag: r for r in all_records(janitor)}
+    assert (by_tag["feat"].state, by_tag["feat"].digest) == ("confirmed", digest)
+    assert (by_tag["never-pushed"].state, by_tag["never-pushed"].digest) == ("dropped", None)
+
+
+def test_a_digest_sent_by_the_job_is_recorded_as_is(janitor, registry, gitlab, project):
+    digest = push_image(registry, project.path, ["feat"])
+    token = gitlab.add_job(project, pipeline_id=77, ref="feat")
+    body = {"image": image(registry, project.path, "feat"), "digest": digest}
+    assert record_push(janitor, token, body).status_code == 201
+    (record,) = all_records(janitor)
+    assert (record.state, record.digest) == ("confirmed", digest)
+
+
+# -- job verification is cached --------------------------------------------------------------------------
+
+def test_job_verifications_are_cached(janitor, registry, gitlab, project):
+    first = gitlab.add_job(project, pipeline_id=78, ref="feat")
+    for tag in ("a", "b", "c", "a"):
+        assert record_push(janitor, first, {"image": image(registry, project.path, tag)}).status_code in (200, 201)
+    assert gitlab.calls["GET /api/v4/job"] == 1
+    second = gitlab.add_job(project, pipeline_id=78, ref="feat", name="test")
+    assert record_push(janitor, second, {"image": image(registry, project.path, "d")}).status_code == 201
+    assert gitlab.calls["GET /api/v4/job"] == 2
+    for _ in range(3):  # refusals are not cached as successes
+        assert record_push(janitor, "glcbt-nobody", {"image": image(registry, project.path, "e")}).status_code == 401
+    assert gitlab.calls["GET /api/v4/job"] == 5
+
+
+# -- lifetimes ---------------------------------------------------------------------------------------------
+
+def test_lifetime_from_the_matching_pattern_else_default_lifetime(tmp_path, registry, gitlab, project):
+    janitor = build(tmp_path, registry, gitlab, project, default_lifetime="branch")
+    try:
+        token = gitlab.add_job(project, pipeline_id=79, ref="feat", sha=SHA)
+        answers = {}
+        for tag in ("cache-79", "preview-fade0123", "feat", "custom-build"):
+            response = record_push(janitor, token, {"image": image(registry, project.path, tag)})
+            answers[tag] = response.get_json()["lifetime"]
+        assert answers == {"cache-79": "pipeline", "preview-fade0123": "ttl", "feat": "branch",
+                           "custom-build": "branch"}
+        by_tag = {r.tag: r for r in all_records(janitor)}
+        assert by_tag["preview-fade0123"].ttl_seconds == 7200
+        assert by_tag["custom-build"].ttl_seconds is None
+    finally:
+        janitor.close()
+
+
+def test_a_ci_push_matching_no_pattern_goes_with_its_default_lifetime(janitor, registry, gitlab, project):
+    # default_lifetime is merge_request: the MR's end (by source branch here) removes it
+    repo = project.path
+    push_image(registry, repo, ["custom-build"])
+    keep = push_image(registry, repo, ["keep"])
+    token = gitlab.add_job(project, pipeline_id=80, ref="feat")
+    assert record_push(janitor, token, {"image": image(registry, repo, "custom-build")}).status_code == 201
+    janitor.tick()
+    janitor.hook("Merge Request Hook", mr_hook(repo, iid=15, source_branch="feat", action="merge"))
+    janitor.tick()
+    janitor.tick(advance=GRACE + 1)
+    assert tags(registry, repo) == ["keep"] and digest_of(registry, repo, "keep") == keep
+
+
+def test_a_ci_recorded_branch_tag_goes_when_the_branch_is_deleted(tmp_path, registry, gitlab, project):
+    janitor = build(tmp_path, registry, gitlab, project, default_lifetime="branch")
+    try:
+        repo = project.path
+        push_image(registry, repo, ["custom-build", "feat", "stays"])
+        token = gitlab.add_job(project, pipeline_id=81, ref="feat")
+        for tag in ("custom-build", "feat"):
+            assert record_push(janitor, token, {"image": image(registry, repo, tag)}).status_code == 201
+        janitor.tick()
+        janitor.hook("Push Hook", push_hook(repo, ref="feat", deleted=True))
+        janitor.tick()
+        janitor.tick(advance=GRACE + 1)
+        assert tags(registry, repo) == ["stays"]
+    finally:
+        janitor.close()
+
+
+def test_a_ci_record_and_a_pattern_of_the_same_pipeline_are_one_record(janitor, registry, gitlab, project):
+    repo = project.path
+    digest = push_image(registry, repo, ["feat"])
+    token = gitlab.add_job(project, pipeline_id=82, ref="feat", sha=SHA)
+    assert record_push(janitor, token, {"image": image(registry, repo, "feat"), "digest": digest}).status_code == 201
+    janitor.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=82, ref="feat", sha=SHA, status="running"))
+    janitor.tick()
+    feat = [r for r in all_records(janitor) if r.tag == "feat"]
+    assert [(r.pipeline_id, r.state, r.digest, r.lifetime) for r in feat] == [(82, "confirmed", digest, "branch")]
+
+
+# -- merge-request refs ------------------------------------------------------------------------------------
+
+def test_a_job_on_refs_merge_requests_head_is_the_mrs(janitor, registry, gitlab, project):
+    repo = project.path
+    janitor.hook("Merge Request Hook", mr_hook(repo, iid=16, source_branch="feat16", action="open"))
+    janitor.tick()
+    push_image(registry, repo, ["mr-16", "custom-16"])
+    token = gitlab.add_job(project, pipeline_id=83, ref="refs/merge-requests/16/head")
+    for tag in ("mr-16", "custom-16"):
+        assert record_push(janitor, token, {"image": image(registry, repo, tag)}).status_code == 201
+    assert {(r.tag, r.ref, r.mr_iid, r.lifetime) for r in all_records(janitor)} == {
+        ("mr-16", "feat16", 16, "merge_request"), ("custom-16", "feat16", 16, "merge_request")}
+    janitor.hook("Merge Request Hook", mr_hook(repo, iid=16, source_branch="feat16", action="merge"))
+    janitor.tick()
+    janitor.tick(advance=GRACE + 1)
+    assert tags(registry, repo) == []
+
+
+def test_a_merge_request_job_recorded_before_any_hook_is_joined_by_the_pipeline_hook(
+        janitor, registry, gitlab, project):
+    repo = project.path
+    push_image(registry, repo, ["mr-17", "feat17", "keep"])
+    token = gitlab.add_job(project, pipeline_id=84, ref="refs/merge-requests/17/head", sha=SHA)
+    assert record_push(janitor, token, {"image": image(registry, repo, "mr-17")}).status_code == 201
+    (record,) = all_records(janitor)
+    assert record.mr_iid == 17 and record.lifetime == "merge_request"
+
+    # the pipeline hook, later, says which branch that MR pipeline is for
+    janitor.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=84, ref="feat17", mr_iid=17, sha=SHA,
+                                                status="running"))
+    janitor.tick()
+    assert janitor.store.get_pipeline(repo, 84).ref == "feat17"
+    by_tag = {r.tag: r for r in all_records(janitor)}
+    assert "feat17" in by_tag, "the ref slug pattern expands to the source branch's slug"
+    assert {r.ref for r in by_tag.values()} == {"feat17"}
+
+    janitor.hook("Push Hook", push_hook(repo, ref="feat17", deleted=True))
+    janitor.tick()
+    janitor.tick(advance=GRACE + 1)
+    assert tags(registry, repo) == ["keep"]
+
+
+def test_a_fork_merge_request_job_is_not_the_targets_same_named_branch(janitor, registry, gitlab, project):
+    repo = project.path
+    fork_open = mr_hook(repo, iid=18, source_branch="feature", action="open")
+    fork_open["object_attributes"].update(source_project_id=project.id + 1000, target_project_id=project.id)
+    janitor.hook("Merge Request Hook", fork_open)
+    janitor.tick()
+    push_image(registry, repo, ["mr-18"])
+    token = gitlab.add_job(project, pipeline_id=85, ref="refs/merge-requests/18/head")
+    assert record_push(janitor, token, {"image": image(registry, repo, "mr-18")}).status_code == 201
+
+    janitor.hook("Push Hook", push_hook(repo, ref="feature", deleted=True))  # the target's own branch
+    janitor.tick()
+    janitor.tick(advance=GRACE + 1)
+    assert tags(registry, repo) == ["mr-18"]
+
+    fork_merge = mr_hook(repo, iid=18, source_branch="feature", action="merge")
+    fork_merge["object_attributes"].update(source_project_id=project.id + 1000, target_project_id=project.id)
+    janitor.hook("Merge Request Hook", fork_merge)
+    janitor.tick()
+    janitor.tick(advance=GRACE + 1)
+    assert tags(registry, repo) == []
