@@ -97,7 +97,10 @@ class Broker:
         mr_iid = mr_iid_of_ref(job.ref)
         ref = job.ref
         if mr_iid is not None:
-            ref = self.store.mr_source_branch(job.project_path, mr_iid) or job.ref
+            # The MR hook names the branch; failing that, the pipeline hook already did (and for a
+            # fork's MR both keep the MR's own ref).
+            known = self.store.get_pipeline(job.project_path, job.pipeline_id)
+            ref = self.store.mr_source_branch(job.project_path, mr_iid) or (known.ref if known else job.ref)
         return Pipeline(job.project_path, job.pipeline_id, ref, job.sha, "running", is_tag=job.is_tag,
                         mr_iid=mr_iid, created_at=self.clock())
 
