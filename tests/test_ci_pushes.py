@@ -298,3 +298,21 @@ def test_a_fork_merge_request_job_is_not_the_targets_same_named_branch(janitor, 
     janitor.tick()
     janitor.tick(advance=GRACE + 1)
     assert tags(registry, repo) == []
+
+
+def test_a_merge_request_job_known_only_by_its_pipeline_hook_may_untag_its_own_tag(
+        janitor, registry, gitlab, project):
+    # No MR hook was seen (it went to another janitor, or was lost): the pipeline hook alone names
+    # the branch of refs/merge-requests/19/head, and the job's own tag is still its own.
+    repo = project.path
+    janitor.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=86, ref="feat19", mr_iid=19, sha=SHA,
+                                                status="running"))
+    janitor.tick()
+    digest = push_image(registry, repo, ["mr-19", "keep"])
+    token = gitlab.add_job(project, pipeline_id=86, ref="refs/merge-requests/19/head", sha=SHA)
+    assert record_push(janitor, token, {"image": image(registry, repo, "mr-19"), "digest": digest}).status_code == 200
+    answer = janitor.client.post("/api/v1/ci/untag", json={"image": image(registry, repo, "mr-19")},
+                                 headers={"JOB-TOKEN": token})
+    assert answer.status_code == 202, answer.get_json()
+    janitor.tick()
+    assert tags(registry, repo) == ["keep"]
