@@ -11,7 +11,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -142,3 +142,172 @@ class GitLab:
             return None
         self._refs.put(key, exists)
         return exists
+
+
+# Catching up and webhooks (SPEC 9 `hooks`, 11) ------------------------------------------------------------
+
+HOOK_EVENTS = ("push_events", "merge_requests_events", "pipeline_events")
+
+
+class GitLabAPIError(GitLabError):
+    """GitLab answered an API call with an error; ``status`` is its HTTP code (None: not reached)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class MergeRequestInfo:
+    """One merge request as the API lists it; ``updated_at`` is GitLab's own ISO 8601 string."""
+
+    iid: int
+    state: str
+    source_branch: str
+    source_project_id: int | None
+    target_project_id: int | None
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class HookInfo:
+    """A project webhook as GitLab shows it (never its secret token: the API does not return it)."""
+
+    id: int
+    url: str
+    events: dict[str, bool]
+    enable_ssl_verification: bool
+    push_events_branch_filter: str | None
+    alert_status: str | None
+
+
+def _api_error(exc: Exception, what: str, project_path: str) -> GitLabAPIError:
+    """Turn python-gitlab's and requests' exceptions into one message that says what to do."""
+    if isinstance(exc, requests.RequestException | gitlab.exceptions.GitlabConnectionError):
+        return GitLabAPIError(f"GitLab could not be reached to {what} of {project_path}: {exc}")
+    code = getattr(exc, "response_code", None)
+    detail = getattr(exc, "error_message", None) or str(exc)
+    if code == 401:
+        return GitLabAPIError(f"GitLab refused the token used for {project_path} (401: expired, revoked, or"
+                              " not a token); set gitlab.api_token or the project's registry_token", 401)
+    if code == 403:
+        return GitLabAPIError(f"GitLab forbids the token to {what} of {project_path} (403)", 403)
+    if code == 404:
+        return GitLabAPIError(f"GitLab does not show {project_path} to this token (404: wrong path, or the"
+                              " token has no access to it)", 404)
+    return GitLabAPIError(f"GitLab could not {what} of {project_path} ({code or 'error'}: {detail})", code)
+
+
+def _hook_info(obj: Any) -> HookInfo:
+    attrs = obj.attributes if hasattr(obj, "attributes") else dict(obj)
+    return HookInfo(id=int(attrs["id"]), url=str(attrs.get("url") or ""),
+                    events={name: bool(attrs.get(name)) for name in HOOK_EVENTS},
+                    enable_ssl_verification=bool(attrs.get("enable_ssl_verification")),
+                    push_events_branch_filter=attrs.get("push_events_branch_filter") or None,
+                    alert_status=attrs.get("alert_status"))
+
+
+class GitLabAPI(GitLab):
+    """The calls that catching up and webhook management make. Unlike the lookups above, these raise
+    :class:`GitLabAPIError` instead of answering "unknown": their callers report per project."""
+
+    def _project(self, project_path: str, token: str) -> Any:
+        return self._client(private_token=token).projects.get(project_path, lazy=True)
+
+    def check_access(self, project_path: str, token: str) -> None:
+        """Raise unless ``token`` can read the project (so a later 404 means the thing asked about is gone,
+        not that the project is hidden from the token)."""
+        try:
+            self._client(private_token=token).projects.get(project_path)
+        except (requests.RequestException, gitlab.exceptions.GitlabError) as exc:
+            raise _api_error(exc, "read the project", project_path) from exc
+
+    def merge_requests_since(self, project_path: str, token: str, updated_after: str,
+                             per_page: int = 100) -> Iterator[MergeRequestInfo]:
+        """Every MR (any state) updated at or after ``updated_after``, oldest update first, page by page
+        (stop iterating to stop fetching)."""
+        try:
+            listing = self._project(project_path, token).mergerequests.list(
+                iterator=True, state="all", updated_after=updated_after, order_by="updated_at", sort="asc",
+                per_page=per_page)
+            for mr in listing:
+                a = mr.attributes
+                yield MergeRequestInfo(iid=int(a["iid"]), state=str(a.get("state") or ""),
+                                       source_branch=str(a.get("source_branch") or ""),
+                                       source_project_id=_maybe_int(a.get("source_project_id")),
+                                       target_project_id=_maybe_int(a.get("target_project_id")),
+                                       updated_at=str(a.get("updated_at") or ""))
+        except (requests.RequestException, gitlab.exceptions.GitlabError) as exc:
+            raise _api_error(exc, "list the merge requests", project_path) from exc
+
+    def branch_present(self, project_path: str, branch: str, token: str) -> bool:
+        """Whether the branch exists now (no cache: catching up wants today's answer)."""
+        try:
+            self._project(project_path, token).branches.get(branch)
+            return True
+        except gitlab.exceptions.GitlabGetError as exc:
+            if exc.response_code == 404 and "project" not in str(exc.error_message).lower():
+                return False
+            raise _api_error(exc, f"look up branch {branch}", project_path) from exc
+        except (requests.RequestException, gitlab.exceptions.GitlabError) as exc:
+            raise _api_error(exc, f"look up branch {branch}", project_path) from exc
+
+    def group_projects(self, group: str, token: str) -> Iterator[str]:
+        """Paths of the projects in ``group`` and its subgroups, page by page."""
+        try:
+            listing = self._client(private_token=token).groups.get(group, lazy=True).projects.list(
+                iterator=True, include_subgroups=True, per_page=100)
+            for project in listing:
+                yield str(project.attributes["path_with_namespace"])
+        except (requests.RequestException, gitlab.exceptions.GitlabError) as exc:
+            raise _api_error(exc, "list the projects", f"group {group}") from exc
+
+    def hooks(self, project_path: str, token: str) -> list[HookInfo]:
+        try:
+            return [_hook_info(h) for h in self._project(project_path, token).hooks.list(iterator=True)]
+        except (requests.RequestException, gitlab.exceptions.GitlabError) as exc:
+            raise _api_error(exc, "list the webhooks", project_path) from exc
+
+    def create_hook(self, project_path: str, token: str, attrs: dict[str, Any]) -> HookInfo:
+        try:
+            return _hook_info(self._project(project_path, token).hooks.create(attrs))
+        except (requests.RequestException, gitlab.exceptions.GitlabError) as exc:
+            raise _api_error(exc, "create a webhook", project_path) from exc
+
+    def update_hook(self, project_path: str, token: str, hook_id: int, attrs: dict[str, Any]) -> HookInfo:
+        try:
+            return _hook_info(self._project(project_path, token).hooks.update(hook_id, attrs))
+        except (requests.RequestException, gitlab.exceptions.GitlabError) as exc:
+            raise _api_error(exc, f"update webhook {hook_id}", project_path) from exc
+
+    def delete_hook(self, project_path: str, token: str, hook_id: int) -> None:
+        try:
+            self._project(project_path, token).hooks.delete(hook_id)
+        except (requests.RequestException, gitlab.exceptions.GitlabError) as exc:
+            raise _api_error(exc, f"delete webhook {hook_id}", project_path) from exc
+
+
+def _maybe_int(value: Any) -> int | None:
+    try:
+        return None if value is None or isinstance(value, bool) else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def check_project(gitlab_url: str, project_path: str, token: str, *, timeout: float = 10.0) -> str:
+    """``check-config --online``: can ``token`` read the project through GitLab's API? Returns a short
+    description of what GitLab answered; raises :class:`GitLabError` saying what failed and what to do."""
+    client = gitlab.Gitlab(gitlab_url, private_token=token, timeout=timeout, retry_transient_errors=False)
+    try:
+        project = client.projects.get(project_path)
+    except gitlab.exceptions.GitlabAuthenticationError:
+        raise GitLabError(f"GitLab at {gitlab_url} refused the token (401: expired, revoked or not a "
+                          "token); set gitlab.api_token or the project's registry_token") from None
+    except gitlab.exceptions.GitlabGetError as exc:
+        if exc.response_code == 404:
+            raise GitLabError(f"GitLab does not show {project_path} to this token (404: wrong path, or the "
+                              "token has no access to it)") from None
+        raise GitLabError(f"GitLab answered {exc.response_code} for {project_path}: {exc.error_message}") from None
+    except (requests.RequestException, gitlab.exceptions.GitlabError) as exc:
+        raise GitLabError(f"GitLab at {gitlab_url} could not be reached: {exc}") from exc
+    return f"project #{project.get_id()} readable"

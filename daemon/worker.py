@@ -107,6 +107,8 @@ class Worker:
                                                     "misfire_grace_time": None})
         scheduler.add_job(self._safe_tick, "interval", seconds=self.settings.worker.poll_interval,
                           id="tick", next_run_time=None)
+        from daemon.reconcile import schedule as schedule_reconcile  # catch up missed webhooks (SPEC 11)
+        schedule_reconcile(scheduler, self, self._lock)
         stop = threading.Event()
 
         def _stop(signum: int, frame: FrameType | None) -> None:

@@ -11,13 +11,14 @@ from daemon.store.db import ConnectionPool
 from daemon.store.inbox import InboxEvent, InboxStore
 from daemon.store.ledger import LedgerStore
 from daemon.store.plans import PlanStore, SavedManifest
+from daemon.store.reconcile import ReconcileStore
 from daemon.store.schema import migrate
 from daemon.store.stats import StatsStore
 
 __all__ = ["InboxEvent", "SavedManifest", "Store", "open_store"]
 
 
-class Store(InboxStore, LedgerStore, PlanStore, StatsStore, AdminStore):
+class Store(InboxStore, LedgerStore, PlanStore, StatsStore, AdminStore, ReconcileStore):
     """The one storage object the web app and the worker are given."""
 
     def close(self) -> None:
