@@ -27,10 +27,10 @@ def _pipeline(row: Sequence[Any]) -> Pipeline:
 
 
 # An expired TTL record stays expired: each minute's ttl_expired trigger would plan it again while
-# the plan that holds it waits out its grace period (or an admin's decision), and again after an
-# admin rejected it. Records already in such a plan are not the next trigger's.
-_NOT_PLANNED = ("NOT EXISTS (SELECT 1 FROM untags u WHERE u.push_record_id = push_records.id"
-                " AND (u.outcome = 'pending' OR u.reason = 'rejected'))")
+# the plan that holds it waits out its grace period (or an admin's decision), and again after it was
+# skipped (live owner, superseded), rejected or failed. A TTL tag gets one plan; a failed untag is
+# retried by an operator (retry), not by the next minute's trigger.
+_NOT_PLANNED = "NOT EXISTS (SELECT 1 FROM untags u WHERE u.push_record_id = push_records.id)"
 
 
 def _marks(n: int) -> str:

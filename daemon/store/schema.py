@@ -119,8 +119,13 @@ def _v4_operations(db: sqlite_utils.Database) -> None:
                                                 pk=("method", "le"))
 
 
+def _v5_untags_by_record(db: sqlite_utils.Database) -> None:
+    # "Has this push record been planned already?" is asked per TTL candidate every tick.
+    db.table("untags").create_index(["push_record_id"])
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1, _v2_ci_records, _v3_race_repair, _v4_operations,
+    _v1, _v2_ci_records, _v3_race_repair, _v4_operations, _v5_untags_by_record,
 ]
 
 
