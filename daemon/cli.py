@@ -48,8 +48,10 @@ def main() -> None:
 
 @main.command("check-config")
 @config_option
-def check_config(config_path: str | None) -> None:
-    """Validate the configuration; every problem is listed with its key path (exit 2)."""
+@click.option("--online", is_flag=True, help="also reach GitLab and the registry with each project's credential")
+def check_config(config_path: str | None, online: bool) -> None:
+    """Validate the configuration; every problem is listed with its key path (exit 2). With --online, each
+    project's credentials are tried against GitLab and the registry (exit 1 if any fails)."""
     settings = settings_or_exit(config_path)
     click.echo(f"config OK: {len(settings.projects)} project(s), storage {settings.storage.url}, "
                f"registry {settings.registry.url} ({settings.registry.untag_method})")
@@ -57,6 +59,12 @@ def check_config(config_path: str | None) -> None:
         mode = "dry-run" if project.dry_run else "live"
         click.echo(f"  {project.path}: {len(project.tags)} tag pattern(s), {mode}, "
                    f"grace {int(project.grace_period)}s")
+    if online:
+        from daemon.cli_admin import online_checks
+
+        click.echo("online checks:")
+        if not online_checks(settings):
+            sys.exit(1)
 
 
 @main.command()
@@ -123,9 +131,12 @@ def run(config_path: str | None) -> None:
 
 
 def _register() -> None:
+    from daemon.cli_admin import COMMANDS as admin_commands
     from daemon.cli_ci import ci
 
     main.add_command(ci)
+    for command in admin_commands:  # status, plans, approve, reject, audit, restore
+        main.add_command(command)
 
 
 _register()

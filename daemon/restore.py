@@ -23,10 +23,31 @@ from daemon.execute import RegistryFactory
 from daemon.registry.errors import RegistryError, RestoreError, TransientRegistryError
 from daemon.registry.types import Manifest
 from daemon.store import Store
-from daemon.store.admin import OperatorRequest
+from daemon.store.admin import OperatorRequest, UntagView
 
 log = logging.getLogger("registry_janitor.restore")
 LEASE_SECONDS = 300.0
+
+
+def why_not_restorable(view: UntagView) -> tuple[str, str] | None:
+    """(error code, message) when this untag cannot be restored; None when a restore may be asked."""
+    u = view.untag
+    if u.outcome != "done":
+        return "not_restorable", (f"untag {u.id} ({u.repository}:{u.tag}) was not carried out (outcome "
+                                  f"{u.outcome}); the tag was never removed")
+    if view.restored_at is not None:
+        return "already_restored", f"{u.repository}:{u.tag} was already restored"
+    if view.manifest_size is None:
+        return "no_saved_manifest", (f"no manifest of {u.repository}:{u.tag} was saved before the untag; push "
+                                     "the image again from its pipeline")
+    return None
+
+
+def why_not_retryable(view: UntagView) -> tuple[str, str] | None:
+    if view.untag.outcome != "failed":
+        return "not_failed", (f"untag {view.untag.id} is {view.untag.outcome}, not failed; only failed untags "
+                              "can be retried")
+    return None
 
 
 def carry_out_requests(settings: Settings, store: Store, registries: RegistryFactory,

@@ -24,6 +24,7 @@ from daemon.overview import (
     status_snapshot,
     untag_json,
 )
+from daemon.restore import why_not_restorable, why_not_retryable
 from daemon.store.admin import OperatorRequest, UntagView
 from daemon.web.auth import admin_name, admin_required
 from daemon.web.errors import json_error, now, settings, store
@@ -63,15 +64,9 @@ def ask_restore(untag_id: int, who: str) -> tuple[OperatorRequest, bool]:
     view = store().untag_view(untag_id)
     if view is None:
         raise ActionRefused(404, "not_found", f"there is no untag {untag_id}")
-    u = view.untag
-    if u.outcome != "done":
-        raise ActionRefused(409, "not_restorable", f"untag {untag_id} ({u.repository}:{u.tag}) was not "
-                            f"carried out (outcome {u.outcome}); the tag was never removed")
-    if view.restored_at is not None:
-        raise ActionRefused(409, "already_restored", f"{u.repository}:{u.tag} was already restored")
-    if view.manifest_size is None:
-        raise ActionRefused(409, "no_saved_manifest", f"no manifest of {u.repository}:{u.tag} was saved "
-                            "before the untag; push the image again from its pipeline")
+    refused = why_not_restorable(view)
+    if refused is not None:
+        raise ActionRefused(409, *refused)
     return store().add_request("restore", untag_id, who, now())
 
 
@@ -80,9 +75,9 @@ def ask_retry(untag_id: int, who: str) -> tuple[OperatorRequest, bool]:
     view = store().untag_view(untag_id)
     if view is None:
         raise ActionRefused(404, "not_found", f"there is no untag {untag_id}")
-    if view.untag.outcome != "failed":
-        raise ActionRefused(409, "not_failed", f"untag {untag_id} is {view.untag.outcome}, not failed; "
-                            "only failed untags can be retried")
+    refused = why_not_retryable(view)
+    if refused is not None:
+        raise ActionRefused(409, *refused)
     return store().add_request("retry", untag_id, who, now())
 
 
