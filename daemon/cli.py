@@ -134,12 +134,14 @@ def _register() -> None:
     from daemon.cli_admin import COMMANDS as admin_commands
     from daemon.cli_ci import ci
     from daemon.cli_gitlab import hooks, reconcile
+    from daemon.demo import demo
 
     main.add_command(ci)
     for command in admin_commands:  # status, plans, approve, reject, audit, restore
         main.add_command(command)
     main.add_command(hooks)
     main.add_command(reconcile)
+    main.add_command(demo)
 
 
 _register()
