@@ -82,7 +82,10 @@ class ProjectReport:
             return f"failed: {self.error}"
         if self.skipped is not None:
             return f"skipped: {self.skipped}"
-        found = [f"{self.merge_requests} merge request(s) updated since {self.since or 'the start'}"]
+        if self.since is None:
+            found = ["merge requests not asked (no pipeline of this project in the ledger yet)"]
+        else:
+            found = [f"{self.merge_requests} merge request(s) updated since {self.since}"]
         for label, items in (("merged", self.merged), ("closed", self.closed), ("reopened", self.reopened)):
             if items:
                 found.append(f"{label} not yet seen: " + ", ".join(f"!{i}" for i in items))

@@ -217,6 +217,15 @@ def test_one_failing_project_does_not_stop_the_others(tmp_path, registry, gitlab
     j.close()
 
 
+def test_a_project_the_ledger_has_no_pipeline_of_is_not_listed_from_the_beginning(janitor, gitlab, project):
+    gitlab.set_mr(project, 1, source_branch="old", state="merged")
+    (report,) = reconciler(janitor).run()
+    assert report.ok and report.since is None and report.merged == []
+    assert "no pipeline of this project in the ledger yet" in report.summary()
+    assert gitlab.calls["GET /api/v4/projects/:id/merge_requests"] == 0
+    assert janitor.store.get_value(WATERMARK_KEY.format(project=project.path)) is None
+
+
 def test_gitlab_down_is_reported_per_project(tmp_path, registry, gitlab, project):
     settings = make_settings([entry(project)], registry={"url": registry.url},
                              gitlab={"url": "http://127.0.0.1:9", "timeout": 2})
