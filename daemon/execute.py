@@ -170,10 +170,19 @@ class Executor:
         now = self.clock()
         self.store.finish_untag(untag.id, outcome=outcome, reason=reason, method=method, saved=saved,
                                 now=now)
-        if outcome == "done" or (outcome == "skipped" and reason == "missing"):
+        if outcome == "done" or (outcome == "skipped" and reason == "missing" and self._settled(untag)):
             self.store.mark_untagged(untag.push_record_id, now)
         log.info("untag %s %s:%s -> %s%s", untag.id, untag.repository, untag.tag, outcome,
                  f" ({reason})" if reason else "")
+
+    def _settled(self, untag: Untag) -> bool:
+        """A missing tag ends its record, unless the record is only expected and its pipeline still
+        runs: that tag may yet be pushed, and the trigger is raised again when the pipeline finishes."""
+        record = self.store.record(untag.push_record_id)
+        if record is None or record.state != "expected":
+            return True
+        pipeline = self.store.get_pipeline(record.project_path, record.pipeline_id)
+        return pipeline is None or pipeline.finished
 
     def repair_races(self) -> int:
         """Put back tags that were pushed between an untag's guard read and its write (notified by the

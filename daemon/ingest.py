@@ -25,15 +25,16 @@ from daemon.events import (
     parse_gitlab,
     parse_registry,
 )
-from daemon.model import Pipeline, PushRecord, Trigger
+from daemon.model import Pipeline, PushRecord, Trigger, TriggerKind
 from daemon.patterns import PipelineVars, expand
 from daemon.planner import ProjectPolicy, decide, selects
 from daemon.store import InboxEvent, Store
 from daemon.store.db import write_tx
 
 log = logging.getLogger("registry_janitor.ingest")
-# A registry notification may precede the pipeline hook that explains it by this much and still join.
-OBSERVATION_SLACK = 3600.0
+# A registry notification may precede the pipeline hook's creation time by this much (clock skew
+# between GitLab and the registry) and still count as that pipeline's push.
+OBSERVATION_SLACK = 120.0
 # How far around an untag's guard-to-write window a notified push still counts as inside it: the
 # registry's clock and the janitor's may differ a little.
 RACE_SLACK = 5.0
@@ -46,6 +47,12 @@ class ManifestReader(Protocol):
 ReaderFactory = Callable[[str, ProjectSettings], ManifestReader | None]
 # Asks GitLab whether a branch exists: True/False, or None when it cannot tell.
 RefLookup = Callable[[str, str, ProjectSettings], bool | None]
+
+
+def mr_trigger(project_path: str, iid: int, state: str, source_branch: str | None, now: float) -> Trigger:
+    """The trigger a merged or closed MR raises; ``source_branch`` None for a fork's MR."""
+    kind: TriggerKind = "merge_request_merged" if state == "merged" else "merge_request_closed"
+    return Trigger(kind, project_path, f"{kind}:{project_path}:{iid}", now, ref=source_branch, mr_iid=iid)
 
 
 class LiveRefs:
@@ -150,6 +157,10 @@ class Ingest:
         self.raise_trigger(Trigger("pipeline_finished", p.project_path,
                                    f"pipeline_finished:{p.project_path}:{p.pipeline_id}", now,
                                    ref=p.ref, pipeline_id=p.pipeline_id), now)
+        # A pipeline that finishes after its MR was merged or closed pushed tags that trigger already
+        # ended: raise it again, and they join its plan or follow it.
+        for iid, state, branch in self.store.ended_merge_requests(p.project_path, p.mr_iid, p.ref):
+            self.raise_trigger(mr_trigger(p.project_path, iid, state, branch, now), now)
         return [(p.project_path, p.pipeline_id)]
 
     def expect_tags(self, project: ProjectSettings, p: Pipeline, now: float) -> None:
@@ -179,13 +190,11 @@ class Ingest:
                                         kinds=["merge_request_merged", "merge_request_closed"],
                                         mr_iid=mr.iid, now=now, note=f"merge request !{mr.iid} reopened")
             return
-        kind = {"merge": "merge_request_merged", "close": "merge_request_closed"}.get(mr.action)
-        if kind is None:
-            return
-        # A fork's source branch lives in another project: only the MR's own pipelines are covered.
-        same_project = mr.source_project_id is None or mr.source_project_id == mr.target_project_id
-        self.raise_trigger(Trigger(kind, mr.project_path, f"{kind}:{mr.project_path}:{mr.iid}", now,  # type: ignore[arg-type]
-                                   ref=mr.source_branch if same_project else None, mr_iid=mr.iid), now)
+        if mr.action in ("merge", "close"):
+            # A fork's source branch lives in another project: only the MR's own pipelines are covered.
+            same_project = mr.source_project_id is None or mr.source_project_id == mr.target_project_id
+            self.raise_trigger(mr_trigger(mr.project_path, mr.iid, "merged" if mr.action == "merge" else "closed",
+                                          mr.source_branch if same_project else None, now), now)
 
     def on_push(self, push: PushEvent, now: float) -> None:
         if push.is_tag or self.settings.project_for(push.project_path) is None:
@@ -252,7 +261,10 @@ class Ingest:
             plan_id, state = existing
             if self.store.join_plan(plan_id, decisions, now) or state in ("scheduled", "held"):
                 return plan_id
-            covered = {(u.repository, u.tag) for u in self.store.plan_untags(plan_id)}
+            # Tags the earlier plan found missing may have been pushed since: only those it settled
+            # otherwise stay out of the follow-up.
+            covered = {(u.repository, u.tag) for u in self.store.plan_untags(plan_id)
+                       if not (u.outcome == "skipped" and u.reason == "missing")}
             decisions = [d for d in decisions if (d.untag.repository, d.untag.tag) not in covered]
             if not decisions:
                 return plan_id

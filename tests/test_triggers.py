@@ -470,8 +470,6 @@ def test_fork_project_tags_are_not_the_target_projects(tmp_path, registry, gitla
 
 
 
-@pytest.mark.xfail(strict=True, reason="the executor marks an expected record untagged when its tag is not "
-                   "pushed yet; nothing ends it once its pipeline pushes later (see the issue 3 report)")
 def test_merged_long_before_the_pipeline_pushes_still_removes_its_tag(janitor, registry, project):
     repo = project.path
     sha = sha_of(402)

@@ -198,6 +198,17 @@ class LedgerStore(StoreBase):
             " state = excluded.state, updated_at = excluded.updated_at",
             [project_path, iid, source_branch, source_project_id, target_project_id, state, now])
 
+    def ended_merge_requests(self, project_path: str, iid: int | None,
+                             ref: str) -> list[tuple[int, str, str | None]]:
+        """Merged or closed MRs a pipeline belongs to (by iid, or as a branch pipeline of the MR's source
+        branch in this project): (iid, state, source branch or None for a fork's MR)."""
+        rows = self.db.execute(
+            "SELECT iid, state, source_branch, COALESCE(source_project_id = target_project_id, 1)"
+            " FROM merge_requests WHERE project_path = ? AND state IN ('merged', 'closed')"
+            " AND (iid = ? OR source_branch = ?)", [project_path, iid, ref]).fetchall()
+        return [(int(r[0]), str(r[1]), str(r[2]) if r[3] else None) for r in rows
+                if r[0] == iid or r[3]]
+
     def mr_source_branch(self, project_path: str, iid: int) -> str | None:
         """The branch of this project an MR comes from; None when unknown, or when the MR comes from a
         fork: the fork's branch name says nothing of this project's branch of the same name."""
