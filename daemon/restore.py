@@ -7,6 +7,7 @@ takes them each tick, before running due plans, so a retried untag runs in the s
   registry credential (``ProjectRegistry.restore``). The registry refuses when the tag was pushed again
   since (nothing is overwritten) or its blobs are gone (garbage collected): the request fails with the
   registry's reason. The push record stays untagged, so the janitor never removes the restored tag again.
+  A project's ``dry_run`` does not block a restore: it undoes an earlier write an operator asked to undo.
 - retry: a failed untag goes back to pending and its plan is due now; the executor does the rest,
   with every guard (S2-S7) checked again.
 

@@ -26,7 +26,10 @@ def browser() -> Iterator[object]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: run .ci/run (it installs chromium) or apt-get install -y chromium",
                     pytrace=False)
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        pytest.fail("the playwright package is missing: pip install -e '.[test]'", pytrace=False)
     with sync_api.sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         yield chromium
