@@ -131,17 +131,25 @@ class GitLab:
         cached = self._refs.get(key)
         if cached is not None:
             return bool(cached)
+        client = self._client(private_token=token)
         try:
-            self._client(private_token=token).projects.get(project_path, lazy=True).branches.get(branch)
+            client.projects.get(project_path, lazy=True).branches.get(branch)
             exists = True
         except gitlab.exceptions.GitlabGetError as exc:
-            if exc.response_code != 404:
-                return None
+            if exc.response_code != 404 or not self._sees_project(client, project_path):
+                return None  # a token that cannot see the project gets 404 for every branch too
             exists = False
         except (requests.RequestException, gitlab.exceptions.GitlabError):
             return None
         self._refs.put(key, exists)
         return exists
+
+    def _sees_project(self, client: gitlab.Gitlab, project_path: str) -> bool:
+        try:
+            client.projects.get(project_path)
+            return True
+        except (requests.RequestException, gitlab.exceptions.GitlabError):
+            return False
 
 
 # Catching up and webhooks (SPEC 9 `hooks`, 11) ------------------------------------------------------------

@@ -106,7 +106,7 @@ class Worker:
         scheduler = BlockingScheduler(job_defaults={"max_instances": 1, "coalesce": True,
                                                     "misfire_grace_time": None})
         scheduler.add_job(self._safe_tick, "interval", seconds=self.settings.worker.poll_interval,
-                          id="tick", next_run_time=None)
+                          id="tick")
         from daemon.reconcile import schedule as schedule_reconcile  # catch up missed webhooks (SPEC 11)
         schedule_reconcile(scheduler, self, self._lock)
         stop = threading.Event()
