@@ -21,7 +21,7 @@ from daemon.planner import Decision, PlannedUntag, bulk_guard, in_scope, live_ow
 from daemon.registry.types import Manifest, UntagRequest, UntagResult
 from daemon.store import SavedManifest, Store
 
-log = logging.getLogger("registry_janitor.execute")
+log = logging.getLogger(__name__)
 LEASE_SECONDS = 300.0
 
 

@@ -31,7 +31,7 @@ from daemon.planner import ProjectPolicy, decide, selects
 from daemon.store import InboxEvent, Store
 from daemon.store.db import write_tx
 
-log = logging.getLogger("registry_janitor.ingest")
+log = logging.getLogger(__name__)
 # A registry notification may precede the pipeline hook's creation time by this much (clock skew
 # between GitLab and the registry) and still count as that pipeline's push.
 OBSERVATION_SLACK = 120.0

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from daemon.gitlab import GitLabAPI, MergeRequestInfo
     from daemon.worker import Worker
 
-log = logging.getLogger("registry_janitor.reconcile")
+log = logging.getLogger(__name__)
 
 WATERMARK_KEY = "reconcile:merge_requests_updated:{project}"
 REF_CURSOR_KEY = "reconcile:ref_cursor:{project}"

@@ -26,7 +26,7 @@ from daemon.registry.types import Manifest
 from daemon.store import Store
 from daemon.store.admin import OperatorRequest, UntagView
 
-log = logging.getLogger("registry_janitor.restore")
+log = logging.getLogger(__name__)
 LEASE_SECONDS = 300.0
 
 

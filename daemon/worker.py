@@ -27,7 +27,7 @@ from daemon.restore import carry_out_requests
 from daemon.store import Store
 from daemon.web.health import HEARTBEAT_KEY
 
-log = logging.getLogger("registry_janitor.worker")
+log = logging.getLogger(__name__)
 
 
 def registry_factory(settings: Settings, session: requests.Session | None = None,
