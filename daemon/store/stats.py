@@ -32,25 +32,5 @@ class StatsStore(StoreBase):
                 "created"] else 0.0
         return out
 
-    def untag_outcome_counts(self) -> list[tuple[str, str, int]]:
-        return [(r[0], r[1], r[2]) for r in self.db.execute(
-            "SELECT project_path, outcome, COUNT(*) FROM untags GROUP BY 1, 2")]
-
     def plan_state_counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.db.execute("SELECT state, COUNT(*) FROM plans GROUP BY 1")}
-
-    def push_source_counts(self) -> list[tuple[str, str, int]]:
-        return [(r[0], r[1], r[2]) for r in self.db.execute(
-            "SELECT project_path, source, COUNT(*) FROM push_records WHERE state = 'confirmed'"
-            " GROUP BY 1, 2")]
-
-    def daily_counts(self, since: float) -> list[tuple[str, int, int]]:
-        """(day, created, untagged) per UTC day since ``since``."""
-        created = dict(self.db.execute(
-            "SELECT date(recorded_at, 'unixepoch'), COUNT(*) FROM push_records WHERE state = 'confirmed'"
-            " AND recorded_at >= ? GROUP BY 1", [since]).fetchall())
-        untagged = dict(self.db.execute(
-            "SELECT date(finished_at, 'unixepoch'), COUNT(*) FROM untags WHERE outcome = 'done'"
-            " AND finished_at >= ? GROUP BY 1", [since]).fetchall())
-        days = sorted(set(created) | set(untagged))
-        return [(d, int(created.get(d, 0)), int(untagged.get(d, 0))) for d in days]
