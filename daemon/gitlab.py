@@ -319,3 +319,45 @@ def check_project(gitlab_url: str, project_path: str, token: str, *, timeout: fl
     except (requests.RequestException, gitlab.exceptions.GitlabError) as exc:
         raise GitLabError(f"GitLab at {gitlab_url} could not be reached: {exc}") from exc
     return f"project #{project.get_id()} readable"
+
+
+class GitLabTagDeleter:
+    """The ``gitlab-api`` untag method's write: GitLab's own registry tag delete
+    (``DELETE /projects/:id/registry/repositories/:repository_id/tags/:tag``) with one project's token.
+    Registry repositories are looked up once each and kept."""
+
+    def __init__(self, gitlab_url: str, token: str, *, timeout: float = 10.0,
+                 session: requests.Session | None = None) -> None:
+        self._client = gitlab.Gitlab(gitlab_url, private_token=token, timeout=timeout, session=session,
+                                     retry_transient_errors=False)
+        self._repositories: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    def delete_tag(self, project_path: str, repository: str, tag: str) -> None:
+        from daemon.registry.errors import PermanentRegistryError, TagNotFoundError, TransientRegistryError
+
+        try:
+            self._repository(project_path, repository).tags.delete(tag)
+        except gitlab.exceptions.GitlabDeleteError as exc:
+            if exc.response_code == 404:
+                raise TagNotFoundError(f"GitLab has no tag {repository}:{tag}") from None
+            error = TransientRegistryError if (exc.response_code or 0) >= 500 else PermanentRegistryError
+            raise error(f"GitLab refused to delete {repository}:{tag} ({exc.response_code}): "
+                        f"{exc.error_message}") from None
+        except (requests.RequestException, gitlab.exceptions.GitlabError) as exc:
+            raise TransientRegistryError(f"GitLab could not delete {repository}:{tag}: {exc}") from exc
+
+    def _repository(self, project_path: str, repository: str) -> Any:
+        from daemon.registry.errors import TagNotFoundError
+
+        key = (project_path, repository)
+        with self._lock:
+            if key in self._repositories:
+                return self._repositories[key]
+        project = self._client.projects.get(project_path, lazy=True)
+        for repo in project.repositories.list(iterator=True):
+            if repo.path == repository:
+                with self._lock:
+                    self._repositories[key] = repo
+                return repo
+        raise TagNotFoundError(f"GitLab lists no registry repository {repository} in {project_path}")

@@ -17,6 +17,7 @@ import requests
 
 from daemon.config import ProjectSettings, Settings
 from daemon.execute import Executor, ProjectRegistryLike, RegistryFactory
+from daemon.gitlab import GitLabTagDeleter
 from daemon.ingest import Ingest, RefLookup
 from daemon.model import Trigger
 from daemon.registry.client import RegistryClient, new_session
@@ -38,10 +39,23 @@ def registry_factory(settings: Settings, session: requests.Session | None = None
     client = RegistryClient(reg.url, session or new_session(),
                             limiter=RateLimiter(reg.requests_per_second, reg.burst), observer=observer)
 
+    deleters: dict[str, GitLabTagDeleter] = {}
+
+    def tag_deleter(token: str) -> GitLabTagDeleter | None:
+        """The ``gitlab-api`` method writes through GitLab with the project's token (else the API token)."""
+        if reg.untag_method != "gitlab-api":
+            return None
+        api = settings.gitlab.api_token
+        token = api.get_secret_value() if api else token
+        if token not in deleters:
+            deleters[token] = GitLabTagDeleter(settings.gitlab.url, token, timeout=settings.gitlab.timeout)
+        return deleters[token]
+
     def for_project(project_path: str, project: ProjectSettings) -> ProjectRegistryLike | None:
         if project.registry_token is None:
             return None
-        return client.for_project(project_path, project.registry_token.get_secret_value())
+        token = project.registry_token.get_secret_value()
+        return client.for_project(project_path, token, tag_deleter=tag_deleter(token))
 
     return for_project
 
