@@ -9,13 +9,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from functools import lru_cache
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from daemon.config import Settings
 from daemon.events import MalformedEvent, event_kind, parse_gitlab, parse_registry, project_path_of
-from daemon.web.errors import json_error, now, settings, store
+from daemon.web.errors import janitor, json_error, now, settings, store
 
 bp = Blueprint("webhooks", __name__)
 STORED_KINDS = frozenset({"pipeline", "merge_request", "push", "tag_push"})
@@ -25,6 +27,26 @@ _KEPT_HEADERS = ("X-Gitlab-Event", "X-Gitlab-Event-UUID", "X-Gitlab-Instance", "
 
 def _same(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
+
+
+def _webhook_secrets(parts: dict[str, Any]) -> tuple[bytes, ...]:
+    """Every project's webhook secret as bytes, computed once per app and settings."""
+    conf = parts["settings"]
+    cached = parts.get("webhook_secrets")
+    if cached is None or cached[0] is not conf:
+        cached = parts["webhook_secrets"] = (
+            conf, tuple(p.webhook_secret.get_secret_value().encode() for p in conf.projects))
+    return cached[1]
+
+
+@lru_cache(maxsize=64)
+def _status_body(status: str, kind: str) -> bytes:
+    return json.dumps({"status": status, "kind": kind}).encode()
+
+
+def _answer(code: int, status: str, kind: str) -> Response:
+    """The hot path's answers, without building them through jsonify each time."""
+    return Response(_status_body(status, kind), code, mimetype="application/json")
 
 
 def _json_body() -> tuple[Any, ResponseReturnValue | None]:
@@ -48,37 +70,41 @@ def delivery_key(source: str, body: bytes) -> str:
 
 @bp.post("/webhooks/gitlab")
 def gitlab_hook() -> ResponseReturnValue:
-    token = request.headers.get("X-Gitlab-Token")
-    projects = settings().projects
+    headers = request.headers
+    token = headers.get("X-Gitlab-Token")
+    parts = janitor()
+    conf: Settings = parts["settings"]
     # Constant time over every configured secret, before the body is even read.
-    known = [_same(token, p.webhook_secret.get_secret_value()) for p in projects]
+    given = token.encode() if token is not None else None
+    known = [given is not None and hmac.compare_digest(given, secret) for secret in _webhook_secrets(parts)]
     if not any(known):
         return json_error(401, "bad_token", "X-Gitlab-Token does not match any configured webhook_secret")
     payload, error = _json_body()
     if error is not None:
         return error
     path = project_path_of(payload)
-    project = settings().project_for(path) if path else None
+    project = conf.project_for(path) if path else None
     if project is None:
         return json_error(401, "unknown_project",
                           f"project {path!r} is not configured; add it under 'projects'")
     if not _same(token, project.webhook_secret.get_secret_value()):
         return json_error(401, "bad_token", f"X-Gitlab-Token is not the webhook_secret of {path}")
-    header = request.headers.get("X-Gitlab-Event")
+    header = headers.get("X-Gitlab-Event")
     kind = event_kind(header, payload)
     if kind not in STORED_KINDS:
-        return jsonify({"status": "ignored", "kind": kind}), 200
+        return _answer(200, "ignored", kind)
+    received_at = float(parts["clock"]())
     try:
-        parse_gitlab(header, payload, now())
+        parse_gitlab(header, payload, received_at)
     except MalformedEvent as exc:
         return json_error(400, "malformed_event", f"{kind} event: {exc}")
     body = request.get_data(cache=True)
-    headers = {h: v for h in _KEPT_HEADERS if (v := request.headers.get(h))}
-    stored = store().add_event(delivery_key=delivery_key("gitlab", body), source="gitlab", kind=kind,
-                               project_path=path, headers=headers, body=body, received_at=now())
+    kept = {h: v for h in _KEPT_HEADERS if (v := headers.get(h))}
+    stored = parts["store"].add_event(delivery_key=delivery_key("gitlab", body), source="gitlab", kind=kind,
+                                      project_path=path, headers=kept, body=body, received_at=received_at)
     if not stored:
-        return jsonify({"status": "duplicate", "kind": kind}), 200
-    return jsonify({"status": "stored", "kind": kind}), 202
+        return _answer(200, "duplicate", kind)
+    return _answer(202, "stored", kind)
 
 
 @bp.post("/webhooks/registry")
