@@ -1,13 +1,26 @@
-"""The inbox: every authentic event, stored raw before the web answers 2xx (S9), deduplicated (S8)."""
+"""The inbox: every authentic event, stored raw before the web answers 2xx (S9), deduplicated (S8).
+
+Deliveries arriving together in one web process are committed together (group commit): the first
+request thread to take the write turn inserts every delivery queued so far in one transaction, and each
+request answers once the transaction holding its delivery has committed. Under load this writes each
+shared page once per batch instead of once per delivery, and the threads of a process queue on a lock
+instead of SQLite's busy-wait sleeps; an idle janitor still writes each delivery on its own at once.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from daemon.store.base import StoreBase
 from daemon.store.db import write_tx
+
+_INSERT = ("INSERT OR IGNORE INTO inbox (delivery_key, source, kind, project_path, headers, body,"
+           " received_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
 
 
 @dataclass(frozen=True)
@@ -21,18 +34,84 @@ class InboxEvent:
     received_at: float
 
 
+class _Delivery:
+    __slots__ = ("error", "row", "stored", "written")
+
+    def __init__(self, row: tuple[Any, ...]) -> None:
+        self.row = row
+        self.stored = False
+        self.written = False
+        self.error: BaseException | None = None
+
+
+class _GroupCommit:
+    """The deliveries of one process waiting for their transaction."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.turn = threading.Lock()  # held by the thread writing a batch
+        self.queue_lock = threading.Lock()
+        self.queue: list[_Delivery] = []
+
+
+_GROUPS_LOCK = threading.Lock()
+
+
 class InboxStore(StoreBase):
+    _inbox_group: _GroupCommit | None = None
+
     def add_event(self, *, delivery_key: str, source: str, kind: str, project_path: str | None,
                   headers: Mapping[str, str], body: bytes, received_at: float) -> bool:
-        """Store one delivery durably; False when this delivery key was stored before."""
+        """Store one delivery durably (committed before this returns); False when this delivery key was
+        stored before."""
+        row = (delivery_key, source, kind, project_path, json.dumps(dict(headers)), body, received_at)
         db = self.db
-        with write_tx(db):
-            cur = db.execute(
-                "INSERT OR IGNORE INTO inbox (delivery_key, source, kind, project_path, headers, body,"
-                " received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [delivery_key, source, kind, project_path, json.dumps(dict(headers)), body, received_at],
-            )
-            return cur.rowcount == 1
+        if db.conn.in_transaction:  # the caller's own transaction decides
+            return db.conn.execute(_INSERT, row).rowcount == 1
+        mine = _Delivery(row)
+        group = self._group()
+        with group.queue_lock:
+            group.queue.append(mine)
+        with group.turn:
+            if not mine.written:  # nobody took it into a batch while this thread waited: write them all
+                with group.queue_lock:
+                    batch, group.queue = group.queue, []
+                self._write_batch(batch)
+        if mine.error is not None:
+            raise mine.error
+        return mine.stored
+
+    def _group(self) -> _GroupCommit:
+        group = self._inbox_group
+        if group is None or group.pid != os.getpid():  # new, or inherited through a fork
+            with _GROUPS_LOCK:
+                group = self._inbox_group
+                if group is None or group.pid != os.getpid():
+                    group = self._inbox_group = _GroupCommit()
+        return group
+
+    def _write_batch(self, batch: list[_Delivery]) -> None:
+        conn = self.db.conn
+        try:
+            if len(batch) == 1:  # one statement is its own transaction
+                batch[0].stored = conn.execute(_INSERT, batch[0].row).rowcount == 1
+            else:
+                with write_tx(self.db):
+                    for delivery in batch:
+                        delivery.stored = conn.execute(_INSERT, delivery.row).rowcount == 1
+        except Exception as exc:
+            if len(batch) > 1:  # one bad delivery must not fail the others: each on its own
+                for delivery in batch:
+                    self._write_batch([delivery])
+                return
+            batch[0].error = exc  # nobody may answer 2xx for a delivery that is not stored
+        except BaseException as exc:
+            for delivery in batch:
+                delivery.error = exc
+            raise
+        finally:
+            for delivery in batch:
+                delivery.written = True
 
     def pending_events(self, limit: int = 200) -> list[InboxEvent]:
         rows = self.db.execute(
