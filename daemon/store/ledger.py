@@ -31,6 +31,8 @@ def _pipeline(row: Sequence[Any]) -> Pipeline:
 # skipped (live owner, superseded), rejected or failed. A TTL tag gets one plan; a failed untag is
 # retried by an operator (retry), not by the next minute's trigger.
 _NOT_PLANNED = "NOT EXISTS (SELECT 1 FROM untags u WHERE u.push_record_id = push_records.id)"
+# ``planned_at IS NULL`` says the same from the record itself (set when a plan's untag takes it), so the
+# TTL queries read partial indexes of unplanned live TTL records instead of every TTL record ever pushed.
 
 
 def _marks(n: int) -> str:
@@ -144,7 +146,7 @@ class LedgerStore(StoreBase):
             rows = self.db.execute(sql + "ref = ?", [p, trigger.ref])
         elif trigger.kind == "ttl_expired":
             rows = self.db.execute(sql + "ttl_seconds IS NOT NULL AND recorded_at + ttl_seconds <= ?"
-                                   f" AND {_NOT_PLANNED}", [p, trigger.raised_at])
+                                   f" AND planned_at IS NULL AND {_NOT_PLANNED}", [p, trigger.raised_at])
         else:
             rows = self.db.execute(sql + "pipeline_id = ?", [p, trigger.pipeline_id])
         return [_record(r) for r in rows]
@@ -171,9 +173,12 @@ class LedgerStore(StoreBase):
         return [_record(r) for r in rows]
 
     def ttl_projects(self, now: float) -> list[str]:
-        rows = self.db.execute("SELECT DISTINCT project_path FROM push_records WHERE ttl_seconds IS NOT"
-                               " NULL AND state = 'confirmed' AND recorded_at + ttl_seconds <= ?"
-                               f" AND {_NOT_PLANNED}", [now])
+        # Grouped on +project_path, not DISTINCT: SQLite would otherwise walk a project_path index in
+        # order (every record) rather than the expiry index (the few records due).
+        rows = self.db.execute("SELECT project_path FROM push_records WHERE ttl_seconds IS NOT NULL"
+                               " AND state = 'confirmed' AND recorded_at + ttl_seconds <= ?"
+                               f" AND planned_at IS NULL AND {_NOT_PLANNED}"
+                               " GROUP BY +project_path ORDER BY +project_path", [now])
         return [r[0] for r in rows]
 
     # observations (registry pushes not yet attributed) -------------------------------------------

@@ -78,6 +78,9 @@ class PlanStore(StoreBase):
                 " VALUES (?,?,?,?,?,?,?,?,?,0,?,?)",
                 [plan_id, project_path, u.push_record_id, u.pipeline_id, u.repository, u.tag,
                  u.expected_digest, d.outcome, d.reason, now, None if d.outcome == "pending" else now])
+            if u.push_record_id:  # the record has a plan now (the TTL queries skip planned records)
+                self.db.execute("UPDATE push_records SET planned_at = ? WHERE id = ? AND planned_at IS NULL",
+                                [now, u.push_record_id])
 
     def plan_state(self, trigger_key: str) -> tuple[int, str] | None:
         row = self.db.execute("SELECT id, state FROM plans WHERE trigger_key = ?", [trigger_key]).fetchone()

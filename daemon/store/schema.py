@@ -124,8 +124,25 @@ def _v5_untags_by_record(db: sqlite_utils.Database) -> None:
     db.table("untags").create_index(["push_record_id"])
 
 
+def _v6_ttl_expiry(db: sqlite_utils.Database) -> None:
+    # Every worker tick asks which projects hold TTL tags that expired and were never planned, and each
+    # TTL trigger asks for them in its project. Expiry is recorded_at + ttl_seconds and "never planned" a
+    # NOT EXISTS over untags, so both walked every TTL record ever pushed, dry-run and skipped ones
+    # included. A record now remembers when a plan first took it, and two partial indexes hold only the
+    # live TTL records no plan took yet, by expiry.
+    db.table("push_records").add_column("planned_at", float)
+    db.execute("UPDATE push_records SET planned_at = (SELECT COALESCE(MIN(u.created_at), 0) FROM untags u"
+               " WHERE u.push_record_id = push_records.id)"
+               " WHERE EXISTS (SELECT 1 FROM untags u WHERE u.push_record_id = push_records.id)")
+    db.execute("CREATE INDEX idx_push_records_ttl_due ON push_records(recorded_at + ttl_seconds)"
+               " WHERE ttl_seconds IS NOT NULL AND state = 'confirmed' AND planned_at IS NULL")
+    db.execute("CREATE INDEX idx_push_records_ttl_live ON push_records(project_path, recorded_at + ttl_seconds)"
+               " WHERE ttl_seconds IS NOT NULL AND state IN ('expected', 'confirmed') AND planned_at IS NULL")
+    db.execute("DROP INDEX idx_push_records_ttl")  # v1's index of every TTL record: no query reads it now
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1, _v2_ci_records, _v3_race_repair, _v4_operations, _v5_untags_by_record,
+    _v1, _v2_ci_records, _v3_race_repair, _v4_operations, _v5_untags_by_record, _v6_ttl_expiry,
 ]
 
 
