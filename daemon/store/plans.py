@@ -109,9 +109,11 @@ class PlanStore(StoreBase):
         db = self.db
         with write_tx(db):
             cur = db.execute(sql, args)
+            # Driven by the few pending untags, not by every plan ever cancelled (this runs on each
+            # pipeline and push hook).
             db.execute("UPDATE untags SET outcome = 'skipped', reason = 'cancelled', finished_at = ?"
-                       " WHERE outcome = 'pending' AND plan_id IN (SELECT id FROM plans WHERE"
-                       " state = 'cancelled')", [now])
+                       " WHERE outcome = 'pending' AND EXISTS (SELECT 1 FROM plans p WHERE"
+                       " p.id = untags.plan_id AND p.state = 'cancelled')", [now])
             return cur.rowcount
 
     def due_plans(self, now: float, limit: int = 50) -> list[Plan]:
