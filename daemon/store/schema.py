@@ -141,8 +141,15 @@ def _v6_ttl_expiry(db: sqlite_utils.Database) -> None:
     db.execute("DROP INDEX idx_push_records_ttl")  # v1's index of every TTL record: no query reads it now
 
 
+def _v7_open_merge_requests(db: sqlite_utils.Database) -> None:
+    # Every plan asks which of the project's merge requests are open (their branches are live, S4); the
+    # primary key gave every merge request the project ever had.
+    db.table("merge_requests").create_index(["project_path", "state"])
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2_ci_records, _v3_race_repair, _v4_operations, _v5_untags_by_record, _v6_ttl_expiry,
+    _v7_open_merge_requests,
 ]
 
 
