@@ -108,13 +108,15 @@ class PlanStore(StoreBase):
             args.append(mr_iid)
         db = self.db
         with write_tx(db):
-            cur = db.execute(sql, args)
-            # Driven by the few pending untags, not by every plan ever cancelled (this runs on each
-            # pipeline and push hook).
-            db.execute("UPDATE untags SET outcome = 'skipped', reason = 'cancelled', finished_at = ?"
-                       " WHERE outcome = 'pending' AND EXISTS (SELECT 1 FROM plans p WHERE"
-                       " p.id = untags.plan_id AND p.state = 'cancelled')", [now])
-            return cur.rowcount
+            cancelled = [int(r[0]) for r in db.execute(sql + " RETURNING id", args).fetchall()]
+            # Only the untags of the plans cancelled here: this runs on every pipeline and push hook, and
+            # a sweep over all cancelled plans (or all pending untags) grows with the ledger's history.
+            for start in range(0, len(cancelled), 500):
+                chunk = cancelled[start:start + 500]
+                db.execute("UPDATE untags SET outcome = 'skipped', reason = 'cancelled', finished_at = ?"
+                           f" WHERE outcome = 'pending' AND plan_id IN ({','.join('?' * len(chunk))})",
+                           [now, *chunk])
+            return len(cancelled)
 
     def due_plans(self, now: float, limit: int = 50) -> list[Plan]:
         rows = self.db.execute(
