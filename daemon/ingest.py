@@ -250,8 +250,9 @@ class Ingest:
             return None
         others = self.store.owners_of((r.repository, r.tag) for r in candidates)
         pipelines = self.store.pipelines(trigger.project_path, {o.pipeline_id for o in others})
-        refs = self.live_refs.states(trigger.project_path, {o.ref for o in others if o.id not in
-                                                            {c.id for c in candidates}}, project)
+        candidate_ids = {c.id for c in candidates}
+        refs = self.live_refs.states(trigger.project_path,
+                                     {o.ref for o in others if o.id not in candidate_ids}, project)
         default_branch = next((p.default_branch for p in pipelines.values() if p.default_branch), None)
         decisions = decide(trigger, candidates, others, pipelines, refs,
                            policy_for(project, trigger.project_path, default_branch))

@@ -104,6 +104,9 @@ def decide(trigger: Trigger, candidates: Sequence[PushRecord], others: Sequence[
            policy: ProjectPolicy) -> list[Decision]:
     """One decision per distinct repository:tag the trigger ends, in a stable order."""
     decisions: dict[tuple[str, str], Decision] = {}
+    owners: dict[tuple[str, str], list[PushRecord]] = {}
+    for other in others:  # each candidate is checked against its own tag's owners only
+        owners.setdefault((other.repository, other.tag), []).append(other)
     for record in sorted(candidates, key=lambda r: (r.repository, r.tag, -r.pipeline_id)):
         key = (record.repository, record.tag)
         if key in decisions:
@@ -114,7 +117,7 @@ def decide(trigger: Trigger, candidates: Sequence[PushRecord], others: Sequence[
             decisions[key] = Decision(untag, "skipped", "out_of_scope")
         elif is_protected(record.tag, policy.protected_tags, policy.default_branch):
             decisions[key] = Decision(untag, "skipped", "protected")
-        elif live_owner(trigger, record, others, pipelines, refs, policy.default_branch):
+        elif live_owner(trigger, record, owners.get(key, ()), pipelines, refs, policy.default_branch):
             decisions[key] = Decision(untag, "skipped", "live_owner")
         else:
             decisions[key] = Decision(untag, "pending")
