@@ -66,6 +66,8 @@ class Executor:
         now = self.clock()
         project = self.settings.project_for(plan.project_path)
         if project is None:
+            for untag in self.store.pending_untags(plan.id):
+                self._finish(untag, "skipped", "cancelled", None, None)
             self.store.set_plan_state(plan.id, "cancelled", now, note="project no longer configured")
             return
         registry = self.registries(plan.project_path, project)

@@ -162,6 +162,9 @@ def migrate(db: sqlite_utils.Database) -> int:
         if version <= current:
             continue
         with write_tx(db):
+            # Another process (a second gunicorn worker) may have applied it while this one waited.
+            if (db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0) >= version:
+                continue
             step(db)
             db.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, strftime('%s','now'))",
                        [version])

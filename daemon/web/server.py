@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from typing import Any
 
 from flask import Flask
@@ -28,6 +29,13 @@ class _Gunicorn(BaseApplication):
     def load_config(self) -> None:
         for key, value in self.options.items():
             self.cfg.set(key, value)
+        # As gunicorn's own command does: GUNICORN_CMD_ARGS overrides the defaults above.
+        extra = os.environ.get("GUNICORN_CMD_ARGS")
+        if extra:
+            parsed = self.cfg.parser().parse_args(shlex.split(extra))
+            for key, value in vars(parsed).items():
+                if value is not None and key != "args" and key.lower() in self.cfg.settings:
+                    self.cfg.set(key.lower(), value)
 
     def load(self) -> Flask:
         return build_app(self.settings)
@@ -48,6 +56,9 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
 
 
 def serve(settings: Settings, config_path: str | None) -> None:
+    from daemon.store import open_store
+
     if config_path:
         os.environ["JANITOR_CONFIG"] = config_path
+    open_store(settings.storage.url).close()  # migrate once, before the workers fork
     _Gunicorn(settings, gunicorn_options(settings)).run()
