@@ -172,7 +172,9 @@ class Executor:
         now = self.clock()
         self.store.finish_untag(untag.id, outcome=outcome, reason=reason, method=method, saved=saved,
                                 now=now)
-        if outcome == "done" or (outcome == "skipped" and reason == "missing" and self._settled(untag)):
+        if outcome == "done":
+            self.store.mark_tag_gone(untag.push_record_id, now)
+        elif outcome == "skipped" and reason == "missing" and self._settled(untag):
             self.store.mark_untagged(untag.push_record_id, now)
         log.info("untag %s %s:%s -> %s%s", untag.id, untag.repository, untag.tag, outcome,
                  f" ({reason})" if reason else "")

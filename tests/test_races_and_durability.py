@@ -139,4 +139,7 @@ def test_two_pipelines_pushing_the_same_tag(tmp_path, registry, gitlab, project)
     untags = {(u.pipeline_id, u.tag): (u.outcome, u.reason) for u in j.store.list_untags()}
     assert untags[(1, "build-topic")] == ("skipped", "live_owner")
     assert untags[(2, "topic")] == ("done", None)
+    # pipeline 1's older push of 'topic' is done with too: the tag it was overwritten on is gone
+    states = {(r.pipeline_id, r.tag): r.state for n in (1, 2) for r in j.store.records_of_pipeline(repo, n)}
+    assert states[(1, "topic")] == states[(2, "topic")] == "untagged"
     j.close()

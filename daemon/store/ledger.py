@@ -164,6 +164,15 @@ class LedgerStore(StoreBase):
         self.db.execute("UPDATE push_records SET state = 'untagged', updated_at = ? WHERE id = ?",
                         [now, record_id])
 
+    def mark_tag_gone(self, record_id: int, now: float) -> None:
+        """The tag of this record was removed: it and the confirmed records of the same project and
+        repository:tag by earlier pipelines are done with (their pushes were overwritten, then removed)."""
+        self.db.execute(
+            "UPDATE push_records SET state = 'untagged', updated_at = ? WHERE id IN (SELECT o.id FROM"
+            " push_records r JOIN push_records o ON o.repository = r.repository AND o.tag = r.tag AND"
+            " o.project_path = r.project_path WHERE r.id = ? AND (o.id = r.id OR (o.state = 'confirmed'"
+            " AND o.pipeline_id < r.pipeline_id)))", [now, record_id])
+
     def pattern_owners_of(self, repository: str, tag: str) -> list[PushRecord]:
         """Records of this tag that patterns or notifications made (not a CI job's own word), still
         expected or confirmed, newest pipeline first: who a notified push of the tag may belong to."""
