@@ -21,8 +21,7 @@ if TYPE_CHECKING:
 def _api(settings: Settings) -> GitLabAPI:
     from daemon.gitlab import GitLabAPI
 
-    g = settings.gitlab
-    return GitLabAPI(g.url, api_token=g.api_token.get_secret_value() if g.api_token else None, timeout=g.timeout)
+    return GitLabAPI.from_settings(settings.gitlab)
 
 
 @click.group()

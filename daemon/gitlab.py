@@ -13,13 +13,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import gitlab
 import gitlab.exceptions
 import requests
 
+from daemon.config import GitLabSettings
 from daemon.errors import GitLabError, JobTokenError
 
 
@@ -82,6 +83,12 @@ class GitLab:
         self.session = session or requests.Session()
         self._jobs = TTLCache(job_cache_ttl, 4096, clock)
         self._refs = TTLCache(ref_cache_ttl, 8192, clock)
+
+    @classmethod
+    def from_settings(cls, settings: GitLabSettings) -> Self:
+        """A client for the configured GitLab (``gitlab.url``, ``api_token``, ``timeout``)."""
+        token = settings.api_token.get_secret_value() if settings.api_token else None
+        return cls(settings.url, api_token=token, timeout=settings.timeout)
 
     def _client(self, *, private_token: str | None = None, job_token: str | None = None) -> gitlab.Gitlab:
         return gitlab.Gitlab(self.url, private_token=private_token, job_token=job_token,

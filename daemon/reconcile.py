@@ -273,9 +273,7 @@ def reconciler_for(settings: Settings, store: Store, ingest: Ingest, clock: Call
     """A reconciler wired to GitLab as configured."""
     from daemon.gitlab import GitLabAPI
 
-    g = settings.gitlab
-    api = GitLabAPI(g.url, api_token=g.api_token.get_secret_value() if g.api_token else None, timeout=g.timeout)
-    return Reconciler(settings, store, ingest, api, clock, lock=lock)
+    return Reconciler(settings, store, ingest, GitLabAPI.from_settings(settings.gitlab), clock, lock=lock)
 
 
 def schedule(scheduler: Any, worker: Worker, lock: contextlib.AbstractContextManager[Any]) -> Any:

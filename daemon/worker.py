@@ -64,8 +64,7 @@ def gitlab_ref_lookup(settings: Settings) -> RefLookup:
     """S4's question to GitLab for refs the janitor has not seen: does this branch still exist?"""
     from daemon.gitlab import GitLab
 
-    g = settings.gitlab
-    client = GitLab(g.url, api_token=g.api_token.get_secret_value() if g.api_token else None, timeout=g.timeout)
+    client = GitLab.from_settings(settings.gitlab)
 
     def lookup(project_path: str, ref: str, project: ProjectSettings) -> bool | None:
         token = project.registry_token.get_secret_value() if project.registry_token else None

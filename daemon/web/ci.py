@@ -22,9 +22,7 @@ bp = Blueprint("ci", __name__)
 def _gitlab() -> GitLab:
     client = janitor().get("gitlab")
     if client is None:
-        s = settings().gitlab
-        client = GitLab(s.url, api_token=s.api_token.get_secret_value() if s.api_token else None,
-                        timeout=s.timeout)
+        client = GitLab.from_settings(settings().gitlab)
         janitor()["gitlab"] = client
     return client
 
