@@ -4,6 +4,7 @@ known story, and a janitor on the real registry whose merged MR leaves a held or
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,15 @@ def seed(store: Store, now: float) -> dict[str, Any]:
 # a janitor on the real registry ------------------------------------------------------------------------
 MR_TAGS = [{"pattern": "mr-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"},
            {"pattern": "mr-$CI_MERGE_REQUEST_IID-debug", "lifetime": "merge_request"}]
+
+
+def seeded_janitor(tmp_path: Path) -> Iterator[Harness]:
+    """A janitor over the seeded ledger (``harness.ids`` names what ``seed`` made); use with ``yield from``
+    in a fixture."""
+    harness = Harness(tmp_path, seeded_settings())
+    harness.ids = seed(harness.store, harness.clock())  # type: ignore[attr-defined]
+    yield harness
+    harness.close()
 
 
 def live_janitor(tmp_path: Path, registry: Any, project: Any, **policy: Any) -> Harness:

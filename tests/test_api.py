@@ -8,16 +8,13 @@ import json
 
 import pytest
 from janitor_env import ADMIN, Harness
-from ops_env import APP, BEARER, OTHER, live_janitor, merge_mr, seed, seeded_settings
+from ops_env import APP, BEARER, OTHER, live_janitor, merge_mr, seeded_janitor, seeded_settings
 from support.images import delete_manifest, digest_of, get_manifest, push_image, tags
 
 
 @pytest.fixture
 def janitor(tmp_path):
-    harness = Harness(tmp_path, seeded_settings())
-    harness.ids = seed(harness.store, harness.clock())
-    yield harness
-    harness.close()
+    yield from seeded_janitor(tmp_path)
 
 
 def get(janitor, url, **kw):

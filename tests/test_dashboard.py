@@ -7,8 +7,8 @@ import datetime as dt
 import re
 
 import pytest
-from janitor_env import ADMIN, Harness
-from ops_env import APP, OTHER, seed, seeded_settings
+from janitor_env import ADMIN
+from ops_env import APP, OTHER, seeded_janitor
 
 from daemon.web.dashboard import CSRF_COOKIE, build_chart
 
@@ -17,10 +17,7 @@ AUTH = ("ops", ADMIN)
 
 @pytest.fixture
 def janitor(tmp_path):
-    harness = Harness(tmp_path, seeded_settings())
-    harness.ids = seed(harness.store, harness.clock())
-    yield harness
-    harness.close()
+    yield from seeded_janitor(tmp_path)
 
 
 def page(janitor) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from janitor_env import ADMIN, Harness, make_store
-from ops_env import APP, BEARER, OTHER, live_janitor, merge_mr, seed, seeded_settings
+from ops_env import APP, BEARER, OTHER, live_janitor, merge_mr, seeded_janitor, seeded_settings
 from prometheus_client.parser import text_string_to_metric_families
 from support.images import push_image
 
@@ -17,10 +17,7 @@ from daemon.worker import Worker, registry_factory
 
 @pytest.fixture
 def janitor(tmp_path):
-    harness = Harness(tmp_path, seeded_settings())
-    harness.ids = seed(harness.store, harness.clock())
-    yield harness
-    harness.close()
+    yield from seeded_janitor(tmp_path)
 
 
 def scrape(client, **kw) -> dict[str, dict[tuple, float]]:

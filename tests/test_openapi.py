@@ -6,18 +6,14 @@ from __future__ import annotations
 import re
 
 import pytest
-from janitor_env import Harness
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
-from ops_env import BEARER, seed, seeded_settings
+from ops_env import BEARER, seeded_janitor
 
 
 @pytest.fixture
 def janitor(tmp_path):
-    harness = Harness(tmp_path, seeded_settings())
-    harness.ids = seed(harness.store, harness.clock())
-    yield harness
-    harness.close()
+    yield from seeded_janitor(tmp_path)
 
 
 @pytest.fixture
