@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urljoin
 
 import requests
@@ -53,21 +53,25 @@ def find_registry_binary(binary: str | None = None) -> str | None:
 
 
 class LocalRegistry:
-    """``docker-registry serve`` on 127.0.0.1 with ``storage.delete.enabled: true`` and no auth."""
+    """``docker-registry serve`` on 127.0.0.1 with ``storage.delete.enabled: true`` and no auth.
+
+    The one launcher of a local registry process: the demo uses it as it is, the test suite's registry
+    extends ``config`` (token auth, notifications, access log) and ``is_ready`` (a token challenge)."""
 
     def __init__(self, binary: str, workdir: Path) -> None:
         self.binary = binary
         self.workdir = workdir
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = workdir / "registry.log"
+        self.log_path = workdir / "registry.log"  # its own log (stderr)
+        self.stdout_path = self.log_path  # where its access log goes, when enabled
         self.config_path = workdir / "registry.yml"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _config(self) -> dict[str, Any]:
+    def config(self) -> dict[str, Any]:
         return {
             "version": 0.1,
             "log": {"level": "warn", "formatter": "text", "accesslog": {"disabled": True}},
@@ -78,17 +82,22 @@ class LocalRegistry:
                      "headers": {"X-Content-Type-Options": ["nosniff"]}},
         }
 
-    def start(self, timeout: float = 10.0) -> LocalRegistry:
+    def is_ready(self, response: requests.Response) -> bool:
+        """Whether ``GET /v2/`` answered as this registry should once it serves; raise if never will."""
+        return response.status_code == 200
+
+    def start(self, timeout: float = 10.0) -> Self:
         for attempt in range(3):  # another process may take the free port before the registry binds it
             self.port = free_port()
-            self.config_path.write_text(yaml.safe_dump(self._config(), sort_keys=False))
-            # setpriv: the registry gets SIGTERM if the demo itself is killed (SIGKILL) without cleanup.
-            # Its own session: a Ctrl-C reaches the demo, which then stops the registry in order.
+            self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+            # setpriv: the registry gets SIGTERM if its parent is killed (SIGKILL) without cleanup; this
+            # follows the creating thread, so start it from a thread that lives as long as the registry.
+            # Its own session: a Ctrl-C reaches the parent, which then stops the registry in order.
             setpriv = shutil.which("setpriv")
             prefix = [setpriv, "--pdeathsig", "TERM"] if setpriv else []
-            with self.log_path.open("ab") as log:
+            with self.stdout_path.open("ab") as out, self.log_path.open("ab") as err:
                 self.process = subprocess.Popen([*prefix, self.binary, "serve", str(self.config_path)],
-                                                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                                stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                                 start_new_session=True)
             try:
                 self._wait_ready(timeout)
@@ -107,7 +116,7 @@ class LocalRegistry:
             if self.process.poll() is not None:
                 raise StageError(f"docker-registry exited with {self.process.returncode}:\n{self.log_text()}")
             try:
-                if requests.get(f"{self.url}/v2/", timeout=1).status_code == 200:
+                if self.is_ready(requests.get(f"{self.url}/v2/", timeout=1)):
                     return
             except requests.ConnectionError:
                 pass

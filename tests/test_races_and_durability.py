@@ -13,9 +13,9 @@ import requests
 import yaml
 from janitor_env import SECRET, Harness, RealClock, make_settings, mr_hook, pipeline_hook, push_hook
 from support.images import digest_of, push_image, tags
-from support.registry import free_port
 from support.servers import ServerThread
 
+from daemon.demo_env import free_port
 from daemon.registry.client import new_session
 from daemon.worker import Worker, registry_factory
 

@@ -1,6 +1,7 @@
 """A real CNCF distribution registry (Debian's `docker-registry`, 2.8) for the test session.
 
-Owns the process: config, free port, storage folder, readiness, teardown, and its access log
+The process itself (free port, storage folder, readiness, teardown) is started by the product's own
+launcher, `daemon.demo_env.LocalRegistry`; this adds token auth and its access log
 (Combined Log Format on stdout) parsed into (method, path, status) so a test can prove which requests
 were sent. Auth is GitLab-style token auth whose realm is the stand-in; notifications go to the
 stand-in's `/registry-relay`, which forwards them to whatever target the current test set.
@@ -10,16 +11,14 @@ from __future__ import annotations
 
 import re
 import secrets
-import shutil
-import socket
-import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import requests
-import yaml
+
+from daemon.demo_env import LocalRegistry, StageError, find_registry_binary
 
 from .tokens import AdminRegistryAuth, TokenIssuer
 
@@ -43,28 +42,9 @@ class LoggedRequest(NamedTuple):
     status: int
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> list[str]:
-    """Prefix that makes the registry exit if the test process dies without teardown (SIGKILL, crash).
-
-    PR_SET_PDEATHSIG follows the creating thread, so start the registry from a thread that lives as long
-    as the session (pytest's main thread does).
-    """
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM"] if setpriv else []
-
-
-class RegistryStartError(RuntimeError):
-    """The registry did not come up; the message carries its log."""
-
-
-class Registry:
-    """One `docker-registry serve` process on 127.0.0.1, with token auth and notifications."""
+class Registry(LocalRegistry):
+    """The product's local registry launcher (`daemon.demo_env.LocalRegistry`), with GitLab-style token
+    auth, notifications to the stand-in's relay, and its access log kept on stdout."""
 
     def __init__(
         self,
@@ -75,16 +55,12 @@ class Registry:
         notification_url: str | None = None,
         binary: str = BINARY,
     ) -> None:
-        self.workdir = workdir
+        super().__init__(binary, workdir)
         self.realm = realm
         self.issuer = issuer
         self.notification_url = notification_url
         self.notification_token = secrets.token_urlsafe(24)
-        self.binary = binary
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-        self.access_log_path = workdir / "access.log"
-        self.app_log_path = workdir / "registry.log"
+        self.access_log_path = self.stdout_path = workdir / "access.log"
         self.config_path = workdir / "config.yml"
         self._mark = 0
         self._session: requests.Session | None = None
@@ -94,10 +70,6 @@ class Registry:
     def host(self) -> str:
         """host:port, as it appears in image references."""
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
 
     @property
     def session(self) -> requests.Session:
@@ -112,106 +84,47 @@ class Registry:
         return self.issuer.issue(subject, access, lifetime=lifetime)[0]
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def config(self) -> dict[str, object]:
+    def config(self) -> dict[str, Any]:
         cert = self.workdir / "token-cert.pem"
         cert.write_bytes(self.issuer.cert_pem)
-        config: dict[str, object] = {
-            "version": 0.1,
-            "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
-            "storage": {
-                "filesystem": {"rootdirectory": str(self.workdir / "storage")},
-                "delete": {"enabled": True},
-                "maintenance": {"uploadpurging": {"enabled": False}},
-            },
-            "http": {
-                "addr": f"127.0.0.1:{self.port}",
-                "secret": secrets.token_hex(16),
-                "headers": {"X-Content-Type-Options": ["nosniff"]},
-            },
-            "auth": {
-                "token": {
-                    "realm": self.realm,
-                    "service": self.issuer.service,
-                    "issuer": self.issuer.issuer,
-                    "rootcertbundle": str(cert),
-                }
-            },
-        }
+        config = super().config()
+        config["log"] = {"level": "info", "formatter": "text", "accesslog": {"disabled": False}}
+        config["auth"] = {"token": {"realm": self.realm, "service": self.issuer.service,
+                                    "issuer": self.issuer.issuer, "rootcertbundle": str(cert)}}
         if self.notification_url:
-            config["notifications"] = {
-                "endpoints": [
-                    {
-                        "name": "relay",
-                        "url": self.notification_url,
-                        "headers": {"Authorization": [f"Bearer {self.notification_token}"]},
-                        "timeout": "2s",
-                        "threshold": 3,
-                        "backoff": "200ms",
-                    }
-                ]
-            }
+            config["notifications"] = {"endpoints": [{
+                "name": "relay",
+                "url": self.notification_url,
+                "headers": {"Authorization": [f"Bearer {self.notification_token}"]},
+                "timeout": "2s",
+                "threshold": 3,
+                "backoff": "200ms",
+            }]}
         return config
 
-    def start(self, *, timeout: float = 10.0) -> Registry:
-        binary = self.binary if Path(self.binary).exists() else shutil.which(Path(self.binary).name)
-        if binary is None:
-            raise RegistryStartError(INSTALL_HINT.format(binary=self.binary))
-        for attempt in range(3):
-            self.port = free_port()
-            self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
-            with self.access_log_path.open("ab") as out, self.app_log_path.open("ab") as err:
-                self.process = subprocess.Popen(
-                    [*_die_with_parent(), binary, "serve", str(self.config_path)],
-                    stdout=out,
-                    stderr=err,
-                    stdin=subprocess.DEVNULL,
-                )
-            try:
-                self._wait_ready(timeout)
-                return self
-            except RegistryStartError:
-                address_taken = "address already in use" in self.log_text()
-                self.stop()
-                if not address_taken or attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+    def is_ready(self, response: requests.Response) -> bool:
+        if response.status_code == 401 and "Bearer" in response.headers.get("WWW-Authenticate", ""):
+            self._mark = self._sync()
+            return True
+        raise StageError(f"/v2/ answered {response.status_code}, not a token challenge")
 
-    def _wait_ready(self, timeout: float) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RegistryStartError(
-                    f"docker-registry exited with {self.process.returncode}:\n{self.log_text()}"
-                )
-            try:
-                response = requests.get(f"{self.url}/v2/", timeout=1)
-            except requests.ConnectionError:
-                time.sleep(0.02)
-                continue
-            if response.status_code == 401 and "Bearer" in response.headers.get("WWW-Authenticate", ""):
-                self._mark = self._sync()
-                return
-            raise RegistryStartError(f"/v2/ answered {response.status_code}, not a token challenge")
-        raise RegistryStartError(f"docker-registry not ready after {timeout}s:\n{self.log_text()}")
+    def start(self, *, timeout: float = 10.0) -> Registry:
+        binary = find_registry_binary(self.binary)
+        if binary is None:
+            raise StageError(INSTALL_HINT.format(binary=self.binary))
+        self.binary = binary
+        return super().start(timeout)
 
     def stop(self) -> None:
         if self._session is not None:
             self._session.close()
             self._session = None
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        super().stop()
 
     def log_text(self) -> str:
         """The registry's own log (stderr) followed by its access log, for failure messages."""
         parts = []
-        for path in (self.app_log_path, self.access_log_path):
+        for path in (self.log_path, self.access_log_path):
             if path.exists():
                 parts.append(f"--- {path.name} ---\n{path.read_text(errors='replace')}")
         return "\n".join(parts)
