@@ -18,6 +18,7 @@ from daemon.ingest import LiveRefs, policy_for
 from daemon.model import Plan, Trigger, Untag
 from daemon.patterns import is_protected
 from daemon.planner import Decision, PlannedUntag, bulk_guard, in_scope, live_owner
+from daemon.registry.errors import RestoreConflictError, RestoreError
 from daemon.registry.types import Manifest, UntagRequest, UntagResult
 from daemon.store import SavedManifest, Store
 
@@ -33,7 +34,7 @@ class ProjectRegistryLike(Protocol):
 
     def get_manifest(self, repository: str, ref: str) -> Manifest | None: ...
 
-    def put_manifest(self, repository: str, ref: str, manifest: Manifest) -> str: ...
+    def restore(self, repository: str, tag: str, manifest: Manifest) -> None: ...
 
     def tag_count(self, repository: str) -> int | None: ...
 
@@ -200,18 +201,21 @@ class Executor:
                 continue
             try:
                 current = registry.head(repo, tag)
+                manifest = None if current == digest else registry.get_manifest(repo, digest)
                 if current == digest:
                     state, note = "not_needed", "the pushed image still holds the tag"
-                elif current is not None:
-                    state, note = "superseded", f"the tag now points at {current}"
+                elif manifest is None:
+                    state, note = "failed", f"{digest} is no longer in the registry"
                 else:
-                    manifest = registry.get_manifest(repo, digest)
-                    if manifest is None:
-                        state, note = "failed", f"{digest} is no longer in the registry"
-                    else:
-                        registry.put_manifest(repo, tag, manifest)
-                        state, note = "repaired", f"{repo}:{tag} points at {digest} again"
-                        repaired += 1
+                    # The operator's restore, with its rules: never over a newer push, but over a
+                    # placeholder an interrupted untag left behind.
+                    registry.restore(repo, tag, manifest)
+                    state, note = "repaired", f"{repo}:{tag} points at {digest} again"
+                    repaired += 1
+            except RestoreConflictError as exc:
+                state, note = "superseded", str(exc)
+            except RestoreError as exc:
+                state, note = "failed", str(exc)
             except Exception as exc:
                 log.warning("repair of %s:%s failed: %s", repo, tag, exc)
                 continue  # transient: tried again next tick
