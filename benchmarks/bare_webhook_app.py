@@ -1,6 +1,6 @@
 """The baseline of ``bench_webhooks.py``: a bare Flask route answering ``POST /webhooks/gitlab`` with 204,
 served by gunicorn with exactly the options ``registry-janitor web`` uses
-(``daemon.web.server.gunicorn_options`` of the same config file); only the bind address differs.
+(``daemon.server.gunicorn_options`` of the same config file); only the bind address differs.
 
     python benchmarks/bare_webhook_app.py --config FILE --bind 127.0.0.1:PORT
 """
@@ -14,7 +14,7 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from daemon.config import load_settings
-from daemon.web.server import gunicorn_options
+from daemon.server import gunicorn_options
 
 
 def create_bare_app() -> Flask:

@@ -13,7 +13,7 @@ raised in the instance's monorepo, which holds a tenth of the big ledger's merge
 a query that walks a project's history shows as well as one that walks the whole ledger.
 
 Timed, each inside a transaction rolled back afterwards (so every repetition plans the same tags):
-``Ingest.raise_trigger`` for merge_request_merged, branch_deleted, pipeline_finished and ttl_expired,
+``Planner.raise_trigger`` for merge_request_merged, branch_deleted, pipeline_finished and ttl_expired,
 and what every worker tick or webhook runs whatever happens: ``ttl_projects``, the TTL trigger's
 candidate query, ``due_plans``, ``untags_done_since`` and ``cancel_scheduled`` (every pipeline and
 push hook). Medians of interleaved repetitions; prints each ratio (all held to the SPEC's 2x), then
@@ -43,9 +43,10 @@ from typing import Any
 from common import verdict
 
 from daemon.config import settings_from_dict
-from daemon.ingest import Ingest
-from daemon.model import Trigger
+from daemon.domain.model import Trigger
+from daemon.ingest.inbox import Ingest
 from daemon.store import Store, open_store
+from daemon.wiring import build_ingest
 
 NOW = 1_750_000_000.0  # the moment every trigger is raised
 STORY_GAP = 6 * 3600.0  # between one project's merge requests
@@ -313,7 +314,7 @@ def open_ledger(name: str, path: Path, targets: Targets, records: int, projects:
             {"pattern": "preview-$CI_COMMIT_SHORT_SHA", "ttl": "1d"}]}],
     }, environ={})
     store = open_store(f"sqlite:///{path}")
-    ingest = Ingest(settings, store, lambda project_path, project: None, lambda: NOW)
+    ingest = build_ingest(settings, store, registries=lambda project_path, project: None, clock=lambda: NOW)
     return Ledger(name, store, ingest, targets, records, projects)
 
 
@@ -331,7 +332,7 @@ def work_items(ledger: Ledger) -> Iterator[tuple[str, bool, Callable[[], float]]
         "ttl_expired": Trigger("ttl_expired", p0, f"ttl_expired:{p0}:{int(NOW // 60)}", NOW),
     }
     for kind, trigger in triggers.items():
-        yield kind, True, lambda trigger=trigger: ledger.rolled_back(lambda: i.raise_trigger(trigger, NOW))
+        yield kind, True, lambda trigger=trigger: ledger.rolled_back(lambda: i.planner.raise_trigger(trigger, NOW))
     yield "tick: ttl_projects", False, lambda: ledger.read(lambda: s.ttl_projects(NOW))
     yield "tick: TTL candidates", False, lambda: ledger.read(lambda: s.candidates(triggers["ttl_expired"]))
     yield "tick: due_plans", False, lambda: ledger.read(lambda: s.due_plans(NOW))

@@ -1,7 +1,7 @@
 """Webhook intake: ``POST /webhooks/gitlab`` against a bare Flask route returning 204, same gunicorn settings.
 
 SPEC 13: the janitor's sustained throughput must reach >= 0.6x the bare route's, with every 2xx durable
-(S9). Both apps run under gunicorn with ``daemon.web.server.gunicorn_options`` of one config file (the
+(S9). Both apps run under gunicorn with ``daemon.server.gunicorn_options`` of one config file (the
 janitor as ``registry-janitor web``, the baseline from ``bare_webhook_app.py``); ``wrk`` drives them in
 alternating rounds with a Lua script sending GitLab's documented pipeline, merge request and push
 payloads (about 65/20/15), each with its own ``Idempotency-Key`` and ids, spread over many projects,

@@ -136,7 +136,7 @@ def work(db: Path, events: int) -> dict[str, object]:
     import logging
 
     from daemon.store import open_store
-    from daemon.worker import Worker
+    from daemon.wiring import build_worker
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = settings_for(db)
@@ -147,7 +147,7 @@ def work(db: Path, events: int) -> dict[str, object]:
     def registries(project_path: str, project: ProjectSettings) -> RegistryStandIn:
         return registry
 
-    worker = Worker(settings, store, registries, clock)
+    worker = build_worker(settings, store, registries=registries, clock=clock)
     baseline = rss_kib()
     curve: list[tuple[int, int]] = []
     done = ticks = plans = 0

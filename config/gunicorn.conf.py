@@ -1,6 +1,6 @@
 """gunicorn settings for running the web process by hand:
 
-    gunicorn -c config/gunicorn.conf.py 'daemon.web.wsgi:app'
+    gunicorn -c config/gunicorn.conf.py 'daemon.wsgi:app'
 
 ``registry-janitor web`` applies the same defaults itself. Never add the worker here: the scheduler
 must run in its own process (``registry-janitor worker``), not inside gunicorn workers.

@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
@@ -26,12 +26,12 @@ from pydantic import (
     model_validator,
 )
 
+from daemon.domain.model import PatternLifetime, UntagMethod
+from daemon.domain.patterns import parse_duration, validate_pattern
 from daemon.errors import ConfigError
-from daemon.patterns import parse_duration, validate_pattern
 
 DEFAULT_CONFIG_PATH = "config/janitor.yaml"
 DEFAULT_PROTECTED = ("latest", "main", "master", "stable", r"v?\d+(\.\d+)*")
-LIFETIMES = ("pipeline", "merge_request", "branch")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -62,7 +62,7 @@ class GitLabSettings(_Frozen):
 class RegistrySettings(_Frozen):
     url: str = "http://127.0.0.1:5000"
     hostnames: tuple[str, ...] = ()
-    untag_method: Literal["auto", "oci", "placeholder", "gitlab-api"] = "auto"
+    untag_method: UntagMethod = "auto"
     requests_per_second: float = Field(10.0, ge=0)
     burst: int = Field(20, ge=1)
 
@@ -112,7 +112,7 @@ class WorkerSettings(_Frozen):
 
 class TagPattern(_Frozen):
     pattern: str
-    lifetime: Literal["pipeline", "merge_request", "branch"] | None = None
+    lifetime: PatternLifetime | None = None
     ttl: float | None = None
 
     _ttl = field_validator("ttl", mode="before")(lambda cls, v: None if v is None else _duration(v))
@@ -140,7 +140,7 @@ class Policy(_Frozen):
     max_repository_fraction: float = Field(0.5, gt=0, le=1)
     max_untags_per_hour: int = Field(200, ge=1)
     ci_untag_per_pipeline: int = Field(20, ge=0)
-    default_lifetime: Literal["pipeline", "merge_request", "branch"] = "merge_request"
+    default_lifetime: PatternLifetime = "merge_request"
 
     _grace = field_validator("grace_period", mode="before")(lambda cls, v: _duration(v))
 
@@ -202,6 +202,12 @@ class Settings(_Frozen):
             return exact[0]
         wildcard = [p for p in self.projects if p.matches(project_path)]
         return max(wildcard, key=lambda p: len(p.path)) if wildcard else None
+
+    def api_token_for(self, project: ProjectSettings) -> str | None:
+        """The token for GitLab API calls about ``project``: ``gitlab.api_token``, else the project's
+        ``registry_token`` (SPEC 9, 11)."""
+        token = self.gitlab.api_token or project.registry_token
+        return token.get_secret_value() if token is not None else None
 
 
 def _resolve(node: Any, path: str, environ: Mapping[str, str], errors: list[str], base: Path) -> Any:

@@ -26,7 +26,7 @@ from support.gitlab_json import Project
 from support.gitlab_standin import GitLabStandin
 from support.registry import Registry
 
-PAYLOADS = Path(__file__).resolve().parents[1].parent / "shared" / "gitlab-payloads"
+PAYLOADS = Path(__file__).resolve().parent / "fixtures" / "gitlab-payloads"
 
 
 @pytest.fixture(scope="session")

@@ -61,17 +61,16 @@ class Harness:
 
     def __init__(self, tmp_path: Path, settings: Settings, clock: Clock | None = None) -> None:
         from daemon.config import GitLabSettings
-        from daemon.web import create_app
-        from daemon.worker import Worker, gitlab_ref_lookup, registry_factory
+        from daemon.wiring import build_app, build_ref_lookup, build_worker
 
         self.settings = settings
         self.clock = clock or Clock()
         self.store = make_store(tmp_path)
-        self.app = create_app(settings, self.store, clock=self.clock)
+        self.app = build_app(settings, self.store, clock=self.clock)
         self.client = self.app.test_client()
         # S4 asks GitLab about refs it has not seen, when the test points gitlab.url at the stand-in.
-        lookup = gitlab_ref_lookup(settings) if settings.gitlab.url != GitLabSettings().url else None
-        self.worker = Worker(settings, self.store, registry_factory(settings), self.clock, ref_lookup=lookup)
+        lookup = build_ref_lookup(settings) if settings.gitlab.url != GitLabSettings().url else None
+        self.worker = build_worker(settings, self.store, clock=self.clock, ref_lookup=lookup)
 
     def hook(self, event: str, body: dict[str, Any], *, secret: str = SECRET, **headers: str) -> Any:
         response = self.client.post("/webhooks/gitlab", json=body,

@@ -10,8 +10,8 @@ from typing import Any
 
 from janitor_env import ADMIN, SECRET, Harness, make_settings, mr_hook, pipeline_hook
 
-from daemon.model import Decision, Pipeline, PlannedUntag, Trigger
-from daemon.store import SavedManifest, Store
+from daemon.domain.model import Decision, Manifest, Pipeline, PlannedUntag, Trigger
+from daemon.store import Store
 
 BEARER = {"Authorization": f"Bearer {ADMIN}"}
 APP = "grp/app"
@@ -61,11 +61,11 @@ def seed(store: Store, now: float) -> dict[str, Any]:
 
     ids["done_plan"], untags = plan(APP, 1, "merge_request_merged", ["mr-1", "mr-1-debug"], "scheduled")
     store.finish_untag(untags[0], outcome="done", reason=None, method="placeholder",
-                       saved=SavedManifest("sha256:" + "1" * 64, "application/vnd.docker.distribution.manifest"
+                       saved=Manifest("sha256:" + "1" * 64, "application/vnd.docker.distribution.manifest"
                                            ".v2+json", manifest_body([(LAYER_A, 1000), (LAYER_B, 2000)])),
                        now=now - 2900)
     store.finish_untag(untags[1], outcome="done", reason=None, method="placeholder",
-                       saved=SavedManifest("sha256:" + "2" * 64, "application/vnd.docker.distribution.manifest"
+                       saved=Manifest("sha256:" + "2" * 64, "application/vnd.docker.distribution.manifest"
                                            ".v2+json", manifest_body([(LAYER_A, 1000)])), now=now - 2900)
     store.set_plan_state(ids["done_plan"], "done", now - 2900)
     ids["done"] = untags

@@ -17,7 +17,7 @@ from daemon.registry.errors import (
     TagNotFoundError,
     TransientRegistryError,
 )
-from daemon.registry.names import in_scope
+from daemon.registry.names import in_project_path
 from daemon.registry.ratelimit import RateLimiter
 from daemon.registry.types import Manifest, TagDeleter, UntagRequest, UntagResult
 
@@ -37,6 +37,6 @@ __all__ = [
     "TransientRegistryError",
     "UntagRequest",
     "UntagResult",
-    "in_scope",
+    "in_project_path",
     "new_session",
 ]

@@ -1,12 +1,12 @@
-"""References checked before they reach a URL path. The naming rules themselves live in ``daemon.names``
+"""References checked before they reach a URL path. The naming rules themselves live in ``daemon.domain.names``
 (shared with the planner and the CI broker); this adds the registry's error for a bad reference."""
 
 from __future__ import annotations
 
-from daemon.names import in_scope, is_digest, is_repository, is_tag
+from daemon.domain.names import in_project_path, is_digest, is_repository, is_tag
 from daemon.registry.errors import PermanentRegistryError
 
-__all__ = ["checked_ref", "in_scope", "is_digest", "is_repository"]
+__all__ = ["checked_ref", "in_project_path", "is_digest", "is_repository"]
 
 
 def checked_ref(ref: str) -> str:

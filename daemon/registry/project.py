@@ -19,7 +19,7 @@ import requests
 from daemon.registry import untag as _untag
 from daemon.registry.auth import fetch_token, parse_challenge
 from daemon.registry.errors import OutOfScopeError, PermanentRegistryError, RegistryAuthError
-from daemon.registry.names import checked_ref, in_scope, is_digest
+from daemon.registry.names import checked_ref, in_project_path, is_digest
 from daemon.registry.transport import raise_for_status
 from daemon.registry.types import (
     MANIFEST_MEDIA_TYPES,
@@ -58,7 +58,7 @@ class ProjectRegistry:
 
     def check_scope(self, repository: str) -> None:
         """Raise ``OutOfScopeError`` unless the repository is the project's path or below it."""
-        if not in_scope(self.project_path, repository):
+        if not in_project_path(self.project_path, repository):
             raise OutOfScopeError(
                 f"repository {repository!r} is outside project {self.project_path!r}; "
                 "the janitor only touches the project's own path and the repositories below it"

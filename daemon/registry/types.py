@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
+
+from daemon.domain.model import UNTAG_METHODS, Manifest, UntagMethod, UntagOutcome
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -18,23 +20,13 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 #: Sent as ``Accept`` on every manifest read, so indexes come back as stored and nothing is converted.
 MANIFEST_MEDIA_TYPES = (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX)
 
-UntagMethod = Literal["auto", "oci", "placeholder", "gitlab-api"]
-UNTAG_METHODS: tuple[str, ...] = ("auto", "oci", "placeholder", "gitlab-api")
-UntagOutcome = Literal["done", "skipped", "failed", "dry_run"]
+__all__ = ["MANIFEST_MEDIA_TYPES", "UNTAG_METHODS", "Manifest", "TagDeleter", "UntagMethod", "UntagOutcome",
+           "UntagRequest", "UntagResult", "sha256_digest"]
 
 
 def sha256_digest(body: bytes) -> str:
     """The content digest a registry gives these bytes (``sha256:<hex>``)."""
     return "sha256:" + hashlib.sha256(body).hexdigest()
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """A manifest exactly as the registry stored it: the bytes are what its digest is computed over."""
-
-    digest: str
-    media_type: str
-    body: bytes
 
 
 @dataclass(frozen=True)
@@ -63,7 +55,7 @@ class UntagResult:
 
 
 class TagDeleter(Protocol):
-    """Deletes one tag through GitLab's API (the ``gitlab-api`` method); implemented in ``daemon.gitlab``.
+    """Deletes one tag through GitLab's API (the ``gitlab-api`` method); implemented in ``daemon.gitlab.api``.
 
     Return normally once the tag is gone. Raise ``TagNotFoundError`` when it was already absent,
     ``TransientRegistryError`` for errors worth retrying, ``PermanentRegistryError`` for the rest.

@@ -10,12 +10,12 @@ from daemon.store.admin import AdminStore
 from daemon.store.db import ConnectionPool
 from daemon.store.inbox import InboxEvent, InboxStore
 from daemon.store.ledger import LedgerStore
-from daemon.store.plans import PlanStore, SavedManifest
+from daemon.store.plans import PlanStore
 from daemon.store.reconcile import ReconcileStore
 from daemon.store.schema import migrate
 from daemon.store.stats import StatsStore
 
-__all__ = ["InboxEvent", "SavedManifest", "Store", "open_store"]
+__all__ = ["InboxEvent", "Store", "open_store"]
 
 
 class Store(InboxStore, LedgerStore, PlanStore, StatsStore, AdminStore, ReconcileStore):

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.model import Plan, Untag
+from daemon.domain.model import Plan, Untag
 from daemon.store.base import StoreBase
 from daemon.store.db import write_tx
 from daemon.store.plans import _PLAN_COLS, _UNTAG_COLS, _plan, _untag

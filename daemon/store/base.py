@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import sqlite_utils
 
-from daemon.store.db import ConnectionPool
+from daemon.store.db import ConnectionPool, write_tx
 
 
 class StoreBase:
@@ -14,6 +17,13 @@ class StoreBase:
     @property
     def db(self) -> sqlite_utils.Database:
         return self.pool.get()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction (taking the write lock up front); nested, a savepoint: what a failing
+        inner block wrote is undone while the outer transaction goes on."""
+        with write_tx(self.db):
+            yield
 
     def get_value(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM kv WHERE key = ?", [key]).fetchone()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from daemon.model import Pipeline, PushRecord, Trigger
+from daemon.domain.model import Pipeline, PushRecord, Trigger
 from daemon.store.base import StoreBase
 
 _RECORD_COLS = ("id, project_path, pipeline_id, repository, tag, digest, lifetime, state, source, ref,"

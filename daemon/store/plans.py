@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from daemon.model import Decision, Plan, Trigger, Untag
+from daemon.domain.model import Decision, Manifest, Plan, Trigger, Untag
 from daemon.store.base import StoreBase
 from daemon.store.db import write_tx
 
@@ -15,13 +14,6 @@ _PLAN_COLS = ("id, project_path, trigger_kind, trigger_key, state, created_at, d
 _UNTAG_COLS = ("untags.id, plan_id, untags.project_path, repository, tag, expected_digest, outcome, reason,"
                " untags.created_at, finished_at, method, plans.trigger_kind, push_record_id,"
                " untags.pipeline_id")
-
-
-@dataclass(frozen=True)
-class SavedManifest:
-    digest: str
-    media_type: str
-    body: bytes
 
 
 def _plan(row: Sequence[Any]) -> Plan:
@@ -187,7 +179,7 @@ class PlanStore(StoreBase):
         return [_untag(r) for r in rows]
 
     def finish_untag(self, untag_id: int, *, outcome: str, reason: str | None, method: str | None,
-                     saved: SavedManifest | None, now: float) -> None:
+                     saved: Manifest | None, now: float) -> None:
         self.db.execute(
             "UPDATE untags SET outcome = ?, reason = ?, method = ?, finished_at = ?,"
             " attempts = attempts + 1, manifest_digest = COALESCE(?, manifest_digest),"
@@ -227,13 +219,13 @@ class PlanStore(StoreBase):
         self.db.execute("UPDATE repairs SET state = ?, note = ?, finished_at = ? WHERE id = ?",
                         [state, note, now, repair_id])
 
-    def get_untag(self, untag_id: int) -> tuple[Untag, SavedManifest | None] | None:
+    def get_untag(self, untag_id: int) -> tuple[Untag, Manifest | None] | None:
         row = self.db.execute(f"SELECT {_UNTAG_COLS}, manifest_digest, manifest_media_type, manifest_body"
                               " FROM untags JOIN plans ON plans.id = plan_id WHERE untags.id = ?",
                               [untag_id]).fetchone()
         if row is None:
             return None
-        saved = SavedManifest(row[14], row[15], bytes(row[16])) if row[16] is not None else None
+        saved = Manifest(row[14], row[15], bytes(row[16])) if row[16] is not None else None
         return _untag(row), saved
 
     def list_untags(self, *, project_path: str | None = None, outcome: str | None = None,

@@ -3,7 +3,7 @@ MR or a ref, and which plans a step made. Read-only except through the ledger's 
 
 from __future__ import annotations
 
-from daemon.model import Plan
+from daemon.domain.model import Plan
 from daemon.store.base import StoreBase
 from daemon.store.plans import _PLAN_COLS, _plan
 

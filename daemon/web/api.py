@@ -14,20 +14,19 @@ from typing import Any
 from flask import Blueprint, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
-from daemon.model import Plan
-from daemon.overview import (
-    OUTCOMES,
-    PLAN_STATES,
+from daemon.domain.model import OUTCOMES, PLAN_STATES, Plan
+from daemon.ops.requests import why_not_restorable, why_not_retryable
+from daemon.ops.status import (
     parse_since,
     plan_json,
     request_json,
     status_snapshot,
     untag_json,
 )
-from daemon.restore import why_not_restorable, why_not_retryable
 from daemon.store.admin import OperatorRequest, UntagView
 from daemon.web.auth import admin_name, admin_required
-from daemon.web.errors import json_error, now, settings, store
+from daemon.web.context import now, settings, store
+from daemon.web.errors import json_error
 
 bp = Blueprint("api", __name__)
 DEFAULT_LIMIT = 50

@@ -18,7 +18,8 @@ from typing import Any, TypeVar, cast
 from flask import g, request
 from flask.typing import ResponseReturnValue
 
-from daemon.web.errors import json_error, settings
+from daemon.web.context import settings
+from daemon.web.errors import json_error
 
 REALM = 'Basic realm="registry-janitor"'
 F = TypeVar("F", bound=Callable[..., Any])

@@ -1,7 +1,8 @@
 """``POST /api/v1/ci/pushes`` and ``POST /api/v1/ci/untag``: CI jobs authenticated by GitLab.
 
-HTTP only: the ``JOB-TOKEN`` check (401), then :class:`daemon.broker.Broker` decides. GitLab is the
-one outside service the web process calls, and only to verify job tokens (cached for a bounded time).
+HTTP only: the ``JOB-TOKEN`` header (401 when missing or refused, 503 when GitLab cannot be asked), then
+the CI gate (:class:`daemon.ingest.ci_gate.CiGate`) decides. GitLab is the one outside service the web
+process calls, and only to verify job tokens (cached for a bounded time).
 """
 
 from __future__ import annotations
@@ -11,20 +12,18 @@ import json
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from daemon.broker import Answer, Broker
+from daemon.domain.model import Job
 from daemon.errors import GitLabError, JobTokenError
-from daemon.gitlab import GitLab, Job
-from daemon.web.errors import janitor, json_error, now, settings, store
+from daemon.ingest.ci_gate import Answer, CiGate
+from daemon.web.context import janitor
+from daemon.web.errors import json_error
 
 bp = Blueprint("ci", __name__)
 
 
-def _gitlab() -> GitLab:
-    client = janitor().get("gitlab")
-    if client is None:
-        client = GitLab.from_settings(settings().gitlab)
-        janitor()["gitlab"] = client
-    return client
+def _gate() -> CiGate:
+    gate: CiGate = janitor()["ci_gate"]
+    return gate
 
 
 def _job() -> Job | ResponseReturnValue:
@@ -32,7 +31,7 @@ def _job() -> Job | ResponseReturnValue:
     if not token:
         return json_error(401, "job_token_missing", "send the job's token: -H \"JOB-TOKEN: $CI_JOB_TOKEN\"")
     try:
-        return _gitlab().verify_job(token)
+        return _gate().verify(token)
     except JobTokenError as exc:
         return json_error(401, "job_token_invalid", str(exc))
     except GitLabError as exc:
@@ -54,16 +53,12 @@ def _body() -> object:
         return None
 
 
-def _broker() -> Broker:
-    return Broker(settings(), store(), lambda: now())
-
-
 @bp.post("/api/v1/ci/pushes")
 def record_push() -> ResponseReturnValue:
     job = _job()
     if not isinstance(job, Job):
         return job
-    return _answer(_broker().record_push(job, _body()))
+    return _answer(_gate().record_push(job, _body()))
 
 
 @bp.post("/api/v1/ci/untag")
@@ -71,4 +66,4 @@ def untag() -> ResponseReturnValue:
     job = _job()
     if not isinstance(job, Job):
         return job
-    return _answer(_broker().request_untag(job, _body()))
+    return _answer(_gate().request_untag(job, _body()))

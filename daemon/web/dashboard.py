@@ -22,10 +22,11 @@ from flask import Blueprint, make_response, redirect, render_template, request, 
 from flask.typing import ResponseReturnValue
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from daemon.overview import HOOK_KINDS, ago, human_bytes, iso, status_snapshot
+from daemon.ops.status import HOOK_KINDS, ago, human_bytes, iso, status_snapshot
 from daemon.web.api import ActionRefused, ask_restore, ask_retry, decide_plan
 from daemon.web.auth import admin_name, admin_required, admin_token
-from daemon.web.errors import json_error, now, settings, store
+from daemon.web.context import now, settings, store
+from daemon.web.errors import json_error
 
 bp = Blueprint("dashboard", __name__, template_folder="templates")
 CSRF_COOKIE = "janitor_csrf"

@@ -5,10 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from daemon.web.errors import json_error, now, settings, store
+from daemon.domain.policy import HEARTBEAT_KEY, heartbeat_fresh
+from daemon.web.context import now, settings, store
+from daemon.web.errors import json_error
 
 bp = Blueprint("health", __name__)
-HEARTBEAT_KEY = "worker_heartbeat"
 
 
 @bp.get("/healthz")
@@ -21,8 +22,7 @@ def readyz() -> ResponseReturnValue:
     if not store().writable():
         return json_error(503, "storage_unavailable", "the database is not writable; check the volume")
     age = store().value_age(HEARTBEAT_KEY, now())
-    limit = max(30.0, 3 * settings().worker.poll_interval)
-    if age is None or age > limit:
+    if age is None or not heartbeat_fresh(age, settings().worker.poll_interval):
         return json_error(503, "worker_stale",
                           "no fresh worker heartbeat; start `registry-janitor worker` (or `run`)")
     return jsonify({"status": "ready", "worker_heartbeat_age": round(age, 1)})

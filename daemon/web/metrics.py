@@ -2,7 +2,7 @@
 
 Every number comes from the database, so any gunicorn worker answers the same: events, recorded pushes,
 untags by outcome, plans by state, queue depth, and the registry requests the worker counted and
-flushed (``daemon.registry_stats``). The admin token is required when ``server.metrics_require_token``.
+flushed (``daemon.registry.stats``). The admin token is required when ``server.metrics_require_token``.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from collections.abc import Iterable, Sequence
 from flask import Blueprint, Response
 from flask.typing import ResponseReturnValue
 
-from daemon.overview import PLAN_STATES, worker_heartbeat_age
-from daemon.registry_stats import BUCKETS, INF, bucket_label
+from daemon.ops.status import PLAN_STATES, worker_heartbeat_age
+from daemon.registry.stats import BUCKETS, INF, bucket_label
 from daemon.store import Store
 from daemon.web.auth import refusal
-from daemon.web.errors import now, settings, store
+from daemon.web.context import now, settings, store
 
 bp = Blueprint("metrics", __name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -12,6 +12,8 @@ from typing import Any
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
+from daemon.domain import model
+
 bp = Blueprint("openapi", __name__)
 
 JSON = "application/json"
@@ -50,8 +52,8 @@ PAGING = [
     _query("offset", "items to skip", {"type": "integer", "minimum": 0}),
     _query("cursor", "the next_cursor of the previous page (newest first)", {"type": "string"}),
 ]
-PLAN_STATES = ["scheduled", "ready", "running", "done", "held", "cancelled", "dry_run"]
-OUTCOMES = ["pending", "done", "skipped", "failed", "dry_run"]
+PLAN_STATES = list(model.PLAN_STATES)
+OUTCOMES = list(model.OUTCOMES)
 STR_OR_NULL = {"type": ["string", "null"]}
 TIME = {"type": ["string", "null"], "format": "date-time"}
 

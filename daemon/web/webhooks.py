@@ -16,8 +16,9 @@ from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from daemon.config import Settings
-from daemon.events import MalformedEvent, event_kind, parse_gitlab, parse_registry, project_path_of
-from daemon.web.errors import janitor, json_error, now, settings, store
+from daemon.domain.events import MalformedEvent, event_kind, parse_gitlab, parse_registry, project_path_of
+from daemon.web.context import janitor, now, settings, store
+from daemon.web.errors import json_error
 
 bp = Blueprint("webhooks", __name__)
 STORED_KINDS = frozenset({"pipeline", "merge_request", "push", "tag_push"})

@@ -1,7 +1,7 @@
 """A real CNCF distribution registry (Debian's `docker-registry`, 2.8) for the test session.
 
 The process itself (free port, storage folder, readiness, teardown) is started by the product's own
-launcher, `daemon.demo_env.LocalRegistry`; this adds token auth and its access log
+launcher, `daemon.demo.env.LocalRegistry`; this adds token auth and its access log
 (Combined Log Format on stdout) parsed into (method, path, status) so a test can prove which requests
 were sent. Auth is GitLab-style token auth whose realm is the stand-in; notifications go to the
 stand-in's `/registry-relay`, which forwards them to whatever target the current test set.
@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import requests
 
-from daemon.demo_env import LocalRegistry, StageError, find_registry_binary
+from daemon.demo.env import LocalRegistry, StageError, find_registry_binary
 
 from .tokens import AdminRegistryAuth, TokenIssuer
 
@@ -43,7 +43,7 @@ class LoggedRequest(NamedTuple):
 
 
 class Registry(LocalRegistry):
-    """The product's local registry launcher (`daemon.demo_env.LocalRegistry`), with GitLab-style token
+    """The product's local registry launcher (`daemon.demo.env.LocalRegistry`), with GitLab-style token
     auth, notifications to the stand-in's relay, and its access log kept on stdout."""
 
     def __init__(

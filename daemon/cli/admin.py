@@ -1,0 +1,297 @@
+"""Admin commands: ``status``, ``plans``, ``approve``, ``reject``, ``audit``, ``restore``, and the online
+part of ``check-config``.
+
+They open the same storage as the daemon (same ``--config``) and act through it, exactly as the admin
+API does: decisions on held plans are written directly, restores are requests the worker carries out
+(this command waits for the outcome and says so when no worker is running). Only ``check-config
+--online`` talks to GitLab (through ``daemon.gitlab.api``) and the registry (a token and a tag listing).
+Output is a plain table for terminals; ``--json`` where a script wants it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from daemon.cli.options import config_option, settings_or_exit
+from daemon.config import Settings
+from daemon.domain.model import OUTCOMES, PLAN_STATES
+from daemon.errors import GitLabError
+from daemon.gitlab.api import check_project
+from daemon.ops.requests import why_not_restorable
+from daemon.ops.status import (
+    ago,
+    human_bytes,
+    iso,
+    parse_since,
+    plan_json,
+    status_snapshot,
+    untag_json,
+    worker_heartbeat_age,
+)
+from daemon.registry.errors import RegistryError
+from daemon.store import Store
+from daemon.wiring import build_registry_client, build_store
+
+
+def _store(settings: Settings) -> Store:
+    return build_store(settings)
+
+
+def _who() -> str:
+    try:
+        return f"{getpass.getuser()} (cli)"
+    except Exception:
+        return "cli"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[int] = ()) -> str:
+    """A plain aligned table: columns in ``right`` are right-aligned (numbers)."""
+    cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _short(text: str | None, width: int = 60) -> str:
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@click.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="print the whole status document as JSON")
+def status(config_path: str | None, as_json: bool) -> None:
+    """Per-project table: created, untagged, ratio, scheduled, held, failed."""
+    settings = settings_or_exit(config_path)
+    store = _store(settings)
+    snap = status_snapshot(settings, store, time.time())
+    if as_json:
+        _echo_json(snap)
+        return
+    rows = []
+    for name, p in snap["projects"].items():
+        mode = "dry-run" if p["dry_run_mode"] else ("live" if p["configured"] else "-")
+        last = p["last_event_at"] or "never"
+        rows.append([name, mode, p["created"], p["untagged"], f"{p['ratio'] * 100:.1f}%", p["scheduled"],
+                     p["held"], p["failed"], last + (" (quiet)" if p["quiet"] else "")])
+    t = snap["total"]
+    rows.append(["total", "", t["created"], t["untagged"], f"{t['ratio'] * 100:.1f}%", t["scheduled"], t["held"],
+                 t["failed"], ""])
+    click.echo(table(["PROJECT", "MODE", "CREATED", "UNTAGGED", "RATIO", "SCHEDULED", "HELD", "FAILED",
+                      "LAST EVENT"], rows, right=range(2, 8)))
+    worker = snap["worker"]
+    state = "running" if worker["fresh"] else "NOT RUNNING"
+    click.echo(f"\nworker: {state} (last heartbeat {ago(worker['heartbeat_age_seconds'])}"
+               f"{' ago' if worker['heartbeat_age_seconds'] is not None else ''}); queue: {snap['queue']['depth']} "
+               f"event(s); in untagged images: {human_bytes(t['untagged_image_bytes'])}")
+    store.close()
+
+
+@click.command()
+@config_option
+@click.option("--state", default="held", show_default=True,
+              type=click.Choice([*PLAN_STATES, "all"]), help="which plans ('all' for every state)")
+@click.option("--project", default=None, help="only this project path")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--json", "as_json", is_flag=True)
+def plans(config_path: str | None, state: str, project: str | None, limit: int, as_json: bool) -> None:
+    """List plans, newest first (held ones by default: approve or reject them)."""
+    settings = settings_or_exit(config_path)
+    store = _store(settings)
+    found = store.plan_page(state=None if state == "all" else state, project_path=project, limit=limit)
+    if as_json:
+        _echo_json([plan_json(p) for p in found])
+        return
+    if not found:
+        click.echo(f"no {'' if state == 'all' else state + ' '}plans")
+        return
+    click.echo(table(["ID", "PROJECT", "TRIGGER", "STATE", "UNTAGS", "CREATED", "NOTE"],
+                     [[p.id, p.project_path, p.trigger_kind, p.state, p.untag_count, iso(p.created_at),
+                       _short(p.note, 50)] for p in found], right=[0, 4]))
+    if state == "held":
+        click.echo("\napprove with `registry-janitor approve ID`, cancel with `registry-janitor reject ID`")
+    store.close()
+
+
+def _decide(config_path: str | None, plan_id: int, approve: bool) -> None:
+    settings = settings_or_exit(config_path)
+    store = _store(settings)
+    decided = store.decide_held(plan_id, approve, _who(), time.time())
+    if decided is None:
+        plan = store.get_plan(plan_id)
+        what = f"there is no plan {plan_id}" if plan is None else f"plan {plan_id} is {plan.state}, not held"
+        click.echo(f"registry-janitor: {what}; only held plans can be {'approved' if approve else 'rejected'}",
+                   err=True)
+        sys.exit(1)
+    if approve:
+        click.echo(f"plan {plan_id} approved: {decided.untag_count} untag(s) run on the worker's next tick")
+    else:
+        click.echo(f"plan {plan_id} rejected: nothing of it will be untagged")
+    store.close()
+
+
+@click.command()
+@config_option
+@click.argument("plan_id", type=int)
+def approve(config_path: str | None, plan_id: int) -> None:
+    """Approve a held plan: it runs on the worker's next tick, every guard checked again."""
+    _decide(config_path, plan_id, True)
+
+
+@click.command()
+@config_option
+@click.argument("plan_id", type=int)
+def reject(config_path: str | None, plan_id: int) -> None:
+    """Reject a held plan: it is cancelled and none of its tags are untagged."""
+    _decide(config_path, plan_id, False)
+
+
+@click.command()
+@config_option
+@click.option("--project", default=None, help="only this project path")
+@click.option("--since", default=None, help="finished since: a duration (2h, 7d) or an ISO date (2026-11-01)")
+@click.option("--outcome", default=None, type=click.Choice(OUTCOMES))
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True)
+def audit(config_path: str | None, project: str | None, since: str | None, outcome: str | None, limit: int,
+          as_json: bool) -> None:
+    """The untag log, newest first: what was untagged, skipped or failed, and why."""
+    settings = settings_or_exit(config_path)
+    try:
+        since_ts = parse_since(since, time.time()) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    store = _store(settings)
+    views = store.untag_views(project_path=project, outcome=outcome, since=since_ts, limit=limit)
+    if as_json:
+        requests = store.latest_requests(v.untag.id for v in views)
+        _echo_json([untag_json(v, requests) for v in views])
+        return
+    if not views:
+        click.echo("no untags match")
+        return
+    rows = []
+    for v in views:
+        u = v.untag
+        detail = u.reason or u.method or ""
+        if v.restored_at is not None:
+            detail += f" (restored {iso(v.restored_at)})"
+        rows.append([u.id, iso(u.finished_at) or "pending", u.project_path, f"{u.repository}:{u.tag}", u.outcome,
+                     _short(detail, 60)])
+    click.echo(table(["ID", "FINISHED", "PROJECT", "IMAGE", "OUTCOME", "REASON / METHOD"], rows, right=[0]))
+    store.close()
+
+
+@click.command()
+@config_option
+@click.argument("untag_id", type=int)
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(0), help="seconds to wait")
+@click.option("--no-wait", is_flag=True, help="record the request and return")
+def restore(config_path: str | None, untag_id: int, timeout: float, no_wait: bool) -> None:
+    """Put an untagged tag back at the manifest saved before the untag (done by the worker)."""
+    settings = settings_or_exit(config_path)
+    store = _store(settings)
+    view = store.untag_view(untag_id)
+    if view is None:
+        click.echo(f"registry-janitor: there is no untag {untag_id}", err=True)
+        sys.exit(1)
+    refused = why_not_restorable(view)
+    if refused is not None:
+        click.echo(f"registry-janitor: {refused[1]}", err=True)
+        sys.exit(1)
+    image = f"{view.untag.repository}:{view.untag.tag}"
+    req, created = store.add_request("restore", untag_id, _who(), time.time())
+    click.echo(f"restore of {image} {'requested' if created else 'already requested'} (request {req.id})")
+    age, fresh = worker_heartbeat_age(settings, store, time.time())
+    if not fresh:
+        seen = "never" if age is None else f"{ago(age)} ago"
+        click.echo(f"registry-janitor: the worker is not running (last heartbeat: {seen}). The request is "
+                   "recorded and will be carried out when `registry-janitor worker` (or `run`) starts.", err=True)
+        sys.exit(3)
+    if no_wait:
+        return
+    final = _wait(lambda: store.get_request(req.id), timeout)
+    if final is None or not final.finished:
+        click.echo(f"registry-janitor: still {final.state if final else 'unknown'} after {timeout:.0f}s; check "
+                   f"later with `registry-janitor audit` (request {req.id})", err=True)
+        sys.exit(3)
+    if final.state == "done":
+        click.echo(f"restored: {final.reason}")
+        return
+    click.echo(f"registry-janitor: restore failed: {final.reason}", err=True)
+    sys.exit(1)
+
+
+def _wait(poll: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
+    """Poll until the request is finished or the timeout passes, showing progress on stderr."""
+    started = time.monotonic()
+    last_state = None
+    while True:
+        current = poll()
+        if current is None or current.finished:
+            return current
+        if current.state != last_state:
+            click.echo(f"  {current.state}…", err=True)
+            last_state = current.state
+        if time.monotonic() - started >= timeout:
+            return current
+        time.sleep(interval)
+
+
+# check-config --online ----------------------------------------------------------------------------------
+def online_checks(settings: Settings, echo: Callable[[str], None] = click.echo) -> bool:
+    """Reach GitLab and the registry with each project's credential; print what passed and what failed
+    and why. Returns True when every check passed."""
+    api_token = settings.gitlab.api_token.get_secret_value() if settings.gitlab.api_token else None
+    registry = build_registry_client(settings, max_retries=1, timeout=15.0)
+    ok = True
+    for project in settings.projects:
+        echo(project.path)
+        if "*" in project.path:
+            echo("  skipped   a group entry: each project below it is checked when its events arrive")
+            continue
+        token = api_token or (project.registry_token.get_secret_value() if project.registry_token else None)
+        source = "gitlab.api_token" if api_token else "registry_token"
+        if token is None:
+            ok = False
+            echo("  gitlab    FAILED  no gitlab.api_token and no registry_token to authenticate with")
+        else:
+            try:
+                found = check_project(settings.gitlab.url, project.path, token, timeout=settings.gitlab.timeout)
+                echo(f"  gitlab    ok      {found} with {source}")
+            except GitLabError as exc:
+                ok = False
+                echo(f"  gitlab    FAILED  {exc}")
+        if project.registry_token is None:
+            ok = False
+            echo("  registry  FAILED  no registry_token: the janitor cannot untag here (set projects[].registry_token)")
+            continue
+        repos = project.repositories(project.path) or (project.path.lower(),)
+        view = registry.for_project(project.path, project.registry_token.get_secret_value())
+        for repo in repos:
+            try:
+                count = len(view.list_tags(repo))
+                echo(f"  registry  ok      {repo}: token granted, {count} tag(s)")
+            except RegistryError as exc:
+                ok = False
+                echo(f"  registry  FAILED  {repo}: {exc}")
+    return ok
+
+
+COMMANDS = (status, plans, approve, reject, audit, restore)

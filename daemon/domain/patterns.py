@@ -1,0 +1,110 @@
+"""Tag patterns: GitLab's ``$CI_*`` variables expanded into the tags a pipeline is expected to push.
+
+Pure: no I/O, no clock. Owns the ref slug rule (GitLab's ``CI_COMMIT_REF_SLUG``), pattern validation,
+expansion, durations and the protected-tag rule (S2), so every rule about a tag's *name* is in one file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from daemon.domain.names import is_tag
+
+VARIABLES = (
+    "CI_COMMIT_REF_SLUG",
+    "CI_COMMIT_REF_NAME",
+    "CI_COMMIT_BRANCH",
+    "CI_COMMIT_TAG",
+    "CI_COMMIT_SHA",
+    "CI_COMMIT_SHORT_SHA",
+    "CI_PIPELINE_ID",
+    "CI_PIPELINE_IID",
+    "CI_MERGE_REQUEST_IID",
+)
+_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """``30s``, ``15m``, ``2h``, ``7d`` (and ``1w``) to seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration; write it like 30s, 15m, 2h or 7d")
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+def ref_slug(ref: str) -> str:
+    """GitLab's ``CI_COMMIT_REF_SLUG``: lowercased, every char outside a-z0-9 becomes ``-``,
+    cut to 63 bytes, no leading or trailing ``-``."""
+    slug = re.sub(r"[^a-z0-9]", "-", ref.lower())[:63]
+    return slug.strip("-")
+
+
+def variables_in(pattern: str) -> list[str]:
+    return [m.group(1) or m.group(2) for m in _VAR.finditer(pattern)]
+
+
+def validate_pattern(pattern: str) -> None:
+    """Raise ValueError naming any variable the janitor cannot know for a pipeline."""
+    unknown = [v for v in variables_in(pattern) if v not in VARIABLES]
+    if unknown:
+        raise ValueError(
+            f"unknown variable(s) {', '.join('$' + v for v in unknown)}; "
+            f"use one of {', '.join('$' + v for v in VARIABLES)}"
+        )
+    if not pattern:
+        raise ValueError("a pattern must not be empty")
+
+
+@dataclass(frozen=True)
+class PipelineVars:
+    """What GitLab would put in a pipeline's ``$CI_*`` variables."""
+
+    ref: str
+    sha: str
+    pipeline_id: int
+    pipeline_iid: int | None = None
+    is_tag: bool = False
+    mr_iid: int | None = None
+
+    def values(self) -> Mapping[str, str]:
+        # Merge request pipelines have no CI_COMMIT_BRANCH; tag pipelines have CI_COMMIT_TAG instead.
+        return {
+            "CI_COMMIT_REF_SLUG": ref_slug(self.ref),
+            "CI_COMMIT_REF_NAME": self.ref,
+            "CI_COMMIT_BRANCH": "" if self.is_tag or self.mr_iid is not None else self.ref,
+            "CI_COMMIT_TAG": self.ref if self.is_tag else "",
+            "CI_COMMIT_SHA": self.sha,
+            "CI_COMMIT_SHORT_SHA": self.sha[:8],
+            "CI_PIPELINE_ID": str(self.pipeline_id),
+            "CI_PIPELINE_IID": "" if self.pipeline_iid is None else str(self.pipeline_iid),
+            "CI_MERGE_REQUEST_IID": "" if self.mr_iid is None else str(self.mr_iid),
+        }
+
+
+def expand(pattern: str, pipeline: PipelineVars) -> str | None:
+    """The tag ``pattern`` names for this pipeline, or None when a variable it uses is empty
+    (no MR, not a tag pipeline) or the result is not a valid tag."""
+    values = pipeline.values()
+    empty = False
+
+    def sub(match: re.Match[str]) -> str:
+        nonlocal empty
+        value = values.get(match.group(1) or match.group(2), "")
+        empty = empty or not value
+        return value
+
+    tag = _VAR.sub(sub, pattern)
+    if empty or not is_tag(tag):
+        return None
+    return tag
+
+
+def is_protected(tag: str, protected: Iterable[str], default_branch: str | None) -> bool:
+    """S2: a tag fully matching a protected expression, or the default branch's slug, is never untagged."""
+    if default_branch and tag == ref_slug(default_branch):
+        return True
+    return any(re.fullmatch(expr, tag) for expr in protected)

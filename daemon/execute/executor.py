@@ -1,0 +1,190 @@
+"""Due plans to registry writes: the worker's second half, and the only code that untags.
+
+For each due plan: the bulk guard on first run (S7, unless an admin approved it), the hourly budget
+(S7, deferred to the next hour, never dropped), the guards re-checked at run time (S2, S4, S6), then the
+registry client, which re-checks the digest immediately before each write (S3) and writes tag-only (S5).
+Dry-run is decided at the single point of write: the client is told, and sends no write at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from daemon.config import ProjectSettings, Settings
+from daemon.domain.model import Plan, Trigger, Untag
+from daemon.domain.patterns import is_protected
+from daemon.domain.planner import Decision, PlannedUntag, bulk_guard, live_owner
+from daemon.domain.policy import LEASE_SECONDS, in_scope
+from daemon.plan.planning import LiveRefs, policy_for
+from daemon.registry.types import Manifest, UntagRequest, UntagResult
+from daemon.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class ProjectRegistryLike(Protocol):
+    def head(self, repository: str, ref: str) -> str | None: ...
+
+    def untag(self, requests_: Sequence[UntagRequest], *, method: str = "auto",
+              dry_run: bool = False) -> list[UntagResult]: ...
+
+    def get_manifest(self, repository: str, ref: str) -> Manifest | None: ...
+
+    def restore(self, repository: str, tag: str, manifest: Manifest) -> None: ...
+
+    def tag_count(self, repository: str) -> int | None: ...
+
+
+RegistryFactory = Callable[[str, ProjectSettings], ProjectRegistryLike | None]
+
+
+def next_hour(now: float) -> float:
+    return (now // 3600 + 1) * 3600
+
+
+class Executor:
+    def __init__(self, settings: Settings, store: Store, registries: RegistryFactory,
+                 clock: Callable[[], float], live_refs: LiveRefs | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.registries = registries
+        self.clock = clock
+        self.live_refs = live_refs or LiveRefs(store, None, clock)
+
+    def run_due(self, limit: int = 50) -> int:
+        ran = 0
+        for plan in self.store.due_plans(self.clock(), limit):
+            if self.store.claim_plan(plan.id, self.clock(), LEASE_SECONDS):
+                self.run_plan(plan)
+                ran += 1
+        return ran
+
+    def run_plan(self, plan: Plan) -> None:
+        now = self.clock()
+        project = self.settings.project_for(plan.project_path)
+        if project is None:
+            for untag in self.store.pending_untags(plan.id):
+                self._finish(untag, "skipped", "cancelled", None, None)
+            self.store.set_plan_state(plan.id, "cancelled", now, note="project no longer configured")
+            return
+        registry = self.registries(plan.project_path, project)
+        pending = self.store.pending_untags(plan.id)
+        if plan.state == "scheduled" and not self.store.is_approved(plan.id):
+            reason = self._bulk_reason(plan, project, pending, registry)
+            if reason:
+                log.warning("plan %s held: %s", plan.id, reason)
+                self.store.set_plan_state(plan.id, "held", now, note=reason)
+                return
+        budget = project.max_untags_per_hour - self.store.untags_done_since(plan.project_path, now - 3600)
+        if budget <= 0 and pending:
+            self.store.set_plan_state(plan.id, "ready", now, due_at=next_hour(now),
+                                      note="max_untags_per_hour reached; resumes next hour")
+            return
+        batch, rest = pending[:budget], pending[budget:]
+        self._run_untags(plan, project, registry, batch)
+        if rest:
+            self.store.set_plan_state(plan.id, "ready", self.clock(), due_at=next_hour(self.clock()),
+                                      note=f"{len(rest)} untag(s) deferred by max_untags_per_hour")
+        else:
+            final = "dry_run" if project.dry_run else "done"
+            self.store.set_plan_state(plan.id, final, self.clock())
+
+    def _bulk_reason(self, plan: Plan, project: ProjectSettings, pending: Sequence[Untag],
+                     registry: ProjectRegistryLike | None) -> str | None:
+        policy = policy_for(project, plan.project_path, None)
+        decisions = [Decision(PlannedUntag(0, 0, u.repository, u.tag, u.expected_digest), "pending")
+                     for u in pending]
+        counts: dict[str, int] = {}
+        if registry is not None:
+            for repo in sorted({u.repository for u in pending}):
+                try:
+                    count = registry.tag_count(repo)
+                except Exception as exc:  # unknown counts are not judged by fraction
+                    log.warning("tag count of %s unavailable: %s", repo, exc)
+                    count = None
+                if count is not None:
+                    counts[repo] = count
+        return bulk_guard(decisions, counts, policy)
+
+    def _recheck(self, plan: Plan, project: ProjectSettings, untag: Untag) -> str | None:
+        """S2, S6 and S4 again at run time: config, refs and owners may have changed since planning."""
+        pipeline = self.store.get_pipeline(plan.project_path, untag.pipeline_id)
+        default_branch = pipeline.default_branch if pipeline else None
+        policy = policy_for(project, plan.project_path, default_branch)
+        if not in_scope(untag.repository, policy):
+            return "out_of_scope"
+        if is_protected(untag.tag, policy.protected_tags, default_branch):
+            return "protected"
+        record = self.store.record(untag.push_record_id)
+        if record is None:
+            return None
+        others = self.store.owners_of([(untag.repository, untag.tag)])
+        pipelines = self.store.pipelines(plan.project_path, {o.pipeline_id for o in others})
+        refs = self.live_refs.states(plan.project_path, {o.ref for o in others if o.id != record.id}, project)
+        trigger = self._trigger_of(plan)
+        if live_owner(trigger, record, others, pipelines, refs, default_branch):
+            return "live_owner"
+        return None
+
+    def _run_untags(self, plan: Plan, project: ProjectSettings, registry: ProjectRegistryLike | None,
+                    untags: Sequence[Untag]) -> None:
+        by_repo: dict[str, list[tuple[Untag, UntagRequest]]] = defaultdict(list)
+        for untag in untags:
+            reason = self._recheck(plan, project, untag)
+            if reason:
+                self._finish(untag, "skipped", reason, None, None)
+                continue
+            if registry is None:
+                self._finish(untag, "failed", "no registry_token configured for this project", None, None)
+                continue
+            digest = untag.expected_digest
+            if not digest:  # expected but never confirmed: resolve now
+                try:
+                    digest = registry.head(untag.repository, untag.tag) or ""
+                except Exception as exc:
+                    self._finish(untag, "failed", f"could not resolve the tag: {exc}", None, None)
+                    continue
+                if not digest:
+                    self._finish(untag, "skipped", "missing", None, None)
+                    continue
+            by_repo[untag.repository].append((untag, UntagRequest(untag.repository, untag.tag, digest)))
+        method = self.settings.registry.untag_method
+        for repo, items in sorted(by_repo.items()):
+            self.store.mark_started([untag.id for untag, _ in items], self.clock())
+            try:
+                results = registry.untag([req for _, req in items], method=method,  # type: ignore[union-attr]
+                                         dry_run=project.dry_run)
+            except Exception as exc:
+                log.exception("untag batch in %s failed", repo)
+                for untag, _ in items:
+                    self._finish(untag, "failed", str(exc)[:300], None, None)
+                continue
+            for (untag, _), result in zip(items, results, strict=True):
+                self._finish(untag, result.outcome, result.reason, result.method, result.saved)
+
+    def _finish(self, untag: Untag, outcome: str, reason: str | None, method: str | None,
+                saved: Manifest | None) -> None:
+        now = self.clock()
+        self.store.finish_untag(untag.id, outcome=outcome, reason=reason, method=method, saved=saved,
+                                now=now)
+        if outcome == "done":
+            self.store.mark_tag_gone(untag.push_record_id, now)
+        elif outcome == "skipped" and reason == "missing" and self._settled(untag):
+            self.store.mark_untagged(untag.push_record_id, now)
+        log.info("untag %s %s:%s -> %s%s", untag.id, untag.repository, untag.tag, outcome,
+                 f" ({reason})" if reason else "")
+
+    def _settled(self, untag: Untag) -> bool:
+        """A missing tag ends its record, unless the record is only expected and its pipeline still
+        runs: that tag may yet be pushed, and the trigger is raised again when the pipeline finishes."""
+        record = self.store.record(untag.push_record_id)
+        if record is None or record.state != "expected":
+            return True
+        pipeline = self.store.get_pipeline(record.project_path, record.pipeline_id)
+        return pipeline is None or pipeline.finished
+
+    def _trigger_of(self, plan: Plan) -> Trigger:
+        return self.store.plan_trigger(plan.id)

@@ -1,0 +1,260 @@
+"""Catching up from the GitLab API (SPEC 11): the triggers whose webhooks never arrived.
+
+GitLab does not redeliver a failed webhook and sends no push hook for a push touching more than 3 refs.
+So, per configured project (exact paths; for ``group/*`` the projects below it that the ledger holds),
+this module asks GitLab for the merge requests updated since the project's watermark and whether each
+branch the ledger still holds live tags for exists, then feeds what it learned through the very
+``Ingest`` handlers the webhooks use. Trigger keys are the same, so a trigger raised by a webhook and by
+reconcile makes one plan.
+
+Owns: the per-project watermark (``kv``), the bounds of one run, the per-project report.
+Must not: call python-gitlab (``daemon.gitlab.api`` does), untag (plans wait their grace period and run in
+the worker like any other), or let one project's failure stop the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from daemon.config import ProjectSettings, Settings
+from daemon.domain.events import MergeRequestEvent, PushEvent
+from daemon.domain.model import Plan
+from daemon.errors import GitLabError
+from daemon.ingest.inbox import Ingest
+from daemon.store import Store
+
+if TYPE_CHECKING:
+    from daemon.gitlab.api import GitLabAPI, MergeRequestInfo
+
+log = logging.getLogger(__name__)
+
+WATERMARK_KEY = "reconcile:merge_requests_updated:{project}"
+REF_CURSOR_KEY = "reconcile:ref_cursor:{project}"
+# Re-read this much before the watermark: an MR updated just before the last run may have been committed
+# in GitLab just after it. Re-reading is harmless (what the ledger already knows raises nothing).
+OVERLAP_SECONDS = 300.0
+# With no watermark yet, start this long before the project's first pipeline in the ledger: older MRs
+# cannot own anything the janitor knows of.
+FIRST_RUN_SLACK = 86400.0
+# MR pipelines' internal refs are not branches: asking for them as branches would say "deleted".
+_NOT_BRANCHES = ("refs/merge-requests/", "refs/pipelines/", "refs/environments/")
+_MR_ACTIONS = {"merged": "merge", "closed": "close"}
+
+
+@dataclass
+class ProjectReport:
+    """What one run found for one project, and which plans it made."""
+
+    project_path: str
+    merge_requests: int = 0
+    merged: list[int] = field(default_factory=list)
+    closed: list[int] = field(default_factory=list)
+    reopened: list[int] = field(default_factory=list)
+    refs_checked: int = 0
+    deleted: list[str] = field(default_factory=list)
+    plans: list[Plan] = field(default_factory=list)
+    since: str | None = None
+    watermark: str | None = None
+    more: bool = False  # a bound was reached; the next run goes on from here
+    skipped: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def summary(self) -> str:
+        if self.error is not None:
+            return f"failed: {self.error}"
+        if self.skipped is not None:
+            return f"skipped: {self.skipped}"
+        if self.since is None:
+            found = ["merge requests not asked (no pipeline of this project in the ledger yet)"]
+        else:
+            found = [f"{self.merge_requests} merge request(s) updated since {self.since}"]
+        for label, items in (("merged", self.merged), ("closed", self.closed), ("reopened", self.reopened)):
+            if items:
+                found.append(f"{label} not yet seen: " + ", ".join(f"!{i}" for i in items))
+        found.append(f"{self.refs_checked} branch(es) checked")
+        if self.deleted:
+            found.append("deleted: " + ", ".join(self.deleted))
+        found.append(f"{len(self.plans)} plan(s) made")
+        if self.more:
+            found.append("more left for the next run")
+        return "; ".join(found)
+
+
+def _parse(stamp: str) -> datetime:
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class Reconciler:
+    """One catch-up pass over the configured projects. ``lock`` is held around each write (the worker
+    passes the lock its tick holds), never around a GitLab call."""
+
+    def __init__(self, settings: Settings, store: Store, ingest: Ingest, gitlab: GitLabAPI,
+                 clock: Callable[[], float] = time.time, *, lock: contextlib.AbstractContextManager[Any] | None = None,
+                 max_merge_requests: int = 500, max_refs: int = 200) -> None:
+        self.settings = settings
+        self.store = store
+        self.ingest = ingest
+        self.gitlab = gitlab
+        self.clock = clock
+        self.lock = lock if lock is not None else contextlib.nullcontext()
+        self.max_merge_requests = max_merge_requests
+        self.max_refs = max_refs
+
+    # which projects --------------------------------------------------------------------------------
+    def projects(self, only: str | None = None) -> list[tuple[str, ProjectSettings]]:
+        """Exact entries as configured; ``group/*`` entries expand to the ledger's projects below them
+        (each project once, under the entry that ``Settings.project_for`` gives it)."""
+        found: dict[str, ProjectSettings] = {}
+        ledger = self.store.ledger_projects()
+        for entry in self.settings.projects:
+            paths = [entry.path] if "*" not in entry.path else [p for p in ledger if entry.matches(p)]
+            for path in paths:
+                if self.settings.project_for(path) is entry:
+                    found.setdefault(path, entry)
+        if only is not None:
+            return [(only, found[only])] if only in found else []
+        return sorted(found.items())
+
+    # a run -----------------------------------------------------------------------------------------
+    def run(self, only: str | None = None) -> list[ProjectReport]:
+        reports = []
+        projects = self.projects(only)
+        log.info("reconcile: %d project(s)", len(projects))
+        for index, (path, project) in enumerate(projects, 1):
+            report = self.reconcile_project(path, project)
+            level = logging.WARNING if not report.ok else logging.INFO
+            log.log(level, "reconcile %d/%d %s: %s", index, len(projects), path, report.summary())
+            reports.append(report)
+        return reports
+
+    def run_logged(self) -> None:
+        """For the scheduler: a failure is logged and the next interval tries again."""
+        try:
+            self.run()
+        except Exception:
+            log.exception("reconcile failed; retrying next interval")
+
+    def reconcile_project(self, path: str, project: ProjectSettings) -> ProjectReport:
+        report = ProjectReport(path)
+        token = self.settings.api_token_for(project)
+        if token is None:
+            report.skipped = "no gitlab.api_token and no registry_token for this project"
+            return report
+        try:
+            self.gitlab.check_access(path, token)
+            self.catch_up_merge_requests(path, token, report)
+            self.check_branches(path, token, report)
+        except GitLabError as exc:
+            report.error = str(exc)
+        except Exception as exc:  # one project's surprise must not stop the others
+            log.exception("reconcile %s failed", path)
+            report.error = f"{type(exc).__name__}: {exc}"
+        return report
+
+    # merge requests --------------------------------------------------------------------------------
+    def catch_up_merge_requests(self, path: str, token: str, report: ProjectReport) -> None:
+        """MRs updated since the watermark, oldest first, at most ``max_merge_requests`` new ones a run.
+        The watermark moves only once the listing finished."""
+        key = WATERMARK_KEY.format(project=path)
+        watermark = self.store.get_value(key)
+        if watermark is not None:
+            mark = _parse(watermark)
+            since = datetime.fromtimestamp(mark.timestamp() - OVERLAP_SECONDS, UTC)
+        else:
+            earliest = self.store.earliest_pipeline_at(path)
+            if earliest is None:
+                report.watermark = None
+                return  # nothing in the ledger yet that an MR could end
+            mark = None
+            since = datetime.fromtimestamp(earliest - FIRST_RUN_SLACK, UTC)
+        report.since = _iso(since)
+        newest = mark
+        fresh = 0
+        for mr in self.gitlab.merge_requests_since(path, token, _iso(since)):
+            updated = _parse(mr.updated_at) if mr.updated_at else None
+            is_new = mark is None or updated is None or updated > mark
+            if is_new:
+                if fresh >= self.max_merge_requests:
+                    report.more = True
+                    break
+                fresh += 1
+            report.merge_requests += 1
+            self.apply_merge_request(path, mr, report)
+            if updated is not None and (newest is None or updated > newest):
+                newest = updated
+        if newest is not None and newest != mark:
+            self.store.set_value(key, _iso(newest), self.clock())
+        report.watermark = _iso(newest) if newest is not None else None
+
+    def apply_merge_request(self, path: str, mr: MergeRequestInfo, report: ProjectReport) -> None:
+        """Record the MR's state; raise what the ledger has not seen (merge, close, a reopen)."""
+        with self._writing(path, report) as now:
+            known = self.store.merge_request_state(path, mr.iid)
+            if known == mr.state:
+                return  # the webhook (or an earlier run) told us already: nothing was missed
+            if mr.state in _MR_ACTIONS:
+                action = _MR_ACTIONS[mr.state]
+                (report.merged if mr.state == "merged" else report.closed).append(mr.iid)
+            elif known == "closed" and mr.state == "opened":
+                action = "reopen"
+                report.reopened.append(mr.iid)
+            else:
+                action = "update"  # opened or locked: who owns which branch, for S4
+            self.ingest.on_merge_request(
+                MergeRequestEvent(project_path=path, iid=mr.iid, action=action, state=mr.state,
+                                  source_branch=mr.source_branch, source_project_id=mr.source_project_id,
+                                  target_project_id=mr.target_project_id, default_branch=None), now)
+
+    # branches --------------------------------------------------------------------------------------
+    def check_branches(self, path: str, token: str, report: ProjectReport) -> None:
+        """Ask whether each branch with live tags in the ledger still exists, ``max_refs`` a run, going
+        on where the last run stopped (so every ref is asked in turn however many there are)."""
+        default = self.store.default_branch(path)
+        refs = [r for r in self.store.open_refs(path) if r != default and not r.startswith(_NOT_BRANCHES)]
+        key = REF_CURSOR_KEY.format(project=path)
+        cursor = self.store.get_value(key) or ""
+        ordered = [r for r in refs if r > cursor] + [r for r in refs if r <= cursor]
+        batch = ordered[: self.max_refs]
+        report.more = report.more or len(ordered) > len(batch)
+        for ref in batch:
+            present = self.gitlab.branch_present(path, ref, token)
+            report.refs_checked += 1
+            self.apply_branch(path, ref, present, report)
+        if batch:
+            self.store.set_value(key, batch[-1] if len(ordered) > len(batch) else "", self.clock())
+
+    def apply_branch(self, path: str, ref: str, present: bool, report: ProjectReport) -> None:
+        with self._writing(path, report) as now:
+            if present:
+                self.store.set_ref(path, ref, True, now)
+                return
+            if self.store.ref_known_live(path, ref) is False:
+                return  # its deletion was seen (webhook or an earlier run): its trigger was raised then
+            report.deleted.append(ref)
+            self.ingest.on_push(PushEvent(project_path=path, ref=ref, is_tag=False, deleted=True,
+                                          default_branch=None), now)
+
+    # one write -------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writing(self, path: str, report: ProjectReport) -> Iterator[float]:
+        """What reconcile learned goes through Ingest in one transaction (as an inbox event does):
+        the check of what the ledger knows, the handler, and noting the plans it made."""
+        with self.lock, self.store.transaction():
+            before = self.store.last_plan_id()
+            yield self.clock()
+            report.plans.extend(self.store.plans_after(path, before))

@@ -1,0 +1,156 @@
+"""What operators see, computed once for the admin API, the dashboard and the admin CLI.
+
+Owns: the status snapshot (per-project and total counters, queue, plans, webhook health, worker
+heartbeat), the JSON shape of plans, untags and operator requests, time formatting, and reading a
+``since`` filter. Reads storage and settings only: no requests, no registry, no GitLab.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from daemon.config import Settings
+from daemon.domain.model import PLAN_STATES, Plan
+from daemon.domain.patterns import parse_duration
+from daemon.domain.policy import HEARTBEAT_KEY, heartbeat_fresh
+from daemon.store import Store
+from daemon.store.admin import OperatorRequest, UntagView
+
+QUIET_AFTER = 24 * 3600.0
+COUNTERS = ("created", "untagged", "scheduled", "held", "failed", "dry_run", "restored")
+HOOK_KINDS = ("pipeline", "merge_request", "push", "tag_push")
+
+
+def iso(ts: float | None) -> str | None:
+    """UTC ISO 8601 with a ``Z`` (``2026-11-28T01:02:03Z``), or None."""
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_since(text: str, now: float) -> float:
+    """A ``since`` filter: a duration back from now (``2h``, ``7d``), an ISO date or date-time (UTC
+    unless it names a zone), or Unix seconds. ValueError with what to write otherwise."""
+    text = text.strip()
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration (2h, 7d), an ISO date (2026-11-01) or "
+                         "date-time (2026-11-01T12:00:00Z)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+def ago(seconds: float | None) -> str:
+    """``45s``, ``12m``, ``3h``, ``2d`` (or ``never``)."""
+    if seconds is None:
+        return "never"
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    return {"id": plan.id, "project": plan.project_path, "trigger": plan.trigger_kind,
+            "trigger_key": plan.trigger_key, "state": plan.state, "untag_count": plan.untag_count,
+            "note": plan.note or None, "created_at": iso(plan.created_at), "due_at": iso(plan.due_at)}
+
+
+def request_json(req: OperatorRequest | None) -> dict[str, Any] | None:
+    if req is None:
+        return None
+    return {"id": req.id, "kind": req.kind, "untag_id": req.untag_id, "state": req.state,
+            "reason": req.reason, "requested_by": req.requested_by, "requested_at": iso(req.requested_at),
+            "finished_at": iso(req.finished_at)}
+
+
+def untag_json(view: UntagView, requests: dict[tuple[int, str], OperatorRequest]) -> dict[str, Any]:
+    u = view.untag
+    saved = None
+    if view.manifest_size is not None:
+        saved = {"digest": view.manifest_digest, "media_type": view.manifest_media_type,
+                 "size": view.manifest_size}
+    return {"id": u.id, "plan_id": u.plan_id, "project": u.project_path, "repository": u.repository,
+            "tag": u.tag, "image": f"{u.repository}:{u.tag}", "expected_digest": u.expected_digest or None,
+            "outcome": u.outcome, "reason": u.reason, "method": u.method, "trigger": u.trigger_kind,
+            "pipeline_id": u.pipeline_id or None, "attempts": view.attempts, "created_at": iso(u.created_at),
+            "finished_at": iso(u.finished_at), "restored_at": iso(view.restored_at),
+            "restorable": view.restorable, "saved_manifest": saved,
+            "restore": request_json(requests.get((u.id, "restore"))),
+            "retry": request_json(requests.get((u.id, "retry")))}
+
+
+def worker_heartbeat_age(settings: Settings, store: Store, now: float) -> tuple[float | None, bool]:
+    """(seconds since the worker's last heartbeat or None, fresh?) as /readyz judges it."""
+    age = store.value_age(HEARTBEAT_KEY, now)
+    return age, heartbeat_fresh(age, settings.worker.poll_interval)
+
+
+def status_snapshot(settings: Settings, store: Store, now: float) -> dict[str, Any]:
+    """Per-project and total counters, queue, plans, webhook health and the worker's heartbeat."""
+    counters = store.project_counters()
+    restored = store.restored_counts()
+    reclaim = store.untagged_image_bytes()
+    last: dict[str, dict[str, float]] = {}
+    for project, kind, at in store.last_events():
+        last.setdefault(project, {})[kind] = at
+    names = set(counters) | set(last) | {p.path for p in settings.projects if "*" not in p.path}
+    projects: dict[str, dict[str, Any]] = {}
+    for name in sorted(names):
+        config = settings.project_for(name)
+        row: dict[str, float | int] = {key: int(counters.get(name, {}).get(key, 0)) for key in COUNTERS
+                                       if key != "restored"}
+        row["restored"] = int(restored.get(name, 0))
+        row["ratio"] = round(row["untagged"] / row["created"], 4) if row["created"] else 0.0
+        events = last.get(name, {})
+        newest = max(events.values()) if events else None
+        projects[name] = {
+            **row,
+            "untagged_image_bytes": reclaim.get(name),
+            "configured": config is not None,
+            "dry_run_mode": bool(config.dry_run) if config is not None else None,
+            "last_events": {kind: iso(at) for kind, at in sorted(events.items())},
+            "last_event_at": iso(newest),
+            "quiet": config is not None and (newest is None or now - newest > QUIET_AFTER),
+        }
+    total: dict[str, float | int] = {key: sum(p[key] for p in projects.values()) for key in COUNTERS}
+    total["ratio"] = round(total["untagged"] / total["created"], 4) if total["created"] else 0.0
+    total["untagged_image_bytes"] = sum(v for v in reclaim.values())
+    oldest = store.oldest_pending_event()
+    age, fresh = worker_heartbeat_age(settings, store, now)
+    plans = store.plan_state_counts()
+    return {
+        "generated_at": iso(now),
+        "projects": projects,
+        "total": total,
+        "queue": {"depth": store.queue_depth(),
+                  "oldest_pending_age_seconds": None if oldest is None else round(now - oldest, 1)},
+        "plans": {state: int(plans.get(state, 0)) for state in PLAN_STATES},
+        "operator_requests_open": store.open_request_count(),
+        "registry_notifications": {"last_event_at": iso(store.last_registry_event())},
+        "worker": {"heartbeat_age_seconds": None if age is None else round(age, 1), "fresh": fresh},
+        "dry_run_projects": sorted(n for n, p in projects.items() if p["dry_run_mode"]),
+    }

@@ -1,0 +1,1 @@
+"""Trigger -> stored plan (``planning``) and the triggers the clock raises (``ttl``)."""

@@ -1,0 +1,56 @@
+"""Running the web app under gunicorn (``registry-janitor web``): one app per gunicorn worker process,
+each built by ``daemon.wiring`` after the fork, with its own store connection."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from typing import Any
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from daemon.config import Settings
+from daemon.wiring import build_app, build_store
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+        self.settings = settings
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+        # As gunicorn's own command does: GUNICORN_CMD_ARGS overrides the defaults above.
+        extra = os.environ.get("GUNICORN_CMD_ARGS")
+        if extra:
+            parsed = self.cfg.parser().parse_args(shlex.split(extra))
+            for key, value in vars(parsed).items():
+                if value is not None and key != "args" and key.lower() in self.cfg.settings:
+                    self.cfg.set(key.lower(), value)
+
+    def load(self) -> Flask:
+        return build_app(self.settings)
+
+
+def gunicorn_options(settings: Settings) -> dict[str, Any]:
+    """Defaults that suit the webhook path; ``GUNICORN_CMD_ARGS`` overrides any of them."""
+    return {
+        "bind": settings.server.bind,
+        "workers": int(os.environ.get("JANITOR_WEB_WORKERS", "2")),
+        "worker_class": "gthread",
+        "threads": int(os.environ.get("JANITOR_WEB_THREADS", "4")),
+        "timeout": 30,
+        "graceful_timeout": 10,
+        "accesslog": "-" if os.environ.get("JANITOR_ACCESS_LOG") else None,
+        "errorlog": "-",
+    }
+
+
+def serve(settings: Settings, config_path: str | None) -> None:
+    if config_path:
+        os.environ["JANITOR_CONFIG"] = config_path
+    build_store(settings).close()  # migrate once, before the workers fork
+    _Gunicorn(settings, gunicorn_options(settings)).run()

@@ -1,0 +1,143 @@
+"""The composition root: every long-lived part of the janitor is built here, from ``Settings``.
+
+The CLI, the gunicorn entry points, the demo, the tests and the benchmarks get their store, registry
+clients, GitLab client, worker and app from these functions and nowhere else, so how the parts fit
+together is written once. Each builder takes the parts a caller may want to supply itself (a clock, a
+``requests.Session``, a ref lookup) and builds the rest as configured.
+
+Must not: hold a rule of the product; this module only connects parts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from flask import Flask
+
+from daemon.config import ProjectSettings, Settings
+from daemon.execute.executor import Executor, ProjectRegistryLike, RegistryFactory
+from daemon.execute.repair import RaceRepair
+from daemon.gitlab.api import GitLab, GitLabAPI, GitLabTagDeleter
+from daemon.ingest.catchup import Reconciler
+from daemon.ingest.ci_gate import CiGate, JobVerifier
+from daemon.ingest.inbox import Ingest
+from daemon.plan.planning import LiveRefs, Planner, RefLookup
+from daemon.registry.client import RegistryClient, new_session
+from daemon.registry.ratelimit import RateLimiter
+from daemon.registry.stats import RegistryStats
+from daemon.registry.transport import Observer
+from daemon.store import Store, open_store
+from daemon.web import create_app
+from daemon.worker import Worker
+
+Clock = Callable[[], float]
+
+
+def build_store(settings: Settings) -> Store:
+    """The configured store, created and migrated as needed."""
+    return open_store(settings.storage.url)
+
+
+def build_gitlab(settings: Settings) -> GitLabAPI:
+    """The GitLab API client (job tokens, branches, merge requests, hooks) as configured."""
+    return GitLabAPI.from_settings(settings.gitlab)
+
+
+def build_registry_client(settings: Settings, session: requests.Session | None = None,
+                          observer: Observer | None = None, **options: Any) -> RegistryClient:
+    """One client for the configured registry: one keep-alive session, one rate limiter."""
+    reg = settings.registry
+    options.setdefault("limiter", RateLimiter(reg.requests_per_second, reg.burst))
+    return RegistryClient(reg.url, session or new_session(), observer=observer, **options)
+
+
+def build_registries(settings: Settings, session: requests.Session | None = None,
+                     observer: Observer | None = None) -> RegistryFactory:
+    """Per-project views of one registry client; ``observer`` sees every registry answer
+    (``RegistryStats`` counts them for /metrics). None for a project without ``registry_token``."""
+    client = build_registry_client(settings, session, observer)
+    deleters: dict[str, GitLabTagDeleter] = {}
+
+    def tag_deleter(token: str) -> GitLabTagDeleter | None:
+        """The ``gitlab-api`` method writes through GitLab with the project's token (else the API token)."""
+        if settings.registry.untag_method != "gitlab-api":
+            return None
+        api = settings.gitlab.api_token
+        token = api.get_secret_value() if api else token
+        if token not in deleters:
+            deleters[token] = GitLabTagDeleter(settings.gitlab.url, token, timeout=settings.gitlab.timeout)
+        return deleters[token]
+
+    def for_project(project_path: str, project: ProjectSettings) -> ProjectRegistryLike | None:
+        if project.registry_token is None:
+            return None
+        token = project.registry_token.get_secret_value()
+        return client.for_project(project_path, token, tag_deleter=tag_deleter(token))
+
+    return for_project
+
+
+def build_ref_lookup(settings: Settings, gitlab: GitLab | None = None) -> RefLookup:
+    """S4's question to GitLab for refs the janitor has not seen: does this branch still exist?"""
+    client = gitlab or build_gitlab(settings)
+
+    def lookup(project_path: str, ref: str, project: ProjectSettings) -> bool | None:
+        token = project.registry_token.get_secret_value() if project.registry_token else None
+        return client.branch_exists(project_path, ref, token)
+
+    return lookup
+
+
+def build_planner(settings: Settings, store: Store, *, clock: Clock = time.time,
+                  ref_lookup: RefLookup | None = None) -> Planner:
+    return Planner(settings, store, LiveRefs(store, ref_lookup, clock))
+
+
+def build_ingest(settings: Settings, store: Store, *, registries: RegistryFactory | None = None,
+                 clock: Clock = time.time, ref_lookup: RefLookup | None = None) -> Ingest:
+    """Inbox events -> ledger -> plans, reading finished pipelines' tags through ``registries``."""
+    planner = build_planner(settings, store, clock=clock, ref_lookup=ref_lookup)
+    return Ingest(settings, store, planner, registries or build_registries(settings), clock)
+
+
+def build_reconciler(settings: Settings, store: Store, ingest: Ingest, *, clock: Clock = time.time,
+                     gitlab: GitLabAPI | None = None,
+                     lock: contextlib.AbstractContextManager[Any] | None = None, **bounds: int) -> Reconciler:
+    """Catch-up from the GitLab API, feeding the same ``Ingest`` handlers the webhooks use."""
+    return Reconciler(settings, store, ingest, gitlab or build_gitlab(settings), clock, lock=lock, **bounds)
+
+
+def build_worker(settings: Settings, store: Store, *, registries: RegistryFactory | None = None,
+                 clock: Clock = time.time, ref_lookup: RefLookup | None = None,
+                 registry_stats: RegistryStats | None = None, gitlab: GitLabAPI | None = None) -> Worker:
+    """The worker with every stage it schedules: ingest, plan, execute, catch-up."""
+    registries = registries or build_registries(settings, observer=registry_stats)
+    ingest = build_ingest(settings, store, registries=registries, clock=clock, ref_lookup=ref_lookup)
+    lock = threading.Lock()
+    executor = Executor(settings, store, registries, clock, ingest.planner.live_refs)
+    reconciler = build_reconciler(settings, store, ingest, clock=clock, gitlab=gitlab, lock=lock)
+    return Worker(settings, store, ingest=ingest, executor=executor,
+                  repair=RaceRepair(settings, store, registries, clock), reconciler=reconciler,
+                  clock=clock, lock=lock, registry_stats=registry_stats)
+
+
+def build_worker_from_config(settings: Settings) -> Worker:
+    """What ``registry-janitor worker`` runs: the configured store, registry metrics, S4 lookups."""
+    stats = RegistryStats()  # registry request metrics, flushed to storage every tick
+    gitlab = build_gitlab(settings)
+    return build_worker(settings, build_store(settings), registry_stats=stats, gitlab=gitlab,
+                        ref_lookup=build_ref_lookup(settings, gitlab))
+
+
+def build_app(settings: Settings, store: Store | None = None, *, clock: Clock = time.time,
+              verifier: JobVerifier | None = None) -> Flask:
+    """The web app; ``verifier`` checks CI job tokens (GitLab as configured unless given)."""
+    store = store if store is not None else build_store(settings)
+    planner = build_planner(settings, store, clock=clock)
+    gate = CiGate(settings, store, planner, verifier or build_gitlab(settings), clock)
+    return create_app(settings, store, clock=clock, ci_gate=gate)

@@ -1,0 +1,678 @@
+"""The Helm chart, as an operator installs it.
+
+Rendered and linted with Helm's own engine (helm-python-sdk binds Helm v4's Go code, no helm binary),
+every rendered object checked against the Kubernetes API schemas that kubernetes-validate ships, then
+the promises the chart makes read off the objects: one pod, Recreate, probes on /healthz and /readyz,
+a non-root read-only container with only /data and /tmp writable, and a config that holds no secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+try:
+    import helm_python
+except ImportError:  # reported by the `helm` fixture, so the failure names the fix
+    helm_python = None  # type: ignore[assignment]
+
+try:
+    import kubernetes_validate
+except ImportError:
+    kubernetes_validate = None  # type: ignore[assignment]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "registry-janitor"
+EXAMPLE_CONFIG = ROOT / "config" / "janitor.example.yaml"
+RELEASE = "janitor"
+NAMESPACE = "ops"
+FULLNAME = "janitor-registry-janitor"
+CONFIG_PATH = "/etc/registry-janitor/janitor.yaml"
+# The oldest Kubernetes the chart declares (Chart.yaml kubeVersion) and the newest one shipped.
+OLDEST_KUBE = "1.27"
+
+PVC = "PersistentVolumeClaim"
+SECRET_REF = r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$"
+
+FULL_VALUES: dict[str, Any] = {
+    "splitProcesses": True,
+    "existingSecret": "janitor-credentials",
+    "persistence": {"existingClaim": "janitor-ledger"},
+    "ingress": {
+        "enabled": True,
+        "className": "nginx",
+        "annotations": {"nginx.ingress.kubernetes.io/proxy-body-size": "25m"},
+        "hosts": [{"host": "janitor.example.org", "paths": [{"path": "/", "pathType": "Prefix"}]}],
+        "tls": [{"secretName": "janitor-tls", "hosts": ["janitor.example.org"]}],
+    },
+    "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "networkPolicy": {
+        "enabled": True,
+        "ingressFrom": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}},
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+        ],
+        "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 443, "protocol": "TCP"}]}],
+    },
+    "web": {"resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}},
+    "worker": {"resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}},
+    "config": {
+        "gitlab": {"url": "https://gitlab.example.org", "api_token": "${GITLAB_API_TOKEN}"},
+        "registry": {"url": "https://registry.example.org", "hostnames": ["registry.example.org"]},
+        "server": {"metrics_require_token": True},
+        "projects": [
+            {
+                "path": "group/app",
+                "webhook_secret": "${APP_WEBHOOK_SECRET}",
+                "registry_token": "${APP_REGISTRY_TOKEN}",
+                "images": ["", "builder"],
+                "dry_run": False,
+                "tags": [
+                    {"pattern": "mr-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"},
+                    {"pattern": "$CI_COMMIT_REF_SLUG", "lifetime": "branch"},
+                    {"pattern": "cache-$CI_PIPELINE_ID", "lifetime": "pipeline"},
+                    {"pattern": "preview-$CI_COMMIT_SHORT_SHA", "ttl": "7d"},
+                ],
+            }
+        ],
+    },
+}
+
+# Values a chart-created Secret carries in the secret-values case: none may reach the ConfigMap.
+SECRET_VALUES = {
+    "APP_WEBHOOK_SECRET": "webhook-secret-4a7f19",
+    "APP_REGISTRY_TOKEN": "glpat-registry-9c2e5b",
+    "JANITOR_ADMIN_TOKEN": "admin-token-3d81aa",
+}
+WITH_SECRETS: dict[str, Any] = {
+    "secrets": SECRET_VALUES,
+    "config": {
+        "projects": [
+            {
+                "path": "group/app",
+                "webhook_secret": "${APP_WEBHOOK_SECRET}",
+                "registry_token": "${APP_REGISTRY_TOKEN}",
+                "tags": [{"pattern": "mr-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"}],
+            }
+        ]
+    },
+}
+
+# ServiceMonitor is a CRD, absent from the Kubernetes schemas: checked against the fields of
+# monitoring.coreos.com/v1 the chart uses (prometheus-operator's API reference), nothing more.
+SERVICE_MONITOR_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string"},
+                "namespace": {"type": "string"},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "jobLabel": {"type": "string"},
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "any": {"type": "boolean"},
+                        "matchNames": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "matchExpressions": {"type": "array"},
+                    },
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "scheme": {"enum": ["http", "https"]},
+                            "interval": {"type": "string", "pattern": "^([0-9]+(ms|s|m|h))+$"},
+                            "scrapeTimeout": {"type": "string", "pattern": "^([0-9]+(ms|s|m|h))+$"},
+                            "authorization": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "type": {"type": "string"},
+                                    "credentials": {
+                                        "type": "object",
+                                        "additionalProperties": False,
+                                        "required": ["key"],
+                                        "properties": {"name": {"type": "string"}, "key": {"type": "string"}},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def _missing(package: str, module: str) -> str:
+    return (
+        f"{package} is not installed (import {module} failed). The deployment tests need it: run `.ci/run`, "
+        "which installs the test extra, or `pip install -e '.[test]'`."
+    )
+
+
+@pytest.fixture(scope="module")
+def helm() -> Any:
+    if helm_python is None:
+        pytest.fail(_missing("helm-python-sdk", "helm_python"), pytrace=False)
+    return helm_python
+
+
+@pytest.fixture(scope="module")
+def kube_versions() -> tuple[str, ...]:
+    if kubernetes_validate is None:
+        pytest.fail(_missing("kubernetes-validate", "kubernetes_validate"), pytrace=False)
+    from kubernetes_validate.utils import all_versions
+
+    shipped = {".".join(v.split(".")[:2]) for v in all_versions()}
+    if OLDEST_KUBE not in shipped:
+        pytest.fail(
+            f"kubernetes-validate {kubernetes_validate.__version__} ships no schemas for Kubernetes "
+            f"{OLDEST_KUBE}, the oldest the chart supports; install the version range `.ci/run` installs.",
+            pytrace=False,
+        )
+    return (OLDEST_KUBE, kubernetes_validate.latest_version())
+
+
+@cache
+def _render_cached(helm: Any, chart_dir: str, values_yaml: str) -> dict[str, str]:
+    with helm.Chart.load(chart_dir) as chart:
+        result: dict[str, str] = chart.render(yaml.safe_load(values_yaml), name=RELEASE, namespace=NAMESPACE)
+        return result
+
+
+def render_files(helm: Any, values: dict[str, Any] | None = None, chart_dir: Path = CHART) -> dict[str, str]:
+    """Template path -> rendered text, NOTES.txt included."""
+    return _render_cached(helm, str(chart_dir), yaml.safe_dump(values or {}, sort_keys=True))
+
+
+def render(helm: Any, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every Kubernetes object the chart renders with these values."""
+    objects: list[dict[str, Any]] = []
+    for path, text in sorted(render_files(helm, values).items()):
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                objects.append(doc)
+    return objects
+
+
+def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, rendered {len(found)}"
+    return found[0]
+
+
+def kinds(objects: list[dict[str, Any]]) -> set[str]:
+    return {o["kind"] for o in objects}
+
+
+def notes(helm: Any, values: dict[str, Any] | None = None) -> str:
+    files = render_files(helm, values)
+    return next(text for path, text in files.items() if path.endswith("NOTES.txt"))
+
+
+def janitor_config(objects: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    text = one(objects, "ConfigMap")["data"]["janitor.yaml"]
+    parsed = yaml.safe_load(text)
+    assert isinstance(parsed, dict), "janitor.yaml must be a YAML mapping"
+    return text, parsed
+
+
+def secret_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """Every config key that holds a credential, by key path."""
+    fields = {
+        "gitlab.api_token": config.get("gitlab", {}).get("api_token"),
+        "server.admin_token": config.get("server", {}).get("admin_token"),
+        "server.registry_notification_token": config.get("server", {}).get("registry_notification_token"),
+    }
+    for i, project in enumerate(config.get("projects") or []):
+        fields[f"projects[{i}].webhook_secret"] = project.get("webhook_secret")
+        fields[f"projects[{i}].registry_token"] = project.get("registry_token")
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def assert_valid(objects: list[dict[str, Any]], versions: tuple[str, ...]) -> None:
+    for obj in objects:
+        name = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["kind"] == "ServiceMonitor":
+            jsonschema.validate(obj, SERVICE_MONITOR_SCHEMA)
+            continue
+        for version in versions:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                where = ".".join(str(p) for p in exc.path)
+                pytest.fail(f"{name} is invalid for Kubernetes {version} at {where}: {exc.message}")
+            except kubernetes_validate.SchemaNotFoundError as exc:
+                pytest.fail(f"{name}: {exc.message}")
+
+
+def assert_lint_clean(helm: Any, values: dict[str, Any] | None = None) -> None:
+    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE)
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + [
+        {"error": e} for e in report.get("errors") or []
+    ]
+    assert report["total_charts_linted"] == 1
+    assert not problems, f"helm lint --strict: {problems}"
+
+
+def containers(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+
+
+def volumes(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+
+
+def mounts(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["mountPath"]: m for m in container["volumeMounts"]}
+
+
+def env_names(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container["env"]}
+
+
+def assert_hardened(deployment: dict[str, Any]) -> None:
+    pod = deployment["spec"]["template"]["spec"]
+    ctx = pod["securityContext"]
+    assert ctx["runAsNonRoot"] is True
+    assert ctx["runAsUser"] == 10001
+    assert ctx["fsGroup"] == 10001
+    assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    for name, container in containers(deployment).items():
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True, name
+        assert sc["allowPrivilegeEscalation"] is False, name
+        assert sc["capabilities"]["drop"] == ["ALL"], name
+        assert "add" not in sc["capabilities"], name
+
+
+def assert_writable_paths(deployment: dict[str, Any], claim: str) -> None:
+    vols = volumes(deployment)
+    for name, container in containers(deployment).items():
+        by_path = mounts(container)
+        assert set(by_path) >= {"/data", "/tmp", "/etc/registry-janitor"}, name
+        data, tmp = vols[by_path["/data"]["name"]], vols[by_path["/tmp"]["name"]]
+        assert data["persistentVolumeClaim"]["claimName"] == claim, name
+        assert "emptyDir" in tmp, name
+        assert not by_path["/data"].get("readOnly"), name
+        assert by_path["/etc/registry-janitor"]["readOnly"] is True, name
+        config_volume = vols[by_path["/etc/registry-janitor"]["name"]]
+        assert config_volume["configMap"]["name"] == FULLNAME, name
+        assert env_names(container)["JANITOR_CONFIG"]["value"] == CONFIG_PATH, name
+
+
+def assert_http_probes(container: dict[str, Any]) -> None:
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8080}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+
+
+def assert_one_pod(deployment: dict[str, Any]) -> None:
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1, "SQLite on a PVC: exactly one replica"
+    assert spec["strategy"] == {"type": "Recreate"}, "the old pod must stop before the new one opens SQLite"
+
+
+def assert_service_reaches_pod(objects: list[dict[str, Any]]) -> None:
+    service, deployment = one(objects, "Service"), one(objects, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    [port] = service["spec"]["ports"]
+    assert (port["name"], port["port"], port["targetPort"]) == ("http", 8080, "http")
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_chart_metadata(helm: Any) -> None:
+    with helm.Chart.load(CHART) as chart:
+        meta = chart.metadata
+        assert meta["apiVersion"] == "v2"
+        assert meta["name"] == "registry-janitor"
+        assert meta["appVersion"] == "0.1.0"
+        assert chart.schema is not None, "values.schema.json is part of the chart"
+        chart.validate_schema(chart.values)
+
+
+@pytest.mark.parametrize("case", ["default", "full"])
+def test_lints_clean_in_strict_mode(helm: Any, case: str) -> None:
+    assert_lint_clean(helm, None if case == "default" else FULL_VALUES)
+
+
+@pytest.mark.parametrize("case", ["default", "full", "secrets"])
+def test_every_rendered_object_is_valid_kubernetes(
+    helm: Any, kube_versions: tuple[str, ...], case: str
+) -> None:
+    values = {"default": None, "full": FULL_VALUES, "secrets": WITH_SECRETS}[case]
+    objects = render(helm, values)
+    assert_valid(objects, kube_versions)
+    for obj in objects:
+        assert obj["metadata"]["namespace"] == NAMESPACE, obj["kind"]
+        assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE, obj["kind"]
+
+
+def test_default_install(helm: Any) -> None:
+    objects = render(helm)
+    assert kinds(objects) == {
+        "ConfigMap", "Deployment", "PersistentVolumeClaim", "Secret", "Service", "ServiceAccount",
+    }
+    deployment = one(objects, "Deployment")
+    assert_one_pod(deployment)
+    assert_hardened(deployment)
+    assert_writable_paths(deployment, claim=f"{FULLNAME}-data")
+    assert_service_reaches_pod(objects)
+
+    [container] = containers(deployment).values()
+    assert container["command"] + container["args"] == ["registry-janitor", "run"]
+    assert_http_probes(container)
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+
+    pvc = one(objects, "PersistentVolumeClaim")
+    assert pvc["metadata"]["name"] == f"{FULLNAME}-data"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert "storageClassName" not in pvc["spec"], "empty storageClass means the cluster default"
+
+    _, config = janitor_config(objects)
+    assert config["server"]["bind"] == "0.0.0.0:8080"
+    assert config["storage"]["url"] == "sqlite:////data/janitor.db"
+    assert config["defaults"]["dry_run"] is True, "a new install must not untag before someone looks"
+    assert set(config) <= {"gitlab", "registry", "storage", "server", "worker", "defaults", "projects"}
+
+
+def test_default_tokens_are_generated_into_the_secret_not_the_config(helm: Any) -> None:
+    objects = render(helm)
+    text, config = janitor_config(objects)
+    secret = one(objects, "Secret")
+    assert secret["metadata"]["name"] == FULLNAME
+    assert set(secret["data"]) == {"JANITOR_ADMIN_TOKEN", "JANITOR_REGISTRY_TOKEN"}
+    for key, encoded in secret["data"].items():
+        value = base64.b64decode(encoded).decode()
+        assert len(value) >= 32, key
+        assert value not in text, f"{key}'s value leaked into the ConfigMap"
+    assert secret_fields(config) == {
+        "server.admin_token": "${JANITOR_ADMIN_TOKEN}",
+        "server.registry_notification_token": "${JANITOR_REGISTRY_TOKEN}",
+    }
+    env = env_names(containers(one(objects, "Deployment"))["janitor"])
+    for var in ("JANITOR_ADMIN_TOKEN", "JANITOR_REGISTRY_TOKEN"):
+        assert env[var]["valueFrom"]["secretKeyRef"] == {"name": FULLNAME, "key": var}
+
+
+def test_config_holds_references_and_secret_holds_values(helm: Any) -> None:
+    objects = render(helm, WITH_SECRETS)
+    text, config = janitor_config(objects)
+    fields = secret_fields(config)
+    assert set(fields) >= {"server.admin_token", "projects[0].webhook_secret", "projects[0].registry_token"}
+    for where, value in fields.items():
+        assert isinstance(value, str) and re.fullmatch(SECRET_REF, value), (
+            f"config.{where} must be a ${{VAR}} reference, got {value!r}"
+        )
+    for var, value in SECRET_VALUES.items():
+        assert value not in text, f"the value of {var} leaked into the ConfigMap"
+
+    secret = one(objects, "Secret")
+    decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert decoded.items() >= SECRET_VALUES.items()
+    assert "JANITOR_REGISTRY_TOKEN" in decoded, "the token not given is generated"
+
+    deployment = one(objects, "Deployment")
+    env = env_names(containers(deployment)["janitor"])
+    for var in (*SECRET_VALUES, "JANITOR_REGISTRY_TOKEN"):
+        assert env[var]["valueFrom"]["secretKeyRef"] == {"name": FULLNAME, "key": var}
+    assert "checksum/secret" in deployment["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_full_values(helm: Any) -> None:
+    objects = render(helm, FULL_VALUES)
+    assert kinds(objects) == {
+        "ConfigMap", "Deployment", "Ingress", "NetworkPolicy", "Service", "ServiceAccount", "ServiceMonitor",
+    }, "existingSecret and existingClaim: the chart creates neither a Secret nor a PVC"
+    deployment = one(objects, "Deployment")
+    assert_one_pod(deployment)
+    assert_hardened(deployment)
+    assert_writable_paths(deployment, claim="janitor-ledger")
+    assert_service_reaches_pod(objects)
+
+    both = containers(deployment)
+    assert list(both) == ["web", "worker"], "split processes stay in one pod, next to the one SQLite file"
+    web, worker = both["web"], both["worker"]
+    assert web["command"] + web["args"] == ["registry-janitor", "web"]
+    assert worker["command"] + worker["args"] == ["registry-janitor", "worker"]
+    assert_http_probes(web)
+    assert "ports" not in worker and "livenessProbe" not in worker
+    assert web["resources"]["limits"]["memory"] == "1Gi"
+    assert worker["resources"]["limits"]["memory"] == "512Mi"
+    [data_volume] = [v for v in volumes(deployment).values() if "persistentVolumeClaim" in v]
+    assert mounts(web)["/data"]["name"] == mounts(worker)["/data"]["name"] == data_volume["name"]
+
+    needed = {"GITLAB_API_TOKEN", "JANITOR_ADMIN_TOKEN", "JANITOR_REGISTRY_TOKEN", "APP_WEBHOOK_SECRET",
+              "APP_REGISTRY_TOKEN"}
+    for container in (web, worker):
+        env = env_names(container)
+        for var in needed:
+            assert env[var]["valueFrom"]["secretKeyRef"] == {"name": "janitor-credentials", "key": var}
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/config" in annotations and "checksum/secret" not in annotations
+
+    ingress = one(objects, "Ingress")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [{"hosts": ["janitor.example.org"], "secretName": "janitor-tls"}]
+    [rule] = ingress["spec"]["rules"]
+    assert rule["host"] == "janitor.example.org"
+    [path] = rule["http"]["paths"]
+    assert path["backend"]["service"] == {"name": FULLNAME, "port": {"name": "http"}}
+
+    service = one(objects, "Service")
+    monitor = one(objects, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    # metrics_require_token: Prometheus authenticates with the admin token from the operator's Secret.
+    assert endpoint["authorization"] == {
+        "type": "Bearer", "credentials": {"name": "janitor-credentials", "key": "JANITOR_ADMIN_TOKEN"},
+    }
+
+    policy = one(objects, "NetworkPolicy")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    [ingress_rule] = policy["spec"]["ingress"]
+    assert ingress_rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    assert ingress_rule["from"] == FULL_VALUES["networkPolicy"]["ingressFrom"]
+    dns, https = policy["spec"]["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert https == FULL_VALUES["networkPolicy"]["egress"][0]
+
+    _, config = janitor_config(objects)
+    assert config["projects"][0]["tags"][3] == {"pattern": "preview-$CI_COMMIT_SHORT_SHA", "ttl": "7d"}
+    assert config["server"]["bind"] == "0.0.0.0:8080"
+
+
+def test_config_change_rolls_the_pod(helm: Any) -> None:
+    def checksum(values: dict[str, Any] | None) -> str:
+        deployment = one(render(helm, values), "Deployment")
+        return str(deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    base = checksum(None)
+    assert base == checksum(None)
+    assert checksum({"config": {"worker": {"poll_interval": "10s"}}}) != base
+
+
+def test_secret_change_rolls_the_pod(helm: Any) -> None:
+    def checksum(token: str) -> str:
+        deployment = one(render(helm, {"secrets": {"JANITOR_ADMIN_TOKEN": token}}), "Deployment")
+        return str(deployment["spec"]["template"]["metadata"]["annotations"]["checksum/secret"])
+
+    assert checksum("first-token-value") != checksum("second-token-value")
+
+
+@pytest.mark.parametrize(
+    ("where", "values"),
+    [
+        ("/config/server/admin_token", {"config": {"server": {"admin_token": "hunter2-inline"}}}),
+        ("/config/gitlab/api_token", {"config": {"gitlab": {"api_token": "glpat-inline"}}}),
+        (
+            "/config/projects/0/registry_token",
+            {"config": {"projects": [{"path": "group/app", "registry_token": "glpat-inline"}]}},
+        ),
+    ],
+)
+def test_inline_secret_is_refused_by_the_schema(helm: Any, where: str, values: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmValuesError, match=where):
+        render_files(helm, values)
+
+
+def test_inline_secret_is_refused_even_without_the_schema(helm: Any, tmp_path: Path) -> None:
+    # `helm install --skip-schema-validation` must not let a secret into the ConfigMap either.
+    chart = tmp_path / "registry-janitor"
+    shutil.copytree(CHART, chart)
+    (chart / "values.schema.json").unlink()
+    values = {"config": {"projects": [{"path": "group/app", "webhook_secret": "inline-webhook-secret"}]}}
+    with pytest.raises(helm.HelmRenderError, match=r"projects\[0\]\.webhook_secret holds an inline secret"):
+        render_files(helm, values, chart_dir=chart)
+
+
+def test_referenced_secret_without_a_value_is_refused(helm: Any) -> None:
+    values = {"config": {"projects": [{"path": "group/app", "webhook_secret": "${APP_WEBHOOK_SECRET}"}]}}
+    with pytest.raises(helm.HelmRenderError, match=r"references \$\{APP_WEBHOOK_SECRET\}"):
+        render_files(helm, values)
+    # Given by the operator's own Secret, or through extraEnv, it renders.
+    render_files(helm, {**values, "existingSecret": "janitor-credentials"})
+    extra = [{"name": "APP_WEBHOOK_SECRET", "valueFrom": {"secretKeyRef": {"name": "app", "key": "hook"}}}]
+    env = env_names(containers(one(render(helm, {**values, "extraEnv": extra}), "Deployment"))["janitor"])
+    assert env["APP_WEBHOOK_SECRET"] == extra[0]
+
+
+def test_both_secret_sources_is_refused(helm: Any) -> None:
+    with pytest.raises(helm.HelmRenderError, match="not both"):
+        render_files(helm, {"existingSecret": "janitor-credentials", "secrets": {"X": "y"}})
+
+
+def test_loopback_bind_is_refused(helm: Any) -> None:
+    with pytest.raises(helm.HelmRenderError, match="all interfaces"):
+        render_files(helm, {"config": {"server": {"bind": "127.0.0.1:8080"}}})
+
+
+def test_container_port_follows_the_bind_address(helm: Any) -> None:
+    deployment = one(render(helm, {"config": {"server": {"bind": "0.0.0.0:9090"}}}), "Deployment")
+    [container] = containers(deployment).values()
+    assert container["ports"] == [{"name": "http", "containerPort": 9090, "protocol": "TCP"}]
+
+
+def test_persistence_options(helm: Any) -> None:
+    pvc = one(render(helm, {"persistence": {"storageClass": "fast-ssd", "size": "5Gi"}}), PVC)
+    assert pvc["spec"]["storageClassName"] == "fast-ssd"
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    pvc = one(render(helm, {"persistence": {"storageClass": "-", "keepOnUninstall": True}}), PVC)
+    assert pvc["spec"]["storageClassName"] == ""
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+    objects = render(helm, {"persistence": {"enabled": False}})
+    assert PVC not in kinds(objects)
+    data = volumes(one(objects, "Deployment"))["data"]
+    assert data == {"name": "data", "emptyDir": {}}
+    assert "persistence.enabled is false" in notes(helm, {"persistence": {"enabled": False}})
+
+
+def test_notes_tell_how_to_point_gitlab_and_the_registry_at_the_service(helm: Any) -> None:
+    text = notes(helm, FULL_VALUES)
+    assert "registry-janitor hooks install --all --url https://janitor.example.org/webhooks/gitlab" in text
+    assert "Settings > Webhooks" in text
+    for event in ("Push events", "Pipeline events", "Merge request events"):
+        assert event in text
+    assert "Secret token:  the project's webhook_secret" in text
+
+    snippet = text[text.index("notifications:"):text.index("(GitLab Omnibus")]
+    endpoint = yaml.safe_load(snippet)["notifications"]["endpoints"][0]
+    assert endpoint["url"] == "https://janitor.example.org/webhooks/registry"
+    assert endpoint["headers"]["Authorization"] == ["Bearer <registry_notification_token>"]
+    assert "JANITOR_REGISTRY_TOKEN in Secret janitor-credentials" in text
+
+    default = notes(helm)
+    assert f"--url http://{FULLNAME}.{NAMESPACE}.svc:8080/webhooks/gitlab" in default
+    assert "-c janitor --" in default and "-c web --" in text
+
+
+def test_schema_rejects_typos_and_bad_rules(helm: Any) -> None:
+    bad_cases = [
+        {"persistance": {"enabled": True}},
+        {"config": {"registry": {"untag_method": "delete-everything"}}},
+        {"config": {"projects": [{"path": "group/app", "tags": [{"pattern": "mr-x"}]}]}},
+        {"config": {"projects": [{"path": "group/app", "tags": [{"pattern": "x", "lifetime": "forever"}]}]}},
+        {"config": {"worker": {"poll_interval": "5 seconds"}}},
+        {"secrets": {"not a variable": "x"}},
+    ]
+    with helm.Chart.load(CHART) as chart:
+        for values in bad_cases:
+            with pytest.raises(helm.HelmValuesError):
+                chart.validate_schema(chart.merge_values(values))
+
+
+@pytest.mark.parametrize("case", ["default", "full", "secrets"])
+def test_rendered_config_is_one_the_janitor_accepts(helm: Any, case: str) -> None:
+    from daemon.config import settings_from_dict
+
+    values = {"default": None, "full": FULL_VALUES, "secrets": WITH_SECRETS}[case]
+    _, config = janitor_config(render(helm, values))
+    # What the pod's environment holds: one value per ${VAR} the config references.
+    environ = {value[2:-1]: f"value-of-{value[2:-1]}" for value in secret_fields(config).values()}
+    settings = settings_from_dict(config, environ=environ)
+    assert settings.server.bind == "0.0.0.0:8080"
+    assert settings.storage.sqlite_path == "/data/janitor.db", "the ledger must live on the /data volume"
+    if case == "full":
+        [project] = settings.projects
+        assert project.webhook_secret.get_secret_value() == "value-of-APP_WEBHOOK_SECRET"
+
+
+def test_schema_accepts_every_key_of_the_example_config(helm: Any) -> None:
+    # config/janitor.example.yaml lists every key the janitor knows: the chart must not refuse one.
+    example = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    with helm.Chart.load(CHART) as chart:
+        chart.validate_schema(chart.merge_values({"config": example}))

@@ -1,0 +1,145 @@
+"""POST /webhooks/gitlab and /webhooks/registry: auth, durability before 2xx, dedupe, bad input."""
+
+import json
+
+import pytest
+from janitor_env import REGISTRY_NOTIFY, SECRET, Clock, load_payload, make_settings, make_store
+
+from daemon.wiring import build_app
+
+
+@pytest.fixture
+def client(tmp_path):
+    store = make_store(tmp_path)
+    app = build_app(make_settings(), store, clock=Clock())
+    app.testing = False  # answer like production (JSON errors), not with test tracebacks
+    yield app.test_client(), store
+    store.close()
+
+
+def post(client, body, *, token=SECRET, event="Pipeline Hook", content_type="application/json", **headers):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    hdrs = {"X-Gitlab-Event": event, **headers}
+    if token is not None:
+        hdrs["X-Gitlab-Token"] = token
+    return client.post("/webhooks/gitlab", data=data, headers=hdrs, content_type=content_type)
+
+
+def test_authentic_event_is_stored_before_202(client):
+    c, store = client
+    r = post(c, load_payload("pipeline_event"))
+    assert r.status_code == 202 and r.json["status"] == "stored"
+    (event,) = store.pending_events()
+    assert event.kind == "pipeline" and event.project_path == "gitlab-org/gitlab-test"
+    assert json.loads(event.body)["object_attributes"]["id"] == 31
+
+
+@pytest.mark.parametrize("headers", [
+    {"Idempotency-Key": "3a427872"},
+    {"X-Gitlab-Event-UUID": "9cebe914"},
+    {},
+])
+def test_duplicates_answer_200_and_store_once(client, headers):
+    c, store = client
+    body = load_payload("merge_request_event_merge")
+    body["project"]["path_with_namespace"] = "gitlab-org/gitlab-test"
+    assert post(c, body, event="Merge Request Hook", **headers).status_code == 202
+    again = post(c, body, event="Merge Request Hook", **headers)
+    assert again.status_code == 200 and again.json["status"] == "duplicate"
+    assert len(store.pending_events()) == 1
+
+
+def test_idempotency_key_wins_over_a_changed_body(client):
+    c, store = client
+    body = load_payload("pipeline_event")
+    assert post(c, body, **{"Idempotency-Key": "same"}).status_code == 202
+    body["object_attributes"]["status"] = "running"
+    assert post(c, body, **{"Idempotency-Key": "same"}).status_code == 200
+    assert len(store.pending_events()) == 1
+
+
+@pytest.mark.parametrize(("token", "path", "error"), [
+    (None, "gitlab-org/gitlab-test", "bad_token"),
+    ("wrong", "gitlab-org/gitlab-test", "bad_token"),
+    (SECRET, "someone/else", "unknown_project"),
+])
+def test_bad_token_or_unknown_project_is_401(client, token, path, error):
+    c, store = client
+    body = load_payload("pipeline_event")
+    body["project"]["path_with_namespace"] = path
+    r = post(c, body, token=token)
+    assert r.status_code == 401 and r.json["error"] == error and r.json["message"]
+    assert store.pending_events() == []
+
+
+@pytest.mark.parametrize(("body", "content_type", "status", "error"), [
+    (b"{not json", "application/json", 400, "malformed_json"),
+    (b"[1, 2]", "application/json", 401, "unknown_project"),
+    (b"{}", "text/plain", 415, "unsupported_media_type"),
+])
+def test_bad_input_never_500(client, body, content_type, status, error):
+    c, _ = client
+    r = post(c, body, content_type=content_type)
+    assert r.status_code == status and r.json["error"] == error
+
+
+def test_malformed_known_kind_is_400(client):
+    c, store = client
+    body = load_payload("pipeline_event")
+    del body["object_attributes"]["id"]
+    r = post(c, body)
+    assert r.status_code == 400 and "object_attributes.id" in r.json["message"]
+    assert store.pending_events() == []
+
+
+def test_oversized_body_is_413(tmp_path):
+    store = make_store(tmp_path)
+    app = build_app(make_settings(server={"max_body_bytes": 1000}), store, clock=Clock())
+    r = post(app.test_client(), b"{" + b" " * 2000 + b"}")
+    assert r.status_code == 413 and r.json["error"] == "payload_too_large"
+
+
+def test_other_kinds_are_acknowledged_and_ignored(client):
+    c, _store = client
+    body = {"object_kind": "note", "project": {"path_with_namespace": "gitlab-org/gitlab-test"}}
+    r = post(c, body, event="Note Hook")
+    assert r.status_code == 200 and r.json == {"status": "ignored", "kind": "note"}
+
+
+def test_system_hook_push_is_matched_by_project_path(tmp_path):
+    store = make_store(tmp_path)
+    settings = make_settings([{"path": "mike/diaspora", "webhook_secret": SECRET}])
+    c = build_app(settings, store, clock=Clock()).test_client()
+    r = post(c, load_payload("system_hook_push"), event="System Hook")
+    assert r.status_code == 202 and store.pending_events()[0].kind == "push"
+
+
+def test_registry_notifications(client):
+    c, store = client
+    envelope = load_payload("registry_notification_pull_v2")
+    envelope["events"][0]["action"] = "push"
+    hdrs = {"Authorization": f"Bearer {REGISTRY_NOTIFY}"}
+    ctype = "application/vnd.docker.distribution.events.v2+json"
+    assert c.post("/webhooks/registry", data=json.dumps(envelope), headers=hdrs,
+                  content_type=ctype).status_code == 202
+    assert [e.source for e in store.pending_events()] == ["registry"]
+    bad = c.post("/webhooks/registry", data=json.dumps(envelope),
+                 headers={"Authorization": "Bearer nope"}, content_type=ctype)
+    assert bad.status_code == 401
+    junk = c.post("/webhooks/registry", data="{}", headers=hdrs, content_type=ctype)
+    assert junk.status_code == 400
+
+
+def test_healthz_and_readyz(client):
+    c, store = client
+    assert c.get("/healthz").status_code == 200
+    r = c.get("/readyz")
+    assert r.status_code == 503 and r.json["error"] == "worker_stale"
+    store.set_value("worker_heartbeat", "x", Clock().now)
+    assert c.get("/readyz").status_code == 200
+
+
+def test_unknown_route_is_json_404(client):
+    c, _ = client
+    r = c.get("/nope")
+    assert r.status_code == 404 and r.json["error"] == "not_found"
