@@ -45,8 +45,8 @@ from common import verdict
 from daemon.config import settings_from_dict
 from daemon.domain.model import Trigger
 from daemon.ingest.inbox import Ingest
-from daemon.store import Store, open_store
-from daemon.wiring import build_ingest
+from daemon.store import Store
+from daemon.wiring import build_ingest, build_store
 
 NOW = 1_750_000_000.0  # the moment every trigger is raised
 STORY_GAP = 6 * 3600.0  # between one project's merge requests
@@ -258,7 +258,7 @@ SCHEMA_INSERTS = {
 def build_ledger(path: Path, records: int) -> tuple[Targets, int, int]:
     """Create the janitor's schema at ``path`` and fill it; returns (targets, records, projects)."""
     projects, stories = shape(records)
-    open_store(f"sqlite:///{path}").close()
+    build_store(settings_from_dict({"storage": {"url": f"sqlite:///{path}"}}, environ={})).close()
     builder = LedgerBuilder(projects, stories)
     rows = builder.build()
     conn = sqlite3.connect(path, isolation_level=None)
@@ -313,7 +313,7 @@ def open_ledger(name: str, path: Path, targets: Targets, records: int, projects:
             {"pattern": "cache-$CI_PIPELINE_ID", "lifetime": "pipeline"},
             {"pattern": "preview-$CI_COMMIT_SHORT_SHA", "ttl": "1d"}]}],
     }, environ={})
-    store = open_store(f"sqlite:///{path}")
+    store = build_store(settings)
     ingest = build_ingest(settings, store, registries=lambda project_path, project: None, clock=lambda: NOW)
     return Ledger(name, store, ingest, targets, records, projects)
 

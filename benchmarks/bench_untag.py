@@ -30,9 +30,11 @@ from support import GitLabStandin, Registry
 from support.gitlab_json import Project
 from support.images import push_image, tags
 
-from daemon.registry import RegistryClient, UntagRequest, new_session
+from daemon.config import Settings, settings_from_dict
+from daemon.registry import UntagRequest
 from daemon.registry.placeholder import new_placeholder
 from daemon.registry.types import MANIFEST_MEDIA_TYPES
+from daemon.wiring import build_registry_client
 
 ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
 
@@ -42,8 +44,13 @@ def seed_images(registry: Registry, repo: str, count: int) -> list[UntagRequest]
     return [UntagRequest(repo, f"t-{n}", push_image(registry, repo, [f"t-{n}"], size=64)) for n in range(count)]
 
 
+def registry_settings(registry: Registry) -> Settings:
+    """The registry as the janitor is configured for it here: rate limit off."""
+    return settings_from_dict({"registry": {"url": registry.url, "requests_per_second": 0}}, environ={})
+
+
 def janitor_untag(registry: Registry, project: Project, items: list[UntagRequest]) -> None:
-    client = RegistryClient(registry.url, new_session())  # fresh: learns challenge, token, method itself
+    client = build_registry_client(registry_settings(registry))  # fresh: learns challenge, token, method itself
     results = client.for_project(project.path, project.token).untag(items, method="auto")
     bad = [r for r in results if r.outcome != "done"]
     assert not bad, bad[:3]
@@ -128,7 +135,7 @@ def main() -> int:
         registry.start()
         gitlab.attach_registry(registry.url)
         project = gitlab.add_project("bench/app")
-        batch = RegistryClient(registry.url, requests.Session()).placeholder_batch
+        batch = build_registry_client(registry_settings(registry), requests.Session()).placeholder_batch
         # one discarded round of each warms the registry's storage paths and both code paths
         timed(registry, "bench/app/warm-janitor", 20, lambda items: janitor_untag(registry, project, items))
         timed(

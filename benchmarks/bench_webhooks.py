@@ -46,7 +46,8 @@ from common import (
     webhook_secret,
 )
 
-from daemon.store import open_store
+from daemon.config import load_settings
+from daemon.wiring import build_store
 
 LUA = r"""
 local templates = { pipeline = [==[{pipeline}]==], merge_request = [==[{merge_request}]==],
@@ -235,7 +236,7 @@ def main() -> int:
     janitor_port, bare_port = free_port(), free_port()
     config = workdir / "janitor.yaml"
     config.write_text(json.dumps(config_dict(args.projects, db_path=db, bind=f"127.0.0.1:{janitor_port}")))
-    open_store(f"sqlite:///{db}").close()  # create and migrate once, as `registry-janitor run` does
+    build_store(load_settings(config, environ={})).close()  # create and migrate once, as `registry-janitor run` does
     log = workdir / "servers.log"
     janitor = bare = None
     bare_rates: list[float] = []

@@ -103,9 +103,9 @@ def settings_for(db: Path):  # type: ignore[no-untyped-def]
 
 def feed(db: Path, events: int) -> None:
     """Store ``events`` deliveries in the inbox as the web does (one row each), in one transaction."""
-    from daemon.store import open_store
+    from daemon.wiring import build_store
 
-    open_store(f"sqlite:///{db}").close()
+    build_store(settings_for(db)).close()
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("BEGIN")
     rows = []
@@ -135,12 +135,11 @@ def work(db: Path, events: int) -> dict[str, object]:
     """The worker's side, in this (fresh) process: tick until the events and their consequences are done."""
     import logging
 
-    from daemon.store import open_store
-    from daemon.wiring import build_worker
+    from daemon.wiring import build_store, build_worker
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = settings_for(db)
-    store = open_store(settings.storage.url)
+    store = build_store(settings)
     clock = Clock(START)
     registry = RegistryStandIn()
 

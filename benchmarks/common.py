@@ -1,7 +1,7 @@
 """What the SPEC 13 benchmarks share: GitLab payload templates, the projects they are sent for, a config
 for them, free ports, and the one way each benchmark prints a ratio against its target.
 
-Payloads are GitLab's documented examples from ``../shared/gitlab-payloads`` with the fields that differ
+Payloads are GitLab's documented examples from ``tests/fixtures/gitlab-payloads`` with the fields that differ
 between deliveries replaced by ``{{NAME}}`` markers (numbers unquoted, strings inside their quotes), so
 a Python loop (:func:`render`) or a wrk Lua script can fill them in cheaply per request.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-PAYLOADS = REPO.parent / "shared" / "gitlab-payloads"
+PAYLOADS = REPO / "tests" / "fixtures" / "gitlab-payloads"
 ZERO_SHA = "0" * 40
 MARKER = re.compile(r"\{\{([A-Z_]+)\}\}")
 
