@@ -1,8 +1,8 @@
 """The demo's stage, wired as the product wires itself: the registry process and the GitLab stand-in
-(``demo_env``), settings built in code, the SQLite store, ``create_app`` served over HTTP and the
-``Worker`` ticking in a thread. Everything started is registered on the caller's ``ExitStack``, so it
-is stopped in reverse order whatever happens. Must not: play the story or judge its outcome (``demo``).
-"""
+(``env``), settings built in code and the constants the story is told with, then the store, app and
+worker from ``daemon.wiring``, the app served over HTTP and the worker ticking in a thread. Everything
+started is registered on the caller's ``ExitStack``, so it is stopped in reverse order whatever happens.
+Must not: play the story or judge its outcome (``story``)."""
 
 from __future__ import annotations
 

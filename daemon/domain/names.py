@@ -1,6 +1,6 @@
 """Repository, tag and digest names: what is well formed, and which repositories a project owns (S6).
 
-Pure functions, no I/O, shared by the planner, the CI broker and the registry client, so the scope rule
+Pure functions, no I/O, shared by the planner, the CI gate and the registry client, so the scope rule
 is one rule: a name like ``group/app/../other`` can never pass it, and a tag can never smuggle ``/`` or
 ``..`` into a URL path.
 """

@@ -1,4 +1,4 @@
-"""Due plans to registry writes: the worker's second half, and the only code that untags.
+"""Due plans to registry writes: the only code that untags.
 
 For each due plan: the bulk guard on first run (S7, unless an admin approved it), the hourly budget
 (S7, deferred to the next hour, never dropped), the guards re-checked at run time (S2, S4, S6), then the

@@ -4,13 +4,12 @@ GitLab does not redeliver a failed webhook and sends no push hook for a push tou
 So, per configured project (exact paths; for ``group/*`` the projects below it that the ledger holds),
 this module asks GitLab for the merge requests updated since the project's watermark and whether each
 branch the ledger still holds live tags for exists, then feeds what it learned through the very
-``Ingest`` handlers the webhooks use. Trigger keys are the same, so a trigger raised by a webhook and by
-reconcile makes one plan.
+``Ingest`` handlers the webhooks use (which raise triggers through ``daemon.plan``). Trigger keys are
+the same, so a trigger raised by a webhook and by reconcile makes one plan.
 
-Owns: the per-project watermark (``kv``), the bounds of one run, the per-project report.
-Must not: call python-gitlab (``daemon.gitlab.api`` does), untag (plans wait their grace period and run in
-the worker like any other), or let one project's failure stop the others.
-"""
+Owns: the per-project watermark (``kv``), the bounds of one run, the per-project report. Must not: call
+python-gitlab (``daemon.gitlab`` does), untag (plans wait their grace period and run in the worker like
+any other), or let one project's failure stop the others."""
 
 from __future__ import annotations
 
