@@ -24,7 +24,8 @@ from daemon.config import Settings
 from daemon.domain.model import OUTCOMES, PLAN_STATES
 from daemon.errors import GitLabError
 from daemon.gitlab.api import check_project
-from daemon.ops.requests import why_not_restorable
+from daemon.ops import actions
+from daemon.ops.actions import ActionRefused
 from daemon.ops.status import (
     ago,
     human_bytes,
@@ -132,12 +133,10 @@ def plans(config_path: str | None, state: str, project: str | None, limit: int, 
 def _decide(config_path: str | None, plan_id: int, approve: bool) -> None:
     settings = settings_or_exit(config_path)
     store = _store(settings)
-    decided = store.decide_held(plan_id, approve, _who(), time.time())
-    if decided is None:
-        plan = store.get_plan(plan_id)
-        what = f"there is no plan {plan_id}" if plan is None else f"plan {plan_id} is {plan.state}, not held"
-        click.echo(f"registry-janitor: {what}; only held plans can be {'approved' if approve else 'rejected'}",
-                   err=True)
+    try:
+        decided = actions.decide_plan(store, plan_id, approve, _who(), time.time())
+    except ActionRefused as exc:
+        click.echo(f"registry-janitor: {exc.message}", err=True)
         sys.exit(1)
     if approve:
         click.echo(f"plan {plan_id} approved: {decided.untag_count} untag(s) run on the worker's next tick")
@@ -207,16 +206,13 @@ def restore(config_path: str | None, untag_id: int, timeout: float, no_wait: boo
     """Put an untagged tag back at the manifest saved before the untag (done by the worker)."""
     settings = settings_or_exit(config_path)
     store = _store(settings)
+    try:
+        req, created = actions.ask_restore(store, untag_id, _who(), time.time())
+    except ActionRefused as exc:
+        click.echo(f"registry-janitor: {exc.message}", err=True)
+        sys.exit(1)
     view = store.untag_view(untag_id)
-    if view is None:
-        click.echo(f"registry-janitor: there is no untag {untag_id}", err=True)
-        sys.exit(1)
-    refused = why_not_restorable(view)
-    if refused is not None:
-        click.echo(f"registry-janitor: {refused[1]}", err=True)
-        sys.exit(1)
-    image = f"{view.untag.repository}:{view.untag.tag}"
-    req, created = store.add_request("restore", untag_id, _who(), time.time())
+    image = f"{view.untag.repository}:{view.untag.tag}" if view else f"untag {untag_id}"
     click.echo(f"restore of {image} {'requested' if created else 'already requested'} (request {req.id})")
     age, fresh = worker_heartbeat_age(settings, store, time.time())
     if not fresh:

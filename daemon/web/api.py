@@ -2,7 +2,7 @@
 
 Reads come from storage; the only writes are decisions on held plans and operator requests (restore,
 retry) that the worker carries out on its next tick: this process never calls the registry. The
-actions live here as plain functions so the dashboard's forms do exactly what the API does.
+actions are ``daemon.ops.actions``, shared with the dashboard's forms and the CLI.
 Lists are newest first, paged with ``limit`` and ``offset`` or with the ``next_cursor`` of the page before.
 """
 
@@ -14,8 +14,9 @@ from typing import Any
 from flask import Blueprint, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
-from daemon.domain.model import OUTCOMES, PLAN_STATES, Plan
-from daemon.ops.requests import why_not_restorable, why_not_retryable
+from daemon.domain.model import OUTCOMES, PLAN_STATES
+from daemon.ops import actions
+from daemon.ops.actions import ActionRefused
 from daemon.ops.status import (
     parse_since,
     plan_json,
@@ -33,51 +34,8 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 
 
-class ActionRefused(Exception):
-    """An admin action that cannot be done: HTTP status, error code and what to do instead."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
 class BadQuery(ValueError):
     pass
-
-
-# actions (shared with the dashboard) ------------------------------------------------------------------
-def decide_plan(plan_id: int, approve: bool, who: str) -> Plan:
-    """Approve (held -> ready, due now) or reject (held -> cancelled) a held plan."""
-    decided = store().decide_held(plan_id, approve, who, now())
-    if decided is not None:
-        return decided
-    plan = store().get_plan(plan_id)
-    if plan is None:
-        raise ActionRefused(404, "not_found", f"there is no plan {plan_id}")
-    raise ActionRefused(409, "not_held", f"plan {plan_id} is {plan.state}, not held; only held plans "
-                        f"can be {'approved' if approve else 'rejected'}")
-
-
-def ask_restore(untag_id: int, who: str) -> tuple[OperatorRequest, bool]:
-    """Record a restore request for an untag that was carried out and whose manifest was saved."""
-    view = store().untag_view(untag_id)
-    if view is None:
-        raise ActionRefused(404, "not_found", f"there is no untag {untag_id}")
-    refused = why_not_restorable(view)
-    if refused is not None:
-        raise ActionRefused(409, *refused)
-    return store().add_request("restore", untag_id, who, now())
-
-
-def ask_retry(untag_id: int, who: str) -> tuple[OperatorRequest, bool]:
-    """Record a retry request for a failed untag."""
-    view = store().untag_view(untag_id)
-    if view is None:
-        raise ActionRefused(404, "not_found", f"there is no untag {untag_id}")
-    refused = why_not_retryable(view)
-    if refused is not None:
-        raise ActionRefused(409, *refused)
-    return store().add_request("retry", untag_id, who, now())
 
 
 # query parsing ----------------------------------------------------------------------------------------
@@ -162,7 +120,7 @@ def get_plan(plan_id: int) -> ResponseReturnValue:
 @admin_required
 def approve(plan_id: int) -> ResponseReturnValue:
     try:
-        return jsonify(plan_json(decide_plan(plan_id, True, admin_name())))
+        return jsonify(plan_json(actions.decide_plan(store(), plan_id, True, admin_name(), now())))
     except ActionRefused as exc:
         return _refused(exc)
 
@@ -171,7 +129,7 @@ def approve(plan_id: int) -> ResponseReturnValue:
 @admin_required
 def reject(plan_id: int) -> ResponseReturnValue:
     try:
-        return jsonify(plan_json(decide_plan(plan_id, False, admin_name())))
+        return jsonify(plan_json(actions.decide_plan(store(), plan_id, False, admin_name(), now())))
     except ActionRefused as exc:
         return _refused(exc)
 
@@ -210,7 +168,7 @@ def get_untag(untag_id: int) -> ResponseReturnValue:
 @admin_required
 def restore(untag_id: int) -> ResponseReturnValue:
     try:
-        return _accepted(*ask_restore(untag_id, admin_name()))
+        return _accepted(*actions.ask_restore(store(), untag_id, admin_name(), now()))
     except ActionRefused as exc:
         return _refused(exc)
 
@@ -219,7 +177,7 @@ def restore(untag_id: int) -> ResponseReturnValue:
 @admin_required
 def retry(untag_id: int) -> ResponseReturnValue:
     try:
-        return _accepted(*ask_retry(untag_id, admin_name()))
+        return _accepted(*actions.ask_retry(store(), untag_id, admin_name(), now()))
     except ActionRefused as exc:
         return _refused(exc)
 

@@ -22,8 +22,9 @@ from flask import Blueprint, make_response, redirect, render_template, request, 
 from flask.typing import ResponseReturnValue
 from itsdangerous import BadSignature, URLSafeSerializer
 
+from daemon.ops import actions
+from daemon.ops.actions import ActionRefused
 from daemon.ops.status import HOOK_KINDS, ago, human_bytes, iso, status_snapshot
-from daemon.web.api import ActionRefused, ask_restore, ask_retry, decide_plan
 from daemon.web.auth import admin_name, admin_required, admin_token
 from daemon.web.context import now, settings, store
 from daemon.web.errors import json_error
@@ -213,26 +214,26 @@ def _act(anchor: str, action: Callable[[], object], done: str) -> ResponseReturn
 @bp.post("/dashboard/plans/<int:plan_id>/approve")
 @admin_required
 def approve(plan_id: int) -> ResponseReturnValue:
-    return _act("held", lambda: decide_plan(plan_id, True, admin_name()),
+    return _act("held", lambda: actions.decide_plan(store(), plan_id, True, admin_name(), now()),
                 f"Plan {plan_id} approved: it runs on the worker's next tick.")
 
 
 @bp.post("/dashboard/plans/<int:plan_id>/reject")
 @admin_required
 def reject(plan_id: int) -> ResponseReturnValue:
-    return _act("held", lambda: decide_plan(plan_id, False, admin_name()),
+    return _act("held", lambda: actions.decide_plan(store(), plan_id, False, admin_name(), now()),
                 f"Plan {plan_id} rejected: none of its tags will be untagged.")
 
 
 @bp.post("/dashboard/untags/<int:untag_id>/restore")
 @admin_required
 def restore(untag_id: int) -> ResponseReturnValue:
-    return _act("recent", lambda: ask_restore(untag_id, admin_name()),
+    return _act("recent", lambda: actions.ask_restore(store(), untag_id, admin_name(), now()),
                 f"Restore of untag {untag_id} requested: the worker puts the tag back on its next tick.")
 
 
 @bp.post("/dashboard/untags/<int:untag_id>/retry")
 @admin_required
 def retry(untag_id: int) -> ResponseReturnValue:
-    return _act("failures", lambda: ask_retry(untag_id, admin_name()),
+    return _act("failures", lambda: actions.ask_retry(store(), untag_id, admin_name(), now()),
                 f"Retry of untag {untag_id} requested: it runs on the worker's next tick.")

@@ -1,0 +1,75 @@
+"""What operators do, the same for the admin API, the dashboard and the CLI: approve or reject a held plan,
+and ask for a restore or a retry of an untag (the worker carries requests out, ``daemon.execute.operator``).
+
+Each action checks that it may be done and raises ``ActionRefused`` (HTTP status, error code, what to
+do instead) when not. Must not: call the registry or GitLab.
+"""
+
+from __future__ import annotations
+
+from daemon.domain.model import Plan
+from daemon.store import Store
+from daemon.store.admin import OperatorRequest, UntagView
+
+
+class ActionRefused(Exception):
+    """An operator action that cannot be done: HTTP status, error code and what to do instead."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def decide_plan(store: Store, plan_id: int, approve: bool, who: str, now: float) -> Plan:
+    """Approve (held -> ready, due now) or reject (held -> cancelled) a held plan."""
+    decided = store.decide_held(plan_id, approve, who, now)
+    if decided is not None:
+        return decided
+    plan = store.get_plan(plan_id)
+    if plan is None:
+        raise ActionRefused(404, "not_found", f"there is no plan {plan_id}")
+    raise ActionRefused(409, "not_held", f"plan {plan_id} is {plan.state}, not held; only held plans "
+                        f"can be {'approved' if approve else 'rejected'}")
+
+
+def ask_restore(store: Store, untag_id: int, who: str, now: float) -> tuple[OperatorRequest, bool]:
+    """Record a restore request for an untag that was carried out and whose manifest was saved."""
+    view = store.untag_view(untag_id)
+    if view is None:
+        raise ActionRefused(404, "not_found", f"there is no untag {untag_id}")
+    refused = why_not_restorable(view)
+    if refused is not None:
+        raise ActionRefused(409, *refused)
+    return store.add_request("restore", untag_id, who, now)
+
+
+def ask_retry(store: Store, untag_id: int, who: str, now: float) -> tuple[OperatorRequest, bool]:
+    """Record a retry request for a failed untag."""
+    view = store.untag_view(untag_id)
+    if view is None:
+        raise ActionRefused(404, "not_found", f"there is no untag {untag_id}")
+    refused = why_not_retryable(view)
+    if refused is not None:
+        raise ActionRefused(409, *refused)
+    return store.add_request("retry", untag_id, who, now)
+
+
+def why_not_restorable(view: UntagView) -> tuple[str, str] | None:
+    """(error code, message) when this untag cannot be restored; None when a restore may be asked."""
+    u = view.untag
+    if u.outcome != "done":
+        return "not_restorable", (f"untag {u.id} ({u.repository}:{u.tag}) was not carried out (outcome "
+                                  f"{u.outcome}); the tag was never removed")
+    if view.restored_at is not None:
+        return "already_restored", f"{u.repository}:{u.tag} was already restored"
+    if view.manifest_size is None:
+        return "no_saved_manifest", (f"no manifest of {u.repository}:{u.tag} was saved before the untag; push "
+                                     "the image again from its pipeline")
+    return None
+
+
+def why_not_retryable(view: UntagView) -> tuple[str, str] | None:
+    if view.untag.outcome != "failed":
+        return "not_failed", (f"untag {view.untag.id} is {view.untag.outcome}, not failed; only failed untags "
+                              "can be retried")
+    return None
