@@ -24,8 +24,7 @@ from daemon.domain.policy import LEASE_SECONDS
 from daemon.execute.executor import RegistryFactory
 from daemon.registry.errors import RegistryError, RestoreError, TransientRegistryError
 from daemon.registry.types import Manifest
-from daemon.store import Store
-from daemon.store.admin import OperatorRequest
+from daemon.store import OperatorRequest, Store
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,7 @@ do instead) when not. Must not: call the registry or GitLab.
 from __future__ import annotations
 
 from daemon.domain.model import Plan
-from daemon.store import Store
-from daemon.store.admin import OperatorRequest, UntagView
+from daemon.store import OperatorRequest, Store, UntagView
 
 
 class ActionRefused(Exception):

@@ -14,8 +14,7 @@ from daemon.config import Settings
 from daemon.domain.model import PLAN_STATES, Plan
 from daemon.domain.patterns import parse_duration
 from daemon.domain.policy import HEARTBEAT_KEY, heartbeat_fresh
-from daemon.store import Store
-from daemon.store.admin import OperatorRequest, UntagView
+from daemon.store import OperatorRequest, Store, UntagView
 
 QUIET_AFTER = 24 * 3600.0
 COUNTERS = ("created", "untagged", "scheduled", "held", "failed", "dry_run", "restored")

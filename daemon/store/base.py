@@ -1,4 +1,8 @@
-"""What every part of the store shares: the connection pool and the key-value table."""
+"""What every part of the store shares: this thread's connection, write transactions, the health probe.
+
+Stores nothing itself. The connection (``_db``) is the parts' own: no method of any part returns it, a
+row, a cursor or a ``sqlite_utils`` object, so that another engine can stand behind the same methods.
+"""
 
 from __future__ import annotations
 
@@ -12,37 +16,24 @@ from daemon.store.db import ConnectionPool, write_tx
 
 class StoreBase:
     def __init__(self, pool: ConnectionPool) -> None:
-        self.pool = pool
+        self._pool = pool
 
     @property
-    def db(self) -> sqlite_utils.Database:
-        return self.pool.get()
+    def _db(self) -> sqlite_utils.Database:
+        """This thread's connection."""
+        return self._pool.get()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """One write transaction (taking the write lock up front); nested, a savepoint: what a failing
         inner block wrote is undone while the outer transaction goes on."""
-        with write_tx(self.db):
+        with write_tx(self._db):
             yield
-
-    def get_value(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM kv WHERE key = ?", [key]).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_value(self, key: str, value: str, now: float) -> None:
-        self.db.execute(
-            "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?)"
-            " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            [key, value, now])
-
-    def value_age(self, key: str, now: float) -> float | None:
-        row = self.db.execute("SELECT updated_at FROM kv WHERE key = ?", [key]).fetchone()
-        return None if row is None else now - float(row[0])
 
     def writable(self) -> bool:
         try:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("ROLLBACK")
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("ROLLBACK")
             return True
         except Exception:
             return False

@@ -1,5 +1,7 @@
 """Connections and transactions: one SQLite connection per thread, WAL, immediate write transactions.
 
+Stores nothing itself; only the store's parts may use it, and no connection it makes may leave the store.
+
 WAL lets the web process append to the inbox while the worker reads. ``synchronous=NORMAL`` in WAL mode
 keeps every committed transaction across a killed process (S9 is about SIGKILL, not power loss; set
 ``JANITOR_SQLITE_SYNC=FULL`` to also survive power loss at some cost in webhook throughput).

@@ -1,4 +1,8 @@
-"""The inbox: every authentic event, stored raw before the web answers 2xx (S9), deduplicated (S8).
+"""The inbox: every authentic event, stored raw before the web answers 2xx (S9), deduplicated (S8), and
+whether (and with what error) the worker has applied it.
+
+It must not read what an event says: parsing and applying events is the ingest stage's, and nobody may
+answer 2xx for a delivery this module has not committed.
 
 Deliveries arriving together in one web process are committed together (group commit): the first
 request thread to take the write turn inserts every delivery queued so far in one transaction, and each
@@ -17,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.store.base import StoreBase
-from daemon.store.db import write_tx
 
 _INSERT = ("INSERT OR IGNORE INTO inbox (delivery_key, source, kind, project_path, headers, body,"
            " received_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
@@ -65,7 +68,7 @@ class InboxStore(StoreBase):
         """Store one delivery durably (committed before this returns); False when this delivery key was
         stored before."""
         row = (delivery_key, source, kind, project_path, json.dumps(dict(headers)), body, received_at)
-        db = self.db
+        db = self._db
         if db.conn.in_transaction:  # the caller's own transaction decides
             return db.conn.execute(_INSERT, row).rowcount == 1
         mine = _Delivery(row)
@@ -91,12 +94,12 @@ class InboxStore(StoreBase):
         return group
 
     def _write_batch(self, batch: list[_Delivery]) -> None:
-        conn = self.db.conn
+        conn = self._db.conn
         try:
             if len(batch) == 1:  # one statement is its own transaction
                 batch[0].stored = conn.execute(_INSERT, batch[0].row).rowcount == 1
             else:
-                with write_tx(self.db):
+                with self.transaction():
                     for delivery in batch:
                         delivery.stored = conn.execute(_INSERT, delivery.row).rowcount == 1
         except Exception as exc:
@@ -114,26 +117,34 @@ class InboxStore(StoreBase):
                 delivery.written = True
 
     def pending_events(self, limit: int = 200) -> list[InboxEvent]:
-        rows = self.db.execute(
+        rows = self._db.execute(
             "SELECT id, source, kind, project_path, headers, body, received_at FROM inbox"
             " WHERE processed_at IS NULL ORDER BY id LIMIT ?", [limit]).fetchall()
         return [InboxEvent(r[0], r[1], r[2], r[3], json.loads(r[4] or "{}"), bytes(r[5]), r[6])
                 for r in rows]
 
     def mark_processed(self, event_id: int, now: float, error: str | None = None) -> None:
-        self.db.execute("UPDATE inbox SET processed_at = ?, error = ? WHERE id = ?", [now, error, event_id])
+        self._db.execute("UPDATE inbox SET processed_at = ?, error = ? WHERE id = ?", [now, error, event_id])
 
     def queue_depth(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM inbox WHERE processed_at IS NULL").fetchone()[0])
+        return int(self._db.execute("SELECT COUNT(*) FROM inbox WHERE processed_at IS NULL").fetchone()[0])
 
     def last_events(self) -> list[tuple[str, str, float]]:
         """(project, kind, last received_at) for webhook health."""
-        rows = self.db.execute(
+        rows = self._db.execute(
             "SELECT project_path, kind, MAX(received_at) FROM inbox WHERE project_path IS NOT NULL"
             " GROUP BY project_path, kind ORDER BY project_path, kind").fetchall()
         return [(r[0], r[1], r[2]) for r in rows]
 
     def event_counts(self) -> list[tuple[str, str, int]]:
-        rows = self.db.execute(
+        rows = self._db.execute(
             "SELECT COALESCE(project_path, ''), kind, COUNT(*) FROM inbox GROUP BY 1, 2").fetchall()
         return [(r[0], r[1], r[2]) for r in rows]
+
+    def last_registry_event(self) -> float | None:
+        row = self._db.execute("SELECT MAX(received_at) FROM inbox WHERE source = 'registry'").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def oldest_pending_event(self) -> float | None:
+        row = self._db.execute("SELECT MIN(received_at) FROM inbox WHERE processed_at IS NULL").fetchone()
+        return None if row is None or row[0] is None else float(row[0])

@@ -1,30 +1,19 @@
-"""The ledger: pipelines, push records (who pushed which tag), merge requests, refs, observations."""
+"""The ledger: pipelines, push records (who pushed which tag, kept for good), and observations (tags
+the registry said were pushed, before anyone is known to own them).
+
+Records and their states are facts the worker learned; this module must not decide what to untag (the
+planner does) nor ask the registry or GitLab anything. When a record learns its digest (or that it was
+never pushed), its waiting untags are brought in line here, so no untag guards a digest the ledger
+no longer holds.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable
 
 from daemon.domain.model import Pipeline, PushRecord, Trigger
 from daemon.store.base import StoreBase
-
-_RECORD_COLS = ("id, project_path, pipeline_id, repository, tag, digest, lifetime, state, source, ref,"
-                " mr_iid, recorded_at, ttl_seconds")
-_PIPELINE_COLS = ("project_path, pipeline_id, ref, sha, status, iid, is_tag, mr_iid, default_branch,"
-                  " created_at")
-
-
-def _record(row: Sequence[Any]) -> PushRecord:
-    return PushRecord(id=row[0], project_path=row[1], pipeline_id=row[2], repository=row[3], tag=row[4],
-                      digest=row[5], lifetime=row[6], state=row[7], source=row[8], ref=row[9],
-                      mr_iid=row[10], recorded_at=row[11], ttl_seconds=row[12])
-
-
-def _pipeline(row: Sequence[Any]) -> Pipeline:
-    return Pipeline(project_path=row[0], pipeline_id=row[1], ref=row[2], sha=row[3] or "", status=row[4],
-                    iid=row[5], is_tag=bool(row[6]), mr_iid=row[7], default_branch=row[8],
-                    created_at=row[9] or 0.0)
-
+from daemon.store.rows import PIPELINE_COLS, RECORD_COLS, marks, to_pipeline, to_record
 
 # An expired TTL record stays expired: each minute's ttl_expired trigger would plan it again while
 # the plan that holds it waits out its grace period (or an admin's decision), and again after it was
@@ -35,16 +24,12 @@ _NOT_PLANNED = "NOT EXISTS (SELECT 1 FROM untags u WHERE u.push_record_id = push
 # TTL queries read partial indexes of unplanned live TTL records instead of every TTL record ever pushed.
 
 
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
-
-
 class LedgerStore(StoreBase):
     # pipelines -------------------------------------------------------------------------------------
     def upsert_pipeline(self, p: Pipeline, now: float) -> None:
         """Keep the newest status; a late 'running' hook never un-finishes a pipeline. A branch name
         replaces a ``refs/merge-requests/...`` ref a CI job reported first."""
-        self.db.execute(
+        self._db.execute(
             "INSERT INTO pipelines (project_path, pipeline_id, iid, ref, sha, status, is_tag, mr_iid,"
             " default_branch, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT(project_path, pipeline_id) DO UPDATE SET"
@@ -61,23 +46,53 @@ class LedgerStore(StoreBase):
             # A CI job of a merge-request pipeline may record its pushes before any hook said which
             # branch ``refs/merge-requests/<iid>/head`` stands for; the pipeline hook names it, and the
             # records made under the placeholder ref take the branch (branch_deleted must find them).
-            self.db.execute("UPDATE push_records SET ref = ? WHERE project_path = ? AND pipeline_id = ?"
-                            " AND ref LIKE 'refs/merge-requests/%'", [p.ref, p.project_path, p.pipeline_id])
+            self._db.execute("UPDATE push_records SET ref = ? WHERE project_path = ? AND pipeline_id = ?"
+                             " AND ref LIKE 'refs/merge-requests/%'", [p.ref, p.project_path, p.pipeline_id])
 
     def get_pipeline(self, project_path: str, pipeline_id: int) -> Pipeline | None:
-        row = self.db.execute(f"SELECT {_PIPELINE_COLS} FROM pipelines WHERE project_path = ?"
-                              " AND pipeline_id = ?", [project_path, pipeline_id]).fetchone()
-        return None if row is None else _pipeline(row)
+        row = self._db.execute(f"SELECT {PIPELINE_COLS} FROM pipelines WHERE project_path = ?"
+                               " AND pipeline_id = ?", [project_path, pipeline_id]).fetchone()
+        return None if row is None else to_pipeline(row)
 
     def pipelines(self, project_path: str, ids: Iterable[int]) -> dict[int, Pipeline]:
         ids = sorted(set(ids))
         out: dict[int, Pipeline] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            rows = self.db.execute(f"SELECT {_PIPELINE_COLS} FROM pipelines WHERE project_path = ?"
-                                   f" AND pipeline_id IN ({_marks(len(chunk))})", [project_path, *chunk])
-            out.update({r[1]: _pipeline(r) for r in rows})
+            rows = self._db.execute(f"SELECT {PIPELINE_COLS} FROM pipelines WHERE project_path = ?"
+                                    f" AND pipeline_id IN ({marks(len(chunk))})", [project_path, *chunk])
+            out.update({r[1]: to_pipeline(r) for r in rows})
         return out
+
+    def default_branch(self, project_path: str) -> str | None:
+        row = self._db.execute("SELECT default_branch FROM pipelines WHERE project_path = ? AND"
+                               " default_branch IS NOT NULL ORDER BY pipeline_id DESC LIMIT 1",
+                               [project_path]).fetchone()
+        return None if row is None else str(row[0])
+
+    def ledger_projects(self) -> list[str]:
+        """Every project path that has a pipeline in the ledger."""
+        return [r[0] for r in self._db.execute("SELECT DISTINCT project_path FROM pipelines ORDER BY 1")]
+
+    def earliest_pipeline_at(self, project_path: str) -> float | None:
+        row = self._db.execute("SELECT MIN(created_at) FROM pipelines WHERE project_path = ?",
+                               [project_path]).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def open_refs(self, project_path: str) -> list[str]:
+        """Branches (not git tags) with pipelines whose push records are still live, sorted."""
+        rows = self._db.execute(
+            "SELECT DISTINCT r.ref FROM push_records r JOIN pipelines p ON p.project_path = r.project_path"
+            " AND p.pipeline_id = r.pipeline_id WHERE r.project_path = ? AND r.state IN ('expected',"
+            " 'confirmed') AND p.is_tag = 0 ORDER BY r.ref", [project_path])
+        return [r[0] for r in rows]
+
+    def recorded_push_counts(self) -> list[tuple[str, str, int]]:
+        """(project, source, n) of pushes the ledger confirmed, including those since untagged, so the
+        count only grows (a Prometheus counter)."""
+        return [(r[0], r[1] or "", r[2]) for r in self._db.execute(
+            "SELECT project_path, source, COUNT(*) FROM push_records WHERE state IN ('confirmed', 'untagged')"
+            " GROUP BY 1, 2 ORDER BY 1, 2")]
 
     # push records ----------------------------------------------------------------------------------
     def add_record(self, *, project_path: str, pipeline: Pipeline, repository: str, tag: str,
@@ -85,7 +100,7 @@ class LedgerStore(StoreBase):
                    now: float) -> tuple[int, bool]:
         """Insert a push record or strengthen an existing one (expected -> confirmed, a digest learned).
         Returns (id, created)."""
-        db = self.db
+        db = self._db
         cur = db.execute(
             "INSERT OR IGNORE INTO push_records (project_path, pipeline_id, repository, tag, digest,"
             " lifetime, ttl_seconds, state, source, ref, mr_iid, recorded_at, updated_at)"
@@ -106,19 +121,19 @@ class LedgerStore(StoreBase):
         return int(row[0]), created
 
     def record(self, record_id: int) -> PushRecord | None:
-        row = self.db.execute(f"SELECT {_RECORD_COLS} FROM push_records WHERE id = ?",
-                              [record_id]).fetchone()
-        return None if row is None else _record(row)
+        row = self._db.execute(f"SELECT {RECORD_COLS} FROM push_records WHERE id = ?",
+                               [record_id]).fetchone()
+        return None if row is None else to_record(row)
 
     def records_of_pipeline(self, project_path: str, pipeline_id: int) -> list[PushRecord]:
-        rows = self.db.execute(f"SELECT {_RECORD_COLS} FROM push_records WHERE project_path = ?"
-                               " AND pipeline_id = ?", [project_path, pipeline_id])
-        return [_record(r) for r in rows]
+        rows = self._db.execute(f"SELECT {RECORD_COLS} FROM push_records WHERE project_path = ?"
+                                " AND pipeline_id = ?", [project_path, pipeline_id])
+        return [to_record(r) for r in rows]
 
     def set_record_digest(self, record_id: int, digest: str | None, now: float) -> None:
         """Resolve an expected record: confirmed with the digest found, or dropped when absent."""
-        self.db.execute("UPDATE push_records SET digest = ?, state = ?, updated_at = ? WHERE id = ?",
-                        [digest, "confirmed" if digest else "dropped", now, record_id])
+        self._db.execute("UPDATE push_records SET digest = ?, state = ?, updated_at = ? WHERE id = ?",
+                         [digest, "confirmed" if digest else "dropped", now, record_id])
         self._pending_untags_follow(record_id, digest, now)
 
     def _pending_untags_follow(self, record_id: int, digest: str | None, now: float) -> None:
@@ -127,47 +142,47 @@ class LedgerStore(StoreBase):
         record's digest, its waiting untags guard that digest; once it learns the pipeline never
         pushed the tag (dropped), they are skipped: the ledger no longer attributes it to anyone (S1)."""
         if digest:
-            self.db.execute("UPDATE untags SET expected_digest = ? WHERE push_record_id = ?"
-                            " AND outcome = 'pending'", [digest, record_id])
+            self._db.execute("UPDATE untags SET expected_digest = ? WHERE push_record_id = ?"
+                             " AND outcome = 'pending'", [digest, record_id])
         else:
-            self.db.execute("UPDATE untags SET outcome = 'skipped', reason = 'missing', finished_at = ?"
-                            " WHERE push_record_id = ? AND outcome = 'pending'", [now, record_id])
+            self._db.execute("UPDATE untags SET outcome = 'skipped', reason = 'missing', finished_at = ?"
+                             " WHERE push_record_id = ? AND outcome = 'pending'", [now, record_id])
 
     def candidates(self, trigger: Trigger) -> list[PushRecord]:
         """A superset of the records ``trigger`` may end, found through indexes only; the planner
         makes the exact selection."""
         p = trigger.project_path
-        sql = (f"SELECT {_RECORD_COLS} FROM push_records WHERE project_path = ?"
+        sql = (f"SELECT {RECORD_COLS} FROM push_records WHERE project_path = ?"
                " AND state IN ('expected', 'confirmed') AND ")
         if trigger.kind in ("merge_request_merged", "merge_request_closed"):
-            rows = self.db.execute(sql + "mr_iid = ? UNION " + sql + "ref = ?",
-                                   [p, trigger.mr_iid, p, trigger.ref or "\0"])
+            rows = self._db.execute(sql + "mr_iid = ? UNION " + sql + "ref = ?",
+                                    [p, trigger.mr_iid, p, trigger.ref or "\0"])
         elif trigger.kind == "branch_deleted":
-            rows = self.db.execute(sql + "ref = ?", [p, trigger.ref])
+            rows = self._db.execute(sql + "ref = ?", [p, trigger.ref])
         elif trigger.kind == "ttl_expired":
-            rows = self.db.execute(sql + "ttl_seconds IS NOT NULL AND recorded_at + ttl_seconds <= ?"
-                                   f" AND planned_at IS NULL AND {_NOT_PLANNED}", [p, trigger.raised_at])
+            rows = self._db.execute(sql + "ttl_seconds IS NOT NULL AND recorded_at + ttl_seconds <= ?"
+                                    f" AND planned_at IS NULL AND {_NOT_PLANNED}", [p, trigger.raised_at])
         else:
-            rows = self.db.execute(sql + "pipeline_id = ?", [p, trigger.pipeline_id])
-        return [_record(r) for r in rows]
+            rows = self._db.execute(sql + "pipeline_id = ?", [p, trigger.pipeline_id])
+        return [to_record(r) for r in rows]
 
     def owners_of(self, pairs: Iterable[tuple[str, str]]) -> list[PushRecord]:
         """Every live record, of any project, of these repository:tag pairs (for S4)."""
         out: list[PushRecord] = []
         for repo, tag in sorted(set(pairs)):
-            rows = self.db.execute(f"SELECT {_RECORD_COLS} FROM push_records WHERE repository = ?"
+            rows = self._db.execute(f"SELECT {RECORD_COLS} FROM push_records WHERE repository = ?"
                                     " AND tag = ? AND state IN ('expected', 'confirmed')", [repo, tag])
-            out.extend(_record(r) for r in rows)
+            out.extend(to_record(r) for r in rows)
         return out
 
     def mark_untagged(self, record_id: int, now: float) -> None:
-        self.db.execute("UPDATE push_records SET state = 'untagged', updated_at = ? WHERE id = ?",
-                        [now, record_id])
+        self._db.execute("UPDATE push_records SET state = 'untagged', updated_at = ? WHERE id = ?",
+                         [now, record_id])
 
     def mark_tag_gone(self, record_id: int, now: float) -> None:
         """The tag of this record was removed: it and the confirmed records of the same project and
         repository:tag by earlier pipelines are done with (their pushes were overwritten, then removed)."""
-        self.db.execute(
+        self._db.execute(
             "UPDATE push_records SET state = 'untagged', updated_at = ? WHERE id IN (SELECT o.id FROM"
             " push_records r JOIN push_records o ON o.repository = r.repository AND o.tag = r.tag AND"
             " o.project_path = r.project_path WHERE r.id = ? AND (o.id = r.id OR (o.state = 'confirmed'"
@@ -176,94 +191,32 @@ class LedgerStore(StoreBase):
     def pattern_owners_of(self, repository: str, tag: str) -> list[PushRecord]:
         """Records of this tag that patterns or notifications made (not a CI job's own word), still
         expected or confirmed, newest pipeline first: who a notified push of the tag may belong to."""
-        rows = self.db.execute(f"SELECT {_RECORD_COLS} FROM push_records WHERE repository = ? AND tag = ?"
-                               " AND (state = 'expected' OR (state = 'confirmed' AND source != 'ci'))"
-                               " ORDER BY pipeline_id DESC", [repository, tag])
-        return [_record(r) for r in rows]
+        rows = self._db.execute(f"SELECT {RECORD_COLS} FROM push_records WHERE repository = ? AND tag = ?"
+                                " AND (state = 'expected' OR (state = 'confirmed' AND source != 'ci'))"
+                                " ORDER BY pipeline_id DESC", [repository, tag])
+        return [to_record(r) for r in rows]
 
     def ttl_projects(self, now: float) -> list[str]:
         # Grouped on +project_path, not DISTINCT: SQLite would otherwise walk a project_path index in
         # order (every record) rather than the expiry index (the few records due).
-        rows = self.db.execute("SELECT project_path FROM push_records WHERE ttl_seconds IS NOT NULL"
-                               " AND state = 'confirmed' AND recorded_at + ttl_seconds <= ?"
-                               f" AND planned_at IS NULL AND {_NOT_PLANNED}"
-                               " GROUP BY +project_path ORDER BY +project_path", [now])
+        rows = self._db.execute("SELECT project_path FROM push_records WHERE ttl_seconds IS NOT NULL"
+                                " AND state = 'confirmed' AND recorded_at + ttl_seconds <= ?"
+                                f" AND planned_at IS NULL AND {_NOT_PLANNED}"
+                                " GROUP BY +project_path ORDER BY +project_path", [now])
         return [r[0] for r in rows]
+
+    def unresolved_ci_records(self, limit: int = 100) -> list[PushRecord]:
+        rows = self._db.execute(f"SELECT {RECORD_COLS} FROM push_records WHERE state = 'expected'"
+                                " AND source = 'ci' ORDER BY id LIMIT ?", [limit])
+        return [to_record(r) for r in rows]
 
     # observations (registry pushes not yet attributed) -------------------------------------------
     def add_observation(self, repository: str, tag: str, digest: str, seen_at: float) -> None:
-        self.db.execute("INSERT INTO observations (repository, tag, digest, seen_at) VALUES (?,?,?,?)",
-                        [repository, tag, digest, seen_at])
+        self._db.execute("INSERT INTO observations (repository, tag, digest, seen_at) VALUES (?,?,?,?)",
+                         [repository, tag, digest, seen_at])
 
     def latest_observation(self, repository: str, tag: str, since: float) -> str | None:
-        row = self.db.execute("SELECT digest FROM observations WHERE repository = ? AND tag = ?"
-                              " AND seen_at >= ? ORDER BY seen_at DESC, id DESC LIMIT 1",
-                              [repository, tag, since]).fetchone()
+        row = self._db.execute("SELECT digest FROM observations WHERE repository = ? AND tag = ?"
+                               " AND seen_at >= ? ORDER BY seen_at DESC, id DESC LIMIT 1",
+                               [repository, tag, since]).fetchone()
         return None if row is None else str(row[0])
-
-    # merge requests and refs -----------------------------------------------------------------------
-    def set_merge_request(self, project_path: str, iid: int, source_branch: str, state: str,
-                          source_project_id: int | None, target_project_id: int | None,
-                          now: float) -> None:
-        self.db.execute(
-            "INSERT INTO merge_requests (project_path, iid, source_branch, source_project_id,"
-            " target_project_id, state, updated_at) VALUES (?,?,?,?,?,?,?)"
-            " ON CONFLICT(project_path, iid) DO UPDATE SET source_branch = excluded.source_branch,"
-            " state = excluded.state, updated_at = excluded.updated_at",
-            [project_path, iid, source_branch, source_project_id, target_project_id, state, now])
-
-    def ended_merge_requests(self, project_path: str, iid: int | None,
-                             ref: str) -> list[tuple[int, str, str | None]]:
-        """Merged or closed MRs a pipeline belongs to (by iid, or as a branch pipeline of the MR's source
-        branch in this project): (iid, state, source branch or None for a fork's MR)."""
-        rows = self.db.execute(
-            "SELECT iid, state, source_branch, COALESCE(source_project_id = target_project_id, 1)"
-            " FROM merge_requests WHERE project_path = ? AND state IN ('merged', 'closed')"
-            " AND (iid = ? OR source_branch = ?)", [project_path, iid, ref]).fetchall()
-        return [(int(r[0]), str(r[1]), str(r[2]) if r[3] else None) for r in rows
-                if r[0] == iid or r[3]]
-
-    def mr_source_branch(self, project_path: str, iid: int) -> str | None:
-        """The branch of this project an MR comes from; None when unknown, or when the MR comes from a
-        fork: the fork's branch name says nothing of this project's branch of the same name."""
-        row = self.db.execute("SELECT source_branch FROM merge_requests WHERE project_path = ? AND iid = ?"
-                              " AND (source_project_id IS NULL OR target_project_id IS NULL"
-                              " OR source_project_id = target_project_id)", [project_path, iid]).fetchone()
-        return None if row is None else str(row[0])
-
-    def default_branch(self, project_path: str) -> str | None:
-        row = self.db.execute("SELECT default_branch FROM pipelines WHERE project_path = ? AND"
-                              " default_branch IS NOT NULL ORDER BY pipeline_id DESC LIMIT 1",
-                              [project_path]).fetchone()
-        return None if row is None else str(row[0])
-
-    def unresolved_ci_records(self, limit: int = 100) -> list[PushRecord]:
-        rows = self.db.execute(f"SELECT {_RECORD_COLS} FROM push_records WHERE state = 'expected'"
-                               " AND source = 'ci' ORDER BY id LIMIT ?", [limit])
-        return [_record(r) for r in rows]
-
-    def open_mr_branches(self, project_path: str) -> set[str]:
-        rows = self.db.execute("SELECT source_branch FROM merge_requests WHERE project_path = ? AND"
-                               " state IN ('opened', 'reopened', 'locked')", [project_path])
-        return {r[0] for r in rows}
-
-    def set_ref(self, project_path: str, ref: str, live: bool, now: float) -> None:
-        self.db.execute(
-            "INSERT INTO refs (project_path, ref, live, updated_at) VALUES (?,?,?,?)"
-            " ON CONFLICT(project_path, ref) DO UPDATE SET live = excluded.live,"
-            " updated_at = excluded.updated_at", [project_path, ref, int(live), now])
-
-    def ref_states(self, project_path: str, refs: Iterable[str]) -> dict[str, bool | None]:
-        """Known liveness: an open MR's source branch is live; else the last push/delete seen."""
-        wanted = sorted(set(refs))
-        known: dict[str, bool | None] = dict.fromkeys(wanted)
-        open_branches = self.open_mr_branches(project_path)
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            rows = self.db.execute(f"SELECT ref, live FROM refs WHERE project_path = ? AND ref IN"
-                                   f" ({_marks(len(chunk))})", [project_path, *chunk])
-            known.update({r[0]: bool(r[1]) for r in rows})
-        for ref in wanted:
-            if ref in open_branches:
-                known[ref] = True
-        return known

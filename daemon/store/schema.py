@@ -1,4 +1,5 @@
-"""Versioned migrations of the SQLite schema. Append a function, never edit a released one.
+"""Versioned migrations of the SQLite schema: every table the parts store in, and ``schema_version``
+(which migrations ran). Append a function, never edit a released one.
 
 Each migration runs once, in a transaction with its version row, so a database of any earlier version
 is brought forward without loss (later releases add tables and columns to existing files).

@@ -24,7 +24,7 @@ from daemon.ops.status import (
     status_snapshot,
     untag_json,
 )
-from daemon.store.admin import OperatorRequest, UntagView
+from daemon.store import OperatorRequest, UntagView
 from daemon.web.auth import admin_name, admin_required
 from daemon.web.context import now, settings, store
 from daemon.web.errors import json_error
