@@ -3,7 +3,7 @@
 Owns: parsing ``WWW-Authenticate``, the GET to the realm with HTTP Basic (the project's
 ``registry_token`` as password) and ``scope=repository:<repo>:pull,push,delete``, and a thread-safe
 cache per (project, repository) that keeps a token until ``expires_in - margin``. Must not: decide
-whether a repository is in scope (``client`` checks S6 before asking for any token), ever ask for
+whether a repository is in scope (``project`` checks S6 before asking for any token), ever ask for
 ``*`` or for more than one repository per token, or log a token or a password.
 """
 

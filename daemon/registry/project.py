@@ -1,17 +1,17 @@
 """One project's view of the registry: the requests themselves, every one scoped to the project (S6).
 
-Owns: manifest reads and writes, blob upload, tag listing, and the auth dance per request (cached token
-upfront; on 401 learn the challenge, refresh once, then ``RegistryAuthError``). ``_request`` checks
-that the repository is the project's path or below it before anything is sent. Must not: decide what to
-untag, touch storage, or delete a manifest by digest except the janitor's own placeholder (``untag`` is
-the only caller of ``_delete_manifest``).
+Owns: manifest reads and writes, tag and placeholder deletes, blob reads and uploads, tag listing, and
+the auth dance per request (cached token upfront; on 401 learn the challenge, refresh once, then
+``RegistryAuthError``). ``_request`` checks that the repository is the project's path or below it before
+anything is sent. Implements ``types.ProjectView`` for ``untag``. Must not: decide what to untag, touch
+storage, or delete a manifest by digest except the janitor's own placeholder (``delete_placeholder``,
+S5; ``delete_tag`` refuses anything but a tag).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -20,6 +20,7 @@ from daemon.registry import untag as _untag
 from daemon.registry.auth import fetch_token, parse_challenge
 from daemon.registry.errors import OutOfScopeError, PermanentRegistryError, RegistryAuthError
 from daemon.registry.names import checked_ref, in_project_path, is_digest
+from daemon.registry.site import RegistrySite
 from daemon.registry.transport import raise_for_status
 from daemon.registry.types import (
     MANIFEST_MEDIA_TYPES,
@@ -29,9 +30,6 @@ from daemon.registry.types import (
     UntagResult,
     sha256_digest,
 )
-
-if TYPE_CHECKING:
-    from daemon.registry.client import RegistryClient
 
 _ACCEPT = {"Accept": ", ".join(MANIFEST_MEDIA_TYPES)}
 #: Tags per page when listing; distribution accepts up to 1000.
@@ -43,18 +41,43 @@ class ProjectRegistry:
 
     def __init__(
         self,
-        client: RegistryClient,
+        site: RegistrySite,
         project_path: str,
         registry_token: str,
         tag_deleter: TagDeleter | None,
     ) -> None:
-        self.client = client
+        self.site = site
         self.project_path = project_path
         self.tag_deleter = tag_deleter
         self._registry_token = registry_token
 
     def __repr__(self) -> str:  # never show the token
-        return f"ProjectRegistry({self.client.base_url!r}, {self.project_path!r})"
+        return f"ProjectRegistry({self.site.base_url!r}, {self.project_path!r})"
+
+    @property
+    def base_url(self) -> str:
+        return self.site.base_url
+
+    @property
+    def placeholder_batch(self) -> int:
+        """Most tags parked on one placeholder before it is deleted (shared by the registry's views)."""
+        return self.site.placeholder_batch
+
+    @property
+    def auto_method(self) -> str:
+        """What ``auto`` uses on this registry now: ``oci`` until the registry refused a tag delete."""
+        return self.site.auto_method
+
+    def remember_tag_delete_unsupported(self) -> None:
+        self.site.remember_tag_delete_unsupported()
+
+    @property
+    def placeholder_delete_works(self) -> bool:
+        """True once a placeholder was deleted on this registry (by any project's view)."""
+        return self.site.placeholder_delete_works
+
+    def remember_placeholder_delete_works(self) -> None:
+        self.site.remember_placeholder_delete_works()
 
     def check_scope(self, repository: str) -> None:
         """Raise ``OutOfScopeError`` unless the repository is the project's path or below it."""
@@ -122,7 +145,7 @@ class ProjectRegistry:
             following = resp.links.get("next", {}).get("url")
             if not following:
                 return tags
-            url = urljoin(f"{self.client.base_url}/v2/{repository}/tags/list", following)
+            url = urljoin(f"{self.site.base_url}/v2/{repository}/tags/list", following)
 
     def tag_count(self, repository: str) -> int | None:
         """How many tags the repository holds now (for the bulk guard's fraction rule, S7)."""
@@ -138,27 +161,47 @@ class ProjectRegistry:
         """Untag each request's tag, guarded by S3/S5/S6; one result per request, in order."""
         return _untag.untag(self, requests_, method=method, dry_run=dry_run)
 
-    # Internal: used by daemon.registry.untag only.
+    def delete_tag(self, repository: str, tag: str) -> None:
+        """``DELETE /v2/<repo>/manifests/<tag>``: removes that one tag (registries that support it).
 
-    def _delete_manifest(self, repository: str, ref: str) -> None:
-        resp = self._request("DELETE", repository, f"manifests/{checked_ref(ref)}")
-        raise_for_status(resp, f"DELETE {repository}:{ref}")
+        Refuses a digest before any request: a delete by digest removes every tag on it (S5).
+        """
+        if is_digest(checked_ref(tag)):
+            raise PermanentRegistryError(
+                f"{tag!r} is not a tag; the janitor deletes a manifest by digest only for its own placeholder"
+            )
+        resp = self._request("DELETE", repository, f"manifests/{tag}")
+        raise_for_status(resp, f"DELETE {repository}:{tag}")
 
-    def _get_blob(self, repository: str, digest: str) -> bytes | None:
+    def delete_placeholder(self, repository: str, digest: str) -> None:
+        """``DELETE /v2/<repo>/manifests/<digest>`` of a placeholder the janitor pushed itself.
+
+        The one manifest delete by digest the janitor makes (S5). ``digest`` must name a unique placeholder
+        from ``placeholder.new_placeholder``, or one whose config carries the placeholder label (left by an
+        interrupted run): no other tag points at it, so deleting it removes exactly the tags parked on it.
+        Callers guarantee that; this method only refuses a reference that is not a digest.
+        """
+        if not is_digest(checked_ref(digest)):
+            raise PermanentRegistryError(f"{digest!r} is not a digest; a placeholder is deleted by its digest")
+        resp = self._request("DELETE", repository, f"manifests/{digest}")
+        raise_for_status(resp, f"DELETE {repository}:{digest}")
+
+    def get_blob(self, repository: str, digest: str) -> bytes | None:
+        """The blob's bytes, or None when the registry does not hold it."""
         resp = self._request("GET", repository, f"blobs/{checked_ref(digest)}")
         if resp.status_code == 404:
             return None
         raise_for_status(resp, f"GET blob {repository}@{digest}")
         return resp.content
 
-    def _upload_blob(self, repository: str, data: bytes, digest: str) -> None:
+    def upload_blob(self, repository: str, data: bytes, digest: str) -> None:
         """Monolithic upload in two steps (POST, then PUT with the digest): distribution 2.8 needs both."""
         resp = self._request("POST", repository, "blobs/uploads/")
         raise_for_status(resp, f"start blob upload to {repository}")
         location = resp.headers.get("Location")
         if resp.status_code != 202 or not location:
             raise PermanentRegistryError(f"start blob upload to {repository}: no upload location")
-        url = urljoin(f"{self.client.base_url}/v2/{repository}/blobs/uploads/", location)
+        url = urljoin(f"{self.site.base_url}/v2/{repository}/blobs/uploads/", location)
         resp = self._request(
             "PUT",
             repository,
@@ -182,20 +225,20 @@ class ProjectRegistry:
     ) -> requests.Response:
         """Send with the cached token; on 401 learn the challenge, refresh once, then give up."""
         self.check_scope(repository)
-        client = self.client
+        site = self.site
         if url is None:
-            url = f"{client.base_url}/v2/{repository}/{path}"
-        elif _origin(url) != _origin(client.base_url):
+            url = f"{site.base_url}/v2/{repository}/{path}"
+        elif _origin(url) != _origin(site.base_url):
             raise PermanentRegistryError(f"registry sent the janitor to another host: {url}")
         key = (self.project_path, repository)
         token, fresh = self._token(repository)
         for refreshed in (False, True):
-            resp = client.transport.send(method, url, headers=_auth(headers, token), data=data, params=params)
+            resp = site.transport.send(method, url, headers=_auth(headers, token), data=data, params=params)
             if resp.status_code != 401:
                 return resp
-            client.learn_challenge(resp)
+            site.learn_challenge(resp)
             if token is not None:
-                client.tokens.invalidate(key, token)
+                site.tokens.invalidate(key, token)
             if refreshed or fresh:
                 break
             token, fresh = self._token(repository)
@@ -209,12 +252,12 @@ class ProjectRegistry:
         )
 
     def _token(self, repository: str) -> tuple[str | None, bool]:
-        challenge = self.client.challenge
+        challenge = self.site.challenge
         if challenge is None:
             return None, False
-        return self.client.tokens.get(
+        return self.site.tokens.get(
             (self.project_path, repository),
-            lambda: fetch_token(self.client.transport, challenge, self.project_path, repository, self._registry_token),
+            lambda: fetch_token(self.site.transport, challenge, self.project_path, repository, self._registry_token),
         )
 
 

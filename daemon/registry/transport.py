@@ -3,7 +3,7 @@
 Owns: the limiter call before every registry request, ``429`` with ``Retry-After`` (seconds or an HTTP
 date), exponential backoff with full jitter for 5xx and connection errors, and turning a final
 unsuccessful answer into the error tree. Must not: know about tokens, scopes or untag methods (that is
-``auth`` and ``client``), or sleep any way but through the injected ``sleep``.
+``auth``, ``project`` and ``untag``), or sleep any way but through the injected ``sleep``.
 """
 
 from __future__ import annotations

@@ -1,14 +1,16 @@
-"""Values crossing the registry client's boundary: manifests, untag requests and results, the tag deleter.
+"""Values crossing the registry client's boundary: manifests, untag requests and results, and two Protocols.
 
-Frozen dataclasses, media type names and one Protocol; no HTTP, no I/O, no decisions. The worker turns
-``UntagResult`` into audit rows; ``Manifest`` is what it stores so that ``restore`` can put a tag back.
+Frozen dataclasses, media type names, ``TagDeleter`` (the ``gitlab-api`` method's way out) and
+``ProjectView`` (what ``untag`` needs from ``ProjectRegistry``, so the untag methods depend on operations,
+not on the class); no HTTP, no I/O, no decisions. The worker turns ``UntagResult`` into audit rows;
+``Manifest`` is what it stores so that ``restore`` can put a tag back.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from daemon.domain.model import UNTAG_METHODS, Manifest, UntagMethod, UntagOutcome
 
@@ -20,8 +22,8 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 #: Sent as ``Accept`` on every manifest read, so indexes come back as stored and nothing is converted.
 MANIFEST_MEDIA_TYPES = (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX)
 
-__all__ = ["MANIFEST_MEDIA_TYPES", "UNTAG_METHODS", "Manifest", "TagDeleter", "UntagMethod", "UntagOutcome",
-           "UntagRequest", "UntagResult", "sha256_digest"]
+__all__ = ["MANIFEST_MEDIA_TYPES", "UNTAG_METHODS", "Manifest", "ProjectView", "TagDeleter", "UntagMethod",
+           "UntagOutcome", "UntagRequest", "UntagResult", "sha256_digest"]
 
 
 def sha256_digest(body: bytes) -> str:
@@ -62,3 +64,51 @@ class TagDeleter(Protocol):
     """
 
     def delete_tag(self, project_path: str, repository: str, tag: str) -> None: ...
+
+
+@runtime_checkable
+class ProjectView(Protocol):
+    """The operations the untag methods and restore use on one project's view of a registry.
+
+    Implemented by ``daemon.registry.project.ProjectRegistry``. Every request is scoped to
+    ``project_path`` (S6, checked before anything is sent). The only manifest delete by digest is
+    ``delete_placeholder``, and it is only ever given a placeholder the janitor pushed itself (S5).
+    """
+
+    @property
+    def project_path(self) -> str: ...
+
+    @property
+    def base_url(self) -> str: ...
+
+    @property
+    def tag_deleter(self) -> TagDeleter | None: ...
+
+    @property
+    def placeholder_batch(self) -> int: ...
+
+    @property
+    def auto_method(self) -> str: ...
+
+    def remember_tag_delete_unsupported(self) -> None: ...
+
+    @property
+    def placeholder_delete_works(self) -> bool: ...
+
+    def remember_placeholder_delete_works(self) -> None: ...
+
+    def check_scope(self, repository: str) -> None: ...
+
+    def head(self, repository: str, ref: str) -> str | None: ...
+
+    def get_manifest(self, repository: str, ref: str) -> Manifest | None: ...
+
+    def put_manifest(self, repository: str, ref: str, manifest: Manifest) -> str: ...
+
+    def delete_tag(self, repository: str, tag: str) -> None: ...
+
+    def delete_placeholder(self, repository: str, digest: str) -> None: ...
+
+    def get_blob(self, repository: str, digest: str) -> bytes | None: ...
+
+    def upload_blob(self, repository: str, data: bytes, digest: str) -> None: ...

@@ -3,8 +3,11 @@
 Owns the order of requests around each write: the S3 guard immediately before it, the saved manifest,
 and what a write's answer means (404 is ``skipped: missing``, S8). The guard is a GET of the tag: one
 request that both re-checks the digest and reads the manifest to save, so the gap between the check and
-the write is a single round trip. Must not: decide what to untag, write anything when ``dry_run`` is
-set, or delete a manifest by digest other than a placeholder the janitor pushed itself (S5).
+the write is a single round trip. Works only through ``types.ProjectView`` (the operations a project's
+view offers), never through the class behind it. Must not: decide what to untag, write anything when
+``dry_run`` is set, or delete a manifest by digest other than a placeholder the janitor pushed itself
+(S5: ``delete_placeholder`` is only given the digest of a fresh ``new_placeholder`` or of a manifest
+whose config carries the placeholder label).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from daemon.registry.errors import (
     PermanentRegistryError,
@@ -22,10 +24,7 @@ from daemon.registry.errors import (
     TagNotFoundError,
 )
 from daemon.registry.placeholder import Placeholder, candidate_config, is_placeholder_config, new_placeholder
-from daemon.registry.types import UNTAG_METHODS, Manifest, UntagRequest, UntagResult, sha256_digest
-
-if TYPE_CHECKING:
-    from daemon.registry.client import ProjectRegistry
+from daemon.registry.types import UNTAG_METHODS, Manifest, ProjectView, UntagRequest, UntagResult, sha256_digest
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ class _Leftover:
     digest: str
 
 
-def untag(reg: ProjectRegistry, items: Sequence[UntagRequest], *, method: str, dry_run: bool) -> list[UntagResult]:
+def untag(reg: ProjectView, items: Sequence[UntagRequest], *, method: str, dry_run: bool) -> list[UntagResult]:
     if method not in UNTAG_METHODS:
         raise ValueError(f"unknown untag method {method!r}; expected one of {', '.join(UNTAG_METHODS)}")
     if method == "gitlab-api" and reg.tag_deleter is None and not dry_run:
@@ -75,14 +74,14 @@ def untag(reg: ProjectRegistry, items: Sequence[UntagRequest], *, method: str, d
 
 
 def _untag_repository(
-    reg: ProjectRegistry, batch: Batch, method: str, dry_run: bool
+    reg: ProjectView, batch: Batch, method: str, dry_run: bool
 ) -> Iterator[tuple[int, UntagResult]]:
     if dry_run:  # reads only: the guard tells what would happen, nothing is written
         for i, item in batch:
             guard = _guard(reg, item)
             yield i, guard if isinstance(guard, UntagResult) else UntagResult(item, "dry_run")
         return
-    if method == "auto" and reg.client.auto_method == "placeholder":
+    if method == "auto" and reg.auto_method == "placeholder":
         method = "placeholder"
     if method == "placeholder":
         yield from _placeholder(reg, batch)
@@ -93,14 +92,14 @@ def _untag_repository(
         for n, (i, item) in enumerate(batch):
             result = _oci(reg, item, fallback=method == "auto")
             if result is None:  # the registry cannot delete a tag: remember, and park the rest instead
-                log.info("registry %s cannot delete tags; using the placeholder method", reg.client.base_url)
-                reg.client.remember_tag_delete_unsupported()
+                log.info("registry %s cannot delete tags; using the placeholder method", reg.base_url)
+                reg.remember_tag_delete_unsupported()
                 yield from _placeholder(reg, batch[n:])
                 return
             yield i, result
 
 
-def _guard(reg: ProjectRegistry, item: UntagRequest) -> UntagResult | Manifest | _Leftover:
+def _guard(reg: ProjectView, item: UntagRequest) -> UntagResult | Manifest | _Leftover:
     """S3, right before the write: the manifest to save if the tag still points at the expected digest."""
     try:
         current = reg.get_manifest(item.repository, item.tag)
@@ -115,18 +114,18 @@ def _guard(reg: ProjectRegistry, item: UntagRequest) -> UntagResult | Manifest |
     return UntagResult(item, "skipped", "superseded")
 
 
-def _is_leftover(reg: ProjectRegistry, repository: str, manifest: Manifest) -> bool:
+def _is_leftover(reg: ProjectView, repository: str, manifest: Manifest) -> bool:
     config_digest = candidate_config(manifest)
     if config_digest is None:
         return False
-    config = reg._get_blob(repository, config_digest)
+    config = reg.get_blob(repository, config_digest)
     return config is not None and is_placeholder_config(config)
 
 
-def _finish_leftover(reg: ProjectRegistry, item: UntagRequest, leftover: _Leftover) -> UntagResult:
+def _finish_leftover(reg: ProjectView, item: UntagRequest, leftover: _Leftover) -> UntagResult:
     try:
         saved = reg.get_manifest(item.repository, item.expected_digest)
-        reg._delete_manifest(item.repository, leftover.digest)
+        reg.delete_placeholder(item.repository, leftover.digest)
     except RegistryError as exc:
         if exc.status == 404:
             return UntagResult(item, "skipped", "missing")
@@ -134,7 +133,7 @@ def _finish_leftover(reg: ProjectRegistry, item: UntagRequest, leftover: _Leftov
     return UntagResult(item, "done", None, saved, "placeholder")
 
 
-def _oci(reg: ProjectRegistry, item: UntagRequest, *, fallback: bool) -> UntagResult | None:
+def _oci(reg: ProjectView, item: UntagRequest, *, fallback: bool) -> UntagResult | None:
     """``DELETE /v2/<repo>/manifests/<tag>``; None when ``fallback`` and the registry cannot do that."""
     guard = _guard(reg, item)
     if isinstance(guard, UntagResult):
@@ -142,7 +141,7 @@ def _oci(reg: ProjectRegistry, item: UntagRequest, *, fallback: bool) -> UntagRe
     if isinstance(guard, _Leftover):
         return _finish_leftover(reg, item, guard)
     try:
-        reg._delete_manifest(item.repository, item.tag)
+        reg.delete_tag(item.repository, item.tag)
     except RegistryError as exc:
         if exc.status == 404:
             return UntagResult(item, "skipped", "missing")
@@ -153,7 +152,7 @@ def _oci(reg: ProjectRegistry, item: UntagRequest, *, fallback: bool) -> UntagRe
     return UntagResult(item, "done", None, guard, "oci")
 
 
-def _via_gitlab(reg: ProjectRegistry, item: UntagRequest) -> UntagResult:
+def _via_gitlab(reg: ProjectView, item: UntagRequest) -> UntagResult:
     guard = _guard(reg, item)
     if isinstance(guard, UntagResult):
         return guard
@@ -169,19 +168,19 @@ def _via_gitlab(reg: ProjectRegistry, item: UntagRequest) -> UntagResult:
     return UntagResult(item, "done", None, guard, "gitlab-api")
 
 
-def _placeholder(reg: ProjectRegistry, batch: Batch) -> Iterator[tuple[int, UntagResult]]:
-    size = reg.client.placeholder_batch
+def _placeholder(reg: ProjectView, batch: Batch) -> Iterator[tuple[int, UntagResult]]:
+    size = reg.placeholder_batch
     for start in range(0, len(batch), size):
         yield from _placeholder_chunk(reg, batch[start : start + size])
 
 
-def _placeholder_chunk(reg: ProjectRegistry, chunk: Batch) -> Iterator[tuple[int, UntagResult]]:
+def _placeholder_chunk(reg: ProjectView, chunk: Batch) -> Iterator[tuple[int, UntagResult]]:
     """Park each guarded tag on one fresh placeholder, then delete that one digest."""
     repository = chunk[0][1].repository
     placeholder = new_placeholder()
     try:  # before any guard, so each guard is followed directly by its PUT
-        reg._upload_blob(repository, placeholder.config, placeholder.config_digest)
-        if not reg.client.placeholder_delete_works:
+        reg.upload_blob(repository, placeholder.config, placeholder.config_digest)
+        if not reg.placeholder_delete_works:
             _probe_delete(reg, repository, placeholder)
     except RegistryError as exc:
         for i, item in chunk:
@@ -206,7 +205,7 @@ def _placeholder_chunk(reg: ProjectRegistry, chunk: Batch) -> Iterator[tuple[int
         return
     digest = placeholder.manifest.digest
     try:
-        reg._delete_manifest(repository, digest)
+        reg.delete_placeholder(repository, digest)
     except RegistryError as exc:
         if exc.status != 404:  # 404: someone deleted it already, so the tags are gone all the same
             reason = f"tag left on placeholder {digest} ({exc}); retrying the untag finishes it"
@@ -217,25 +216,25 @@ def _placeholder_chunk(reg: ProjectRegistry, chunk: Batch) -> Iterator[tuple[int
         yield i, UntagResult(item, "done", None, saved, "placeholder")
 
 
-def _probe_delete(reg: ProjectRegistry, repository: str, placeholder: Placeholder) -> None:
+def _probe_delete(reg: ProjectView, repository: str, placeholder: Placeholder) -> None:
     """Once per registry: check it deletes manifests at all before parking any tag on a placeholder."""
     manifest = placeholder.manifest
     reg.put_manifest(repository, manifest.digest, manifest)
     try:
-        reg._delete_manifest(repository, manifest.digest)
+        reg.delete_placeholder(repository, manifest.digest)
     except PermanentRegistryError as exc:
         if exc.status == 405:
             raise PermanentRegistryError(
-                f"registry {reg.client.base_url} does not delete manifests (HTTP 405); enable "
+                f"registry {reg.base_url} does not delete manifests (HTTP 405); enable "
                 "storage.delete.enabled in its configuration, or use untag_method gitlab-api",
                 status=exc.status,
                 codes=exc.codes,
             ) from exc
         raise
-    reg.client.remember_placeholder_delete_works()
+    reg.remember_placeholder_delete_works()
 
 
-def restore(reg: ProjectRegistry, repository: str, tag: str, manifest: Manifest) -> None:
+def restore(reg: ProjectView, repository: str, tag: str, manifest: Manifest) -> None:
     """Put ``tag`` back at ``manifest``, unless the tag was pushed again since (``RestoreConflictError``)."""
     reg.check_scope(repository)
     if sha256_digest(manifest.body) != manifest.digest:

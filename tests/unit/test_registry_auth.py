@@ -125,8 +125,8 @@ def test_401_on_a_cached_token_refreshes_once() -> None:
     registry_accepting("t2")  # the registry stopped accepting t1 (revoked, clock skew ...)
     responses.add("GET", REALM, json={"token": "t2", "expires_in": 300})
     reg = client().for_project("group/app", "s")
-    reg.client.learn_challenge(_response_with(CHALLENGE))
-    reg.client.tokens.get(("group/app", "group/app"), lambda: ("t1", 300.0))
+    reg.site.learn_challenge(_response_with(CHALLENGE))
+    reg.site.tokens.get(("group/app", "group/app"), lambda: ("t1", 300.0))
     responses.calls.reset()
     assert reg.head("group/app", "mr-1") == DIGEST
     assert len(token_calls()) == 1

@@ -27,7 +27,14 @@ from daemon.registry import (
     UntagRequest,
 )
 from daemon.registry.placeholder import new_placeholder
-from daemon.registry.types import DOCKER_CONFIG, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, sha256_digest
+from daemon.registry.types import (
+    DOCKER_CONFIG,
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    ProjectView,
+    sha256_digest,
+)
 
 BASE = "https://registry.test"
 _PATH = re.compile(r"/v2/(?P<repo>.+?)/(?P<kind>manifests|blobs/uploads|blobs)/?(?P<ref>[^/]*)$")
@@ -446,3 +453,29 @@ def test_transient_errors_surface_as_transient(fake: FakeRegistry) -> None:
     fake.fail[("HEAD", "mr-1")] = [503] * 10
     with pytest.raises(TransientRegistryError):
         project(make_client(max_retries=1)).head("group/app", "mr-1")
+
+
+def test_project_registry_offers_every_operation_the_untag_methods_use() -> None:
+    assert isinstance(project(), ProjectView)
+
+
+def test_an_untag_never_deletes_the_image_by_digest(fake: FakeRegistry) -> None:
+    fake.tag_delete = True
+    digest = fake.push("group/app", ["mr-1", "keep"])
+    (result,) = project().untag([UntagRequest("group/app", digest, digest)], method="oci")
+    assert result.outcome == "failed" and "not a tag" in (result.reason or "")
+    assert fake.writes() == []
+    assert ("group/app", digest) in fake.manifests and fake.tags[("group/app", "keep")] == digest
+
+
+def test_tag_and_placeholder_deletes_refuse_the_other_kind_of_reference_before_any_request(
+    fake: FakeRegistry,
+) -> None:
+    digest = fake.push("group/app", ["mr-1"])
+    reg = project()
+    with pytest.raises(PermanentRegistryError, match="not a tag"):
+        reg.delete_tag("group/app", digest)
+    with pytest.raises(PermanentRegistryError, match="not a digest"):
+        reg.delete_placeholder("group/app", "mr-1")
+    assert fake.log == []
+    assert fake.tags[("group/app", "mr-1")] == digest
