@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 from flask import Blueprint, Response
 from flask.typing import ResponseReturnValue
 
+from daemon.domain.measures import LABELS
 from daemon.ops.status import PLAN_STATES, worker_heartbeat_age
-from daemon.registry.stats import BUCKETS, INF, bucket_label
 from daemon.store import Store
 from daemon.web.auth import refusal
 from daemon.web.context import now, settings, store
@@ -80,7 +80,7 @@ def render(s: Store, heartbeat_age: float | None) -> str:
     samples: list[tuple[str, Sequence[tuple[str, str]], float]] = []
     for method, hist in sorted(s.registry_latency().items()):
         running = 0
-        for label in (*(bucket_label(b) for b in BUCKETS), INF):
+        for label in LABELS:
             running += hist.buckets.get(label, 0)
             samples.append(("_bucket", [("method", method), ("le", label)], running))
         samples.append(("_sum", [("method", method)], round(hist.seconds_sum, 6)))
