@@ -22,7 +22,8 @@ from flask import Flask
 from daemon.config import ProjectSettings, Settings
 from daemon.execute.executor import Executor, ProjectRegistryLike, RegistryFactory
 from daemon.execute.repair import RaceRepair
-from daemon.gitlab.api import GitLab, GitLabAPI, GitLabTagDeleter
+from daemon.gitlab.api import GitLab, GitLabAPI
+from daemon.gitlab.tags import GitLabTagDeleter
 from daemon.ingest.catchup import Reconciler
 from daemon.ingest.ci_gate import CiGate, JobVerifier
 from daemon.ingest.inbox import Ingest

@@ -23,7 +23,6 @@ from daemon.cli.options import config_option, settings_or_exit
 from daemon.config import Settings
 from daemon.domain.model import OUTCOMES, PLAN_STATES
 from daemon.errors import GitLabError
-from daemon.gitlab.api import check_project
 from daemon.ops import actions
 from daemon.ops.actions import ActionRefused
 from daemon.ops.status import (
@@ -38,7 +37,7 @@ from daemon.ops.status import (
 )
 from daemon.registry.errors import RegistryError
 from daemon.store import Store
-from daemon.wiring import build_registry_client, build_store
+from daemon.wiring import build_gitlab, build_registry_client, build_store
 
 
 def _store(settings: Settings) -> Store:
@@ -269,7 +268,7 @@ def online_checks(settings: Settings, echo: Callable[[str], None] = click.echo) 
             echo("  gitlab    FAILED  no gitlab.api_token and no registry_token to authenticate with")
         else:
             try:
-                found = check_project(settings.gitlab.url, project.path, token, timeout=settings.gitlab.timeout)
+                found = build_gitlab(settings).check_project(project.path, token)
                 echo(f"  gitlab    ok      {found} with {source}")
             except GitLabError as exc:
                 ok = False

@@ -1,5 +1,5 @@
 """References checked before they reach a URL path. The naming rules themselves live in ``daemon.domain.names``
-(shared with the planner and the CI broker); this adds the registry's error for a bad reference."""
+(shared with the planner and the CI gate); this adds the registry's error for a bad reference."""
 
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ class UntagResult:
 
 
 class TagDeleter(Protocol):
-    """Deletes one tag through GitLab's API (the ``gitlab-api`` method); implemented in ``daemon.gitlab.api``.
+    """Deletes one tag through GitLab's API (the ``gitlab-api`` method); implemented in ``daemon.gitlab.tags``.
 
     Return normally once the tag is gone. Raise ``TagNotFoundError`` when it was already absent,
     ``TransientRegistryError`` for errors worth retrying, ``PermanentRegistryError`` for the rest.
