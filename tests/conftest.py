@@ -1,9 +1,15 @@
-"""Fixtures for every test: the GitLab stand-in, one real registry per session, webhook payloads.
+"""Fixtures for every test: the GitLab stand-in, one real registry per session, janitors, webhook payloads.
 
 - `gitlab`: the running stand-in, reset before each test (projects, jobs, counters, relay target).
 - `registry`: one real distribution registry for the session; token auth against `gitlab`,
   notifications through `gitlab`'s `/registry-relay` (`gitlab.set_relay(url)` to receive them).
-- `payload(name)`: a deep copy of `../shared/gitlab-payloads/<name>.json`.
+- `janitor(projects=None, *, settings=None, clock=None, **sections)`: a new `support.janitor.Harness`, a
+  janitor wired as the CLI wires it; settings as `make_settings` reads them (or whole, as `settings`).
+  Without a `storage` section (or `settings`) naming the database, the first janitor of a test keeps it
+  at `tmp_path/janitor.db`; `janitor.settings.storage.url` names it. Every store is closed at teardown.
+- `seeded_janitor`: a janitor over storage seeded with a known story (`support.ops.seed`; its ids in
+  `seeded_janitor.ids`), for the operations surface.
+- `payload(name)`: a deep copy of `tests/fixtures/gitlab-payloads/<name>.json`.
 - `unique_repo(project, name="img")`: a repository path under the project that no other test uses.
 - `project`: a fresh stand-in project with a unique path (its root repository is unique too).
 
@@ -12,21 +18,19 @@ The registry is shared: tests must only touch repositories they own (`unique_rep
 
 from __future__ import annotations
 
-import copy
-import json
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.gitlab_json import Project
 from support.gitlab_standin import GitLabStandin
+from support.janitor import Harness, Janitors
+from support.ops import ops_projects, seeded
+from support.payloads import load_payload
 from support.registry import Registry
-
-PAYLOADS = Path(__file__).resolve().parent / "fixtures" / "gitlab-payloads"
 
 
 @pytest.fixture(scope="session")
@@ -62,18 +66,18 @@ def gitlab(gitlab_session: GitLabStandin) -> Iterator[GitLabStandin]:
     gitlab_session.set_relay(None)  # a stopped target must not hold up the session registry's queue
 
 
-@cache
-def _load_payload(name: str) -> Any:
-    path = PAYLOADS / (name if name.endswith(".json") else f"{name}.json")
-    if not path.exists():
-        available = sorted(p.stem for p in PAYLOADS.glob("*.json")) if PAYLOADS.is_dir() else []
-        raise FileNotFoundError(f"no payload {path}; available: {available}")
-    return json.loads(path.read_text())
+@pytest.fixture
+def janitor(tmp_path: Path) -> Iterator[Janitors]:
+    """`janitor(projects=None, *, settings=None, clock=None, **sections)` -> a new janitor (`Harness`)."""
+    janitors = Janitors(tmp_path)
+    yield janitors
+    janitors.close()
 
 
-def load_payload(name: str) -> Any:
-    """A fresh deep copy of a reference payload (`pipeline_event` or `pipeline_event.json`)."""
-    return copy.deepcopy(_load_payload(name))
+@pytest.fixture
+def seeded_janitor(janitor: Janitors) -> Harness:
+    """A janitor over the seeded story of `support.ops.seed` (what it made: `seeded_janitor.ids`)."""
+    return seeded(janitor(ops_projects()))
 
 
 @pytest.fixture

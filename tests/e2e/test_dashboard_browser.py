@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from janitor_env import ADMIN
-from ops_env import live_janitor, merge_mr
 from support.images import digest_of, push_image, tags
+from support.janitor import ADMIN
+from support.ops import live_janitor, merge_mr
 from werkzeug.serving import make_server
 
 pytestmark = pytest.mark.browser
@@ -43,13 +43,13 @@ def serve(app: object) -> tuple[str, object, threading.Thread]:
     return f"http://127.0.0.1:{server.server_port}", server, thread
 
 
-def test_operator_approves_a_held_plan_and_its_tags_leave_the_registry(tmp_path, registry, project, browser):
-    janitor = live_janitor(tmp_path, registry, project, max_tags_per_plan=1)
+def test_operator_approves_a_held_plan_and_its_tags_leave_the_registry(tmp_path, janitor, registry, project, browser):
+    j = live_janitor(janitor, registry, project, max_tags_per_plan=1)
     repo = project.path
     digest = push_image(registry, repo, ["mr-42", "mr-42-debug", "keep"])
-    plan_id = merge_mr(janitor, repo)
-    assert janitor.store.get_plan(plan_id).state == "held"
-    base, server, thread = serve(janitor.app)
+    plan_id = merge_mr(j, repo)
+    assert j.store.get_plan(plan_id).state == "held"
+    base, server, thread = serve(j.app)
     try:
         context = browser.new_context(http_credentials={"username": "ops", "password": ADMIN},
                                       viewport={"width": 1280, "height": 900}, java_script_enabled=False)
@@ -67,7 +67,7 @@ def test_operator_approves_a_held_plan_and_its_tags_leave_the_registry(tmp_path,
         assert f"Plan {plan_id} approved" in page.locator(".flash").inner_text()
         assert page.locator(f"#held tr[data-plan='{plan_id}']").count() == 0
 
-        janitor.tick()
+        j.tick()
         page.reload()
         assert page.locator(".flash").count() == 0, "a flash message shows once"
         outcomes = {}
@@ -82,18 +82,17 @@ def test_operator_approves_a_held_plan_and_its_tags_leave_the_registry(tmp_path,
     finally:
         server.shutdown()
         thread.join(5)
-        janitor.close()
-    assert janitor.store.get_plan(plan_id).state == "done"
+    assert j.store.get_plan(plan_id).state == "done"
     assert sorted(tags(registry, repo)) == ["keep"]
     assert digest_of(registry, repo, "keep") == digest
 
 
-def test_a_page_on_another_site_cannot_post_to_the_dashboard(tmp_path, registry, project, browser):
+def test_a_page_on_another_site_cannot_post_to_the_dashboard(janitor, registry, project, browser):
     """Cross-site form POST carrying the operator's Basic credentials: refused, the plan stays held."""
-    janitor = live_janitor(tmp_path, registry, project, max_tags_per_plan=1)
+    j = live_janitor(janitor, registry, project, max_tags_per_plan=1)
     push_image(registry, project.path, ["mr-42", "mr-42-debug"])
-    plan_id = merge_mr(janitor, project.path)
-    base, server, thread = serve(janitor.app)
+    plan_id = merge_mr(j, project.path)
+    base, server, thread = serve(j.app)
     other, other_server, other_thread = serve(_Attacker(f"{base}/dashboard/plans/{plan_id}/approve"))
     try:
         context = browser.new_context(http_credentials={"username": "ops", "password": ADMIN})
@@ -108,8 +107,7 @@ def test_a_page_on_another_site_cannot_post_to_the_dashboard(tmp_path, registry,
         for srv, th in ((server, thread), (other_server, other_thread)):
             srv.shutdown()
             th.join(5)
-    assert janitor.store.get_plan(plan_id).state == "held"
-    janitor.close()
+    assert j.store.get_plan(plan_id).state == "held"
 
 
 class _Attacker:

@@ -11,8 +11,8 @@ import time
 
 import requests
 import yaml
-from janitor_env import SECRET, Harness, RealClock, make_settings, mr_hook, pipeline_hook, push_hook
 from support.images import digest_of, push_image, tags
+from support.janitor import SECRET, RealClock, mr_hook, pipeline_hook, push_hook, registry_section
 from support.servers import ServerThread
 
 from daemon.demo.env import free_port
@@ -31,15 +31,13 @@ def _wait(predicate, timeout=10.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_push_between_guard_and_write_is_put_back(tmp_path, registry, gitlab, project):
+def test_push_between_guard_and_write_is_put_back(janitor, registry, gitlab, project):
     """CI re-pushes mr-1 right after the janitor's guard read; the untag then removes the new image's
     tag, the registry notifies the push, and the worker points the tag back at the new image."""
-    settings = make_settings(
-        [{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token, "dry_run": False,
-          "grace_period": "1s", "tags": [MR_TAG]}],
-        registry={"url": registry.url, "requests_per_second": 0, "untag_method": "placeholder"},
-        server={"registry_notification_token": registry.notification_token})
-    j = Harness(tmp_path, settings, RealClock())
+    j = janitor([{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token, "dry_run": False,
+                  "grace_period": "1s", "tags": [MR_TAG]}],
+                registry=registry_section(registry, untag_method="placeholder"),
+                server={"registry_notification_token": registry.notification_token}, clock=RealClock())
     repo = project.path
     push_image(registry, repo, ["mr-1"], seed=1)
     newer: list[str] = []
@@ -50,7 +48,7 @@ def test_push_between_guard_and_write_is_put_back(tmp_path, registry, gitlab, pr
 
     session = new_session()
     session.hooks["response"].append(repush_after_guard)
-    j.worker = build_worker(settings, j.store, registries=build_registries(settings, session), clock=j.clock)
+    j.worker = build_worker(j.settings, j.store, registries=build_registries(j.settings, session), clock=j.clock)
     with ServerThread(j.app) as server:
         gitlab.set_relay(f"{server.url}/webhooks/registry")
         j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=1, ref="f", mr_iid=1))
@@ -63,10 +61,9 @@ def test_push_between_guard_and_write_is_put_back(tmp_path, registry, gitlab, pr
         _wait(lambda: any(e.source == "registry" for e in j.store.pending_events()), what="the notification")
         j.tick()
     assert digest_of(registry, repo, "mr-1") == newer[0]
-    j.close()
 
 
-def test_s9_nothing_lost_after_sigkill(tmp_path, registry, gitlab, project):
+def test_s9_nothing_lost_after_sigkill(tmp_path, janitor, registry, gitlab, project):
     """Events answered 202 by a real gunicorn are all there after SIGKILL, and their work happens."""
     port = free_port()
     db = tmp_path / "janitor.db"
@@ -95,13 +92,11 @@ def test_s9_nothing_lost_after_sigkill(tmp_path, registry, gitlab, project):
     finally:
         os.killpg(web.pid, signal.SIGKILL)
         web.wait(timeout=10)
-    settings = make_settings(config["projects"], registry=config["registry"])
-    j = Harness(tmp_path, settings)  # opens the same database file
+    j = janitor(config["projects"], registry=config["registry"], storage=config["storage"])  # the same database
     assert len(j.store.pending_events()) == len(sent)
     j.tick()
     j.tick(advance=61)
     assert tags(registry, project.path) == ["other"]
-    j.close()
 
 
 def _up(url: str) -> bool:
@@ -111,15 +106,13 @@ def _up(url: str) -> bool:
         return False
 
 
-def test_two_pipelines_pushing_the_same_tag(tmp_path, registry, gitlab, project):
+def test_two_pipelines_pushing_the_same_tag(janitor, registry, gitlab, project):
     """Two pipelines of one branch push its slug tag in turn: the newest push is what the janitor expects,
     and a pipeline-lifetime cleanup of the older one leaves the newer image alone."""
-    settings = make_settings(
-        [{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token, "dry_run": False,
-          "grace_period": "1m", "tags": [{"pattern": "$CI_COMMIT_REF_SLUG", "lifetime": "branch"},
-                                         {"pattern": "build-$CI_COMMIT_REF_SLUG", "lifetime": "pipeline"}]}],
-        registry={"url": registry.url, "requests_per_second": 0})
-    j = Harness(tmp_path, settings)
+    j = janitor([{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token, "dry_run": False,
+                  "grace_period": "1m", "tags": [{"pattern": "$CI_COMMIT_REF_SLUG", "lifetime": "branch"},
+                                                 {"pattern": "build-$CI_COMMIT_REF_SLUG", "lifetime": "pipeline"}]}],
+                registry=registry_section(registry))
     repo = project.path
     push_image(registry, repo, ["topic", "build-topic"], seed=1)
     j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=1, ref="topic", status="running"))
@@ -142,4 +135,3 @@ def test_two_pipelines_pushing_the_same_tag(tmp_path, registry, gitlab, project)
     # pipeline 1's older push of 'topic' is done with too: the tag it was overwritten on is gone
     states = {(r.pipeline_id, r.tag): r.state for n in (1, 2) for r in j.store.records_of_pipeline(repo, n)}
     assert states[(1, "topic")] == states[(2, "topic")] == "untagged"
-    j.close()

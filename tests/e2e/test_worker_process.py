@@ -7,8 +7,9 @@ import time
 
 import yaml
 
+from daemon.config import load_settings
 from daemon.domain.policy import HEARTBEAT_KEY
-from daemon.store import open_store
+from daemon.wiring import build_store
 
 
 def test_worker_keeps_ticking_and_stops_on_sigterm(tmp_path):
@@ -22,7 +23,7 @@ def test_worker_keeps_ticking_and_stops_on_sigterm(tmp_path):
         deadline = time.monotonic() + 15
         while len(beats) < 3 and time.monotonic() < deadline:
             if db.exists():
-                store = open_store(str(db))
+                store = build_store(load_settings(config))
                 value = store.get_value(HEARTBEAT_KEY)
                 store.close()
                 if value:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from janitor_env import SECRET, Harness, make_settings, mr_hook, pipeline_hook, push_hook
 from support.images import digest_of, push_image, tags
+from support.janitor import SECRET, mr_hook, pipeline_hook, push_hook, registry_section
 from support.servers import ServerThread, wait_for
 
 GRACE = 60.0
@@ -21,31 +21,21 @@ PATTERNS = [
 ]
 
 
-def settings_for(registry, project, **server):
-    return make_settings(
-        [{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token, "dry_run": False,
-          "grace_period": "1m", "tags": PATTERNS}],
-        registry={"url": registry.url, "requests_per_second": 0}, server=server)
+def entry(project):
+    return {"path": project.path, "webhook_secret": SECRET, "registry_token": project.token, "dry_run": False,
+            "grace_period": "1m", "tags": PATTERNS}
 
 
 @pytest.fixture
-def janitor(tmp_path, registry, project):
-    harness = Harness(tmp_path, settings_for(registry, project))
-    yield harness
-    harness.close()
-
-
-@pytest.fixture
-def notified(tmp_path, registry, gitlab, project):
-    """A janitor served over HTTP that receives this test's registry notifications."""
-    harness = Harness(tmp_path, settings_for(registry, project,
-                                             registry_notification_token=registry.notification_token))
+def notified(janitor, registry, gitlab, project):
+    """The janitor served over HTTP, receiving this test's registry notifications."""
+    harness = janitor([entry(project)], registry=registry_section(registry),
+                      server={"registry_notification_token": registry.notification_token})
     server = ServerThread(harness.app, name="janitor").start()
     gitlab.set_relay(f"{server.url}/webhooks/registry")
     yield harness
     gitlab.set_relay(None)
     server.stop()
-    harness.close()
 
 
 def records(janitor, repo, pipeline_id):
@@ -72,11 +62,12 @@ def wait_notified(janitor, repo, tag, digest=None):
 # -- tag patterns ---------------------------------------------------------------------------------------
 
 def test_patterns_expect_at_the_pipeline_hook_and_head_resolves_at_the_end(janitor, registry, project):
+    j = janitor([entry(project)], registry=registry_section(registry))
     repo = project.path
-    janitor.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=11, ref="feat", mr_iid=3, sha=SHA,
-                                                status="running"))
-    janitor.tick()
-    expected = records(janitor, repo, 11)
+    j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=11, ref="feat", mr_iid=3, sha=SHA,
+                                          status="running"))
+    j.tick()
+    expected = records(j, repo, 11)
     assert {t: (r.state, r.digest, r.lifetime, r.source) for t, r in expected.items()} == {
         "mr-3": ("expected", None, "merge_request", "pattern"),
         "feat": ("expected", None, "branch", "pattern"),
@@ -86,9 +77,9 @@ def test_patterns_expect_at_the_pipeline_hook_and_head_resolves_at_the_end(janit
     assert expected["preview-c0ffee12"].ttl_seconds == 7200
 
     digest = push_image(registry, repo, ["mr-3", "feat"])  # cache-11 and the preview are never pushed
-    janitor.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=11, ref="feat", mr_iid=3, sha=SHA))
-    janitor.tick()
-    resolved = records(janitor, repo, 11)
+    j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=11, ref="feat", mr_iid=3, sha=SHA))
+    j.tick()
+    resolved = records(j, repo, 11)
     assert {t: (r.state, r.digest) for t, r in resolved.items()} == {
         "mr-3": ("confirmed", digest), "feat": ("confirmed", digest),
         "cache-11": ("dropped", None), "preview-c0ffee12": ("dropped", None),
@@ -96,41 +87,43 @@ def test_patterns_expect_at_the_pipeline_hook_and_head_resolves_at_the_end(janit
 
 
 def test_an_expected_tag_never_pushed_is_dropped_and_never_untagged(janitor, registry, project):
+    j = janitor([entry(project)], registry=registry_section(registry))
     repo = project.path
-    janitor.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=12, ref="feat", sha=SHA, status="running"))
-    janitor.tick()
+    j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=12, ref="feat", sha=SHA, status="running"))
+    j.tick()
     push_image(registry, repo, ["feat"])
-    janitor.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=12, ref="feat", sha=SHA))
-    janitor.tick()
-    assert records(janitor, repo, 12)["cache-12"].state == "dropped"
+    j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=12, ref="feat", sha=SHA))
+    j.tick()
+    assert records(j, repo, 12)["cache-12"].state == "dropped"
 
     # someone pushes that name by hand afterwards: the ledger never saw pipeline 12 push it
     stranger = push_image(registry, repo, ["cache-12"])
-    janitor.tick(advance=GRACE + 1)
-    janitor.tick(advance=3 * 3600)
+    j.tick(advance=GRACE + 1)
+    j.tick(advance=3 * 3600)
 
     assert digest_of(registry, repo, "cache-12") == stranger
-    assert records(janitor, repo, 12)["cache-12"].state == "dropped"
-    assert [u for u in janitor.store.list_untags() if u.tag == "cache-12" and u.outcome == "done"] == []
+    assert records(j, repo, 12)["cache-12"].state == "dropped"
+    assert [u for u in j.store.list_untags() if u.tag == "cache-12" and u.outcome == "done"] == []
 
 
 def test_a_resolved_digest_is_what_the_plan_guards(janitor, registry, project):
     # Merged while the pipeline still runs: the plan is made before the tag's digest is known. Once
     # the pipeline's end resolves it, a different image put on the tag later is not untagged (S3).
+    j = janitor([entry(project)], registry=registry_section(registry))
     repo = project.path
-    janitor.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=13, ref="feat", mr_iid=4, sha=SHA,
-                                                status="running"))
-    janitor.tick()
+    j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=13, ref="feat", mr_iid=4, sha=SHA,
+                                          status="running"))
+    j.tick()
     push_image(registry, repo, ["mr-4"])
-    janitor.hook("Merge Request Hook", mr_hook(repo, iid=4, source_branch="feat", action="merge"))
-    janitor.tick()
-    janitor.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=13, ref="feat", mr_iid=4, sha=SHA))
-    janitor.tick(advance=5)
+    j.hook("Merge Request Hook", mr_hook(repo, iid=4, source_branch="feat", action="merge"))
+    j.tick()
+    j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=13, ref="feat", mr_iid=4, sha=SHA))
+    j.tick(advance=5)
     replaced = push_image(registry, repo, ["mr-4"])  # someone re-uses the name for another image
-    janitor.tick(advance=GRACE)
+    j.tick(advance=GRACE)
 
     assert digest_of(registry, repo, "mr-4") == replaced
-    (untag,) = [u for u in janitor.store.list_untags() if u.tag == "mr-4"]
+    (untag,) = [u for u in j.store.list_untags() if u.tag == "mr-4"]
     assert (untag.outcome, untag.reason) == ("skipped", "superseded")
 
 
@@ -251,18 +244,19 @@ def test_registry_notifications_need_the_token(notified, registry, project):
 # -- ttl on patterns ------------------------------------------------------------------------------------------
 
 def test_ttl_pattern_records_its_ttl_and_nothing_else_ends_it(janitor, registry, project):
+    j = janitor([entry(project)], registry=registry_section(registry))
     repo = project.path
-    janitor.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=31, ref="ttl", mr_iid=10, sha=SHA,
-                                                status="running"))
-    janitor.tick()
+    j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=31, ref="ttl", mr_iid=10, sha=SHA,
+                                          status="running"))
+    j.tick()
     push_image(registry, repo, ["preview-c0ffee12", "mr-10"])
-    janitor.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=31, ref="ttl", mr_iid=10, sha=SHA))
-    janitor.hook("Merge Request Hook", mr_hook(repo, iid=10, source_branch="ttl", action="merge"))
-    janitor.hook("Push Hook", push_hook(repo, ref="ttl", deleted=True))
-    janitor.tick()
-    janitor.tick(advance=GRACE + 1)
+    j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=31, ref="ttl", mr_iid=10, sha=SHA))
+    j.hook("Merge Request Hook", mr_hook(repo, iid=10, source_branch="ttl", action="merge"))
+    j.hook("Push Hook", push_hook(repo, ref="ttl", deleted=True))
+    j.tick()
+    j.tick(advance=GRACE + 1)
     assert tags(registry, repo) == ["preview-c0ffee12"]  # merge, delete, finish: none is its end
 
-    janitor.tick(advance=2 * 3600 - GRACE)
-    janitor.tick(advance=GRACE + 1)
+    j.tick(advance=2 * 3600 - GRACE)
+    j.tick(advance=GRACE + 1)
     assert tags(registry, repo) == []

@@ -1,6 +1,6 @@
 """Cancelling scheduled plans settles their waiting untags, and only theirs."""
 
-from janitor_env import make_store
+from support.janitor import make_store
 
 from daemon.domain.model import Decision, PlannedUntag, Trigger
 

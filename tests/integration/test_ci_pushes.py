@@ -4,8 +4,8 @@ the registry is real; the worker resolves digests the job did not send."""
 from __future__ import annotations
 
 import pytest
-from janitor_env import SECRET, Harness, make_settings, mr_hook, pipeline_hook, push_hook
 from support.images import digest_of, push_image, tags
+from support.janitor import SECRET, mr_hook, pipeline_hook, push_hook, registry_section
 
 GRACE = 60.0
 SHA = "fade0123" + "0" * 32
@@ -17,18 +17,11 @@ PATTERNS = [
 ]
 
 
-def build(tmp_path, registry, gitlab, project, **extra):
-    return Harness(tmp_path, make_settings(
-        [{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token, "dry_run": False,
-          "grace_period": "1m", "tags": PATTERNS, **extra}],
-        registry={"url": registry.url, "requests_per_second": 0}, gitlab={"url": gitlab.url}))
-
-
-@pytest.fixture
-def janitor(tmp_path, registry, gitlab, project):
-    harness = build(tmp_path, registry, gitlab, project)
-    yield harness
-    harness.close()
+def build(janitor, registry, gitlab, project, **extra):
+    """From the ``janitor`` factory: ``project`` on the real registry, GitLab vouching for its jobs."""
+    return janitor([{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token,
+                     "dry_run": False, "grace_period": "1m", "tags": PATTERNS, **extra}],
+                   registry=registry_section(registry), gitlab={"url": gitlab.url})
 
 
 def record_push(janitor, token, body):
@@ -51,36 +44,39 @@ def all_records(janitor):
 # -- answers -----------------------------------------------------------------------------------------
 
 def test_first_record_is_201_and_the_same_again_is_200(janitor, registry, gitlab, project):
+    j = build(janitor, registry, gitlab, project)
     token = gitlab.add_job(project, pipeline_id=70, ref="feat")
-    first = record_push(janitor, token, {"image": image(registry, project.path, "feat")})
+    first = record_push(j, token, {"image": image(registry, project.path, "feat")})
     assert first.status_code == 201, first.get_json()
     assert first.get_json()["status"] == "recorded" and first.get_json()["lifetime"] == "branch"
-    again = record_push(janitor, token, {"image": image(registry, project.path, "feat")})
+    again = record_push(j, token, {"image": image(registry, project.path, "feat")})
     assert again.status_code == 200 and again.get_json()["status"] == "already_recorded"
     assert again.get_json()["push_record_id"] == first.get_json()["push_record_id"]
-    (record,) = all_records(janitor)
+    (record,) = all_records(j)
     assert (record.pipeline_id, record.ref, record.source, record.state, record.digest) == (
         70, "feat", "ci", "expected", None)
 
 
 def test_project_pipeline_and_ref_come_from_gitlab_not_the_body(janitor, registry, gitlab, project):
+    j = build(janitor, registry, gitlab, project)
     token = gitlab.add_job(project, pipeline_id=71, ref="feat")
     body = {"image": image(registry, project.path, "feat"), "project": "other/project",
             "pipeline_id": 999, "ref": "main", "sha": "0" * 40, "mr_iid": 5}
-    assert record_push(janitor, token, body).status_code == 201
-    (record,) = all_records(janitor)
+    assert record_push(j, token, body).status_code == 201
+    (record,) = all_records(j)
     assert (record.project_path, record.pipeline_id, record.ref, record.mr_iid) == (project.path, 71, "feat", None)
 
 
 @pytest.mark.parametrize("token", [None, "", "glcbt-not-a-job", "finished"])
 def test_a_job_token_gitlab_does_not_vouch_for_is_401(janitor, registry, gitlab, project, token):
+    j = build(janitor, registry, gitlab, project)
     if token == "finished":  # GitLab revokes a job's token when the job ends
         token = gitlab.add_job(project, pipeline_id=72, ref="feat")
         gitlab.set_job_status(token, "success")
-    response = record_push(janitor, token, {"image": image(registry, project.path, "feat")})
+    response = record_push(j, token, {"image": image(registry, project.path, "feat")})
     assert response.status_code == 401
     assert response.get_json()["error"].startswith("job_token") and response.get_json()["message"]
-    assert all_records(janitor) == []
+    assert all_records(j) == []
 
 
 @pytest.mark.parametrize("repository", [
@@ -90,19 +86,21 @@ def test_a_job_token_gitlab_does_not_vouch_for_is_401(janitor, registry, gitlab,
 ])
 def test_a_repository_outside_the_jobs_project_is_403_and_nothing_is_recorded(
         janitor, registry, gitlab, project, repository):
+    j = build(janitor, registry, gitlab, project)
     token = gitlab.add_job(project, pipeline_id=73, ref="feat")
     repo = repository.format(path=project.path, group=project.path.split("/")[0])
-    response = record_push(janitor, token, {"image": image(registry, repo, "feat")})
+    response = record_push(j, token, {"image": image(registry, repo, "feat")})
     assert response.status_code == 403 and response.get_json()["error"] == "out_of_scope"
-    assert all_records(janitor) == []
+    assert all_records(j) == []
 
 
-def test_a_project_the_janitor_does_not_clean_is_403(janitor, registry, gitlab):
+def test_a_project_the_janitor_does_not_clean_is_403(janitor, project, registry, gitlab):
+    j = build(janitor, registry, gitlab, project)
     stranger = gitlab.add_project("not/configured")
     token = gitlab.add_job(stranger, pipeline_id=74, ref="feat")
-    response = record_push(janitor, token, {"image": image(registry, stranger.path, "feat")})
+    response = record_push(j, token, {"image": image(registry, stranger.path, "feat")})
     assert response.status_code == 403
-    assert all_records(janitor) == []
+    assert all_records(j) == []
 
 
 @pytest.mark.parametrize("body", [
@@ -123,196 +121,200 @@ def test_a_project_the_janitor_does_not_clean_is_403(janitor, registry, gitlab):
     b"",
 ])
 def test_malformed_bodies_are_400(janitor, registry, gitlab, project, body):
+    j = build(janitor, registry, gitlab, project)
     token = gitlab.add_job(project, pipeline_id=75, ref="feat")
     if isinstance(body, dict):
         body = {k: v.format(host=registry.host, repo=project.path) if isinstance(v, str) else v
                 for k, v in body.items()}
-    response = record_push(janitor, token, body)
+    response = record_push(j, token, body)
     assert response.status_code == 400, response.get_json()
     assert response.get_json()["error"] == "malformed" and response.get_json()["message"]
-    assert all_records(janitor) == []
+    assert all_records(j) == []
 
 
-def test_a_bad_token_answers_before_a_bad_body(janitor):
-    assert record_push(janitor, "glcbt-nobody", {"image": 42}).status_code == 401
+def test_a_bad_token_answers_before_a_bad_body(janitor, registry, gitlab, project):
+    j = build(janitor, registry, gitlab, project)
+    assert record_push(j, "glcbt-nobody", {"image": 42}).status_code == 401
 
 
 # -- digests -------------------------------------------------------------------------------------------
 
 def test_the_worker_resolves_a_digest_the_job_did_not_send(janitor, registry, gitlab, project):
+    j = build(janitor, registry, gitlab, project)
     digest = push_image(registry, project.path, ["feat", "other"])
     token = gitlab.add_job(project, pipeline_id=76, ref="feat")
-    assert record_push(janitor, token, {"image": image(registry, project.path, "feat")}).status_code == 201
-    assert record_push(janitor, token, {"image": image(registry, project.path, "never-pushed")}).status_code == 201
-    janitor.tick()
-    by_tag = {r.tag: r for r in all_records(janitor)}
+    assert record_push(j, token, {"image": image(registry, project.path, "feat")}).status_code == 201
+    assert record_push(j, token, {"image": image(registry, project.path, "never-pushed")}).status_code == 201
+    j.tick()
+    by_tag = {r.tag: r for r in all_records(j)}
     assert (by_tag["feat"].state, by_tag["feat"].digest) == ("confirmed", digest)
     assert (by_tag["never-pushed"].state, by_tag["never-pushed"].digest) == ("dropped", None)
 
 
 def test_a_digest_sent_by_the_job_is_recorded_as_is(janitor, registry, gitlab, project):
+    j = build(janitor, registry, gitlab, project)
     digest = push_image(registry, project.path, ["feat"])
     token = gitlab.add_job(project, pipeline_id=77, ref="feat")
     body = {"image": image(registry, project.path, "feat"), "digest": digest}
-    assert record_push(janitor, token, body).status_code == 201
-    (record,) = all_records(janitor)
+    assert record_push(j, token, body).status_code == 201
+    (record,) = all_records(j)
     assert (record.state, record.digest) == ("confirmed", digest)
 
 
 # -- job verification is cached --------------------------------------------------------------------------
 
 def test_job_verifications_are_cached(janitor, registry, gitlab, project):
+    j = build(janitor, registry, gitlab, project)
     first = gitlab.add_job(project, pipeline_id=78, ref="feat")
     for tag in ("a", "b", "c", "a"):
-        assert record_push(janitor, first, {"image": image(registry, project.path, tag)}).status_code in (200, 201)
+        assert record_push(j, first, {"image": image(registry, project.path, tag)}).status_code in (200, 201)
     assert gitlab.calls["GET /api/v4/job"] == 1
     second = gitlab.add_job(project, pipeline_id=78, ref="feat", name="test")
-    assert record_push(janitor, second, {"image": image(registry, project.path, "d")}).status_code == 201
+    assert record_push(j, second, {"image": image(registry, project.path, "d")}).status_code == 201
     assert gitlab.calls["GET /api/v4/job"] == 2
     for _ in range(3):  # refusals are not cached as successes
-        assert record_push(janitor, "glcbt-nobody", {"image": image(registry, project.path, "e")}).status_code == 401
+        assert record_push(j, "glcbt-nobody", {"image": image(registry, project.path, "e")}).status_code == 401
     assert gitlab.calls["GET /api/v4/job"] == 5
 
 
 # -- lifetimes ---------------------------------------------------------------------------------------------
 
-def test_lifetime_from_the_matching_pattern_else_default_lifetime(tmp_path, registry, gitlab, project):
-    janitor = build(tmp_path, registry, gitlab, project, default_lifetime="branch")
-    try:
-        token = gitlab.add_job(project, pipeline_id=79, ref="feat", sha=SHA)
-        answers = {}
-        for tag in ("cache-79", "preview-fade0123", "feat", "custom-build"):
-            response = record_push(janitor, token, {"image": image(registry, project.path, tag)})
-            answers[tag] = response.get_json()["lifetime"]
-        assert answers == {"cache-79": "pipeline", "preview-fade0123": "ttl", "feat": "branch",
-                           "custom-build": "branch"}
-        by_tag = {r.tag: r for r in all_records(janitor)}
-        assert by_tag["preview-fade0123"].ttl_seconds == 7200
-        assert by_tag["custom-build"].ttl_seconds is None
-    finally:
-        janitor.close()
+def test_lifetime_from_the_matching_pattern_else_default_lifetime(janitor, registry, gitlab, project):
+    j = build(janitor, registry, gitlab, project, default_lifetime="branch")
+    token = gitlab.add_job(project, pipeline_id=79, ref="feat", sha=SHA)
+    answers = {}
+    for tag in ("cache-79", "preview-fade0123", "feat", "custom-build"):
+        response = record_push(j, token, {"image": image(registry, project.path, tag)})
+        answers[tag] = response.get_json()["lifetime"]
+    assert answers == {"cache-79": "pipeline", "preview-fade0123": "ttl", "feat": "branch",
+                       "custom-build": "branch"}
+    by_tag = {r.tag: r for r in all_records(j)}
+    assert by_tag["preview-fade0123"].ttl_seconds == 7200
+    assert by_tag["custom-build"].ttl_seconds is None
 
 
 def test_a_ci_push_matching_no_pattern_goes_with_its_default_lifetime(janitor, registry, gitlab, project):
     # default_lifetime is merge_request: the MR's end (by source branch here) removes it
+    j = build(janitor, registry, gitlab, project)
     repo = project.path
     push_image(registry, repo, ["custom-build"])
     keep = push_image(registry, repo, ["keep"])
     token = gitlab.add_job(project, pipeline_id=80, ref="feat")
-    assert record_push(janitor, token, {"image": image(registry, repo, "custom-build")}).status_code == 201
-    janitor.tick()
-    janitor.hook("Merge Request Hook", mr_hook(repo, iid=15, source_branch="feat", action="merge"))
-    janitor.tick()
-    janitor.tick(advance=GRACE + 1)
+    assert record_push(j, token, {"image": image(registry, repo, "custom-build")}).status_code == 201
+    j.tick()
+    j.hook("Merge Request Hook", mr_hook(repo, iid=15, source_branch="feat", action="merge"))
+    j.tick()
+    j.tick(advance=GRACE + 1)
     assert tags(registry, repo) == ["keep"] and digest_of(registry, repo, "keep") == keep
 
 
-def test_a_ci_recorded_branch_tag_goes_when_the_branch_is_deleted(tmp_path, registry, gitlab, project):
-    janitor = build(tmp_path, registry, gitlab, project, default_lifetime="branch")
-    try:
-        repo = project.path
-        push_image(registry, repo, ["custom-build", "feat", "stays"])
-        token = gitlab.add_job(project, pipeline_id=81, ref="feat")
-        for tag in ("custom-build", "feat"):
-            assert record_push(janitor, token, {"image": image(registry, repo, tag)}).status_code == 201
-        janitor.tick()
-        janitor.hook("Push Hook", push_hook(repo, ref="feat", deleted=True))
-        janitor.tick()
-        janitor.tick(advance=GRACE + 1)
-        assert tags(registry, repo) == ["stays"]
-    finally:
-        janitor.close()
+def test_a_ci_recorded_branch_tag_goes_when_the_branch_is_deleted(janitor, registry, gitlab, project):
+    j = build(janitor, registry, gitlab, project, default_lifetime="branch")
+    repo = project.path
+    push_image(registry, repo, ["custom-build", "feat", "stays"])
+    token = gitlab.add_job(project, pipeline_id=81, ref="feat")
+    for tag in ("custom-build", "feat"):
+        assert record_push(j, token, {"image": image(registry, repo, tag)}).status_code == 201
+    j.tick()
+    j.hook("Push Hook", push_hook(repo, ref="feat", deleted=True))
+    j.tick()
+    j.tick(advance=GRACE + 1)
+    assert tags(registry, repo) == ["stays"]
 
 
 def test_a_ci_record_and_a_pattern_of_the_same_pipeline_are_one_record(janitor, registry, gitlab, project):
+    j = build(janitor, registry, gitlab, project)
     repo = project.path
     digest = push_image(registry, repo, ["feat"])
     token = gitlab.add_job(project, pipeline_id=82, ref="feat", sha=SHA)
-    assert record_push(janitor, token, {"image": image(registry, repo, "feat"), "digest": digest}).status_code == 201
-    janitor.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=82, ref="feat", sha=SHA, status="running"))
-    janitor.tick()
-    feat = [r for r in all_records(janitor) if r.tag == "feat"]
+    assert record_push(j, token, {"image": image(registry, repo, "feat"), "digest": digest}).status_code == 201
+    j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=82, ref="feat", sha=SHA, status="running"))
+    j.tick()
+    feat = [r for r in all_records(j) if r.tag == "feat"]
     assert [(r.pipeline_id, r.state, r.digest, r.lifetime) for r in feat] == [(82, "confirmed", digest, "branch")]
 
 
 # -- merge-request refs ------------------------------------------------------------------------------------
 
 def test_a_job_on_refs_merge_requests_head_is_the_mrs(janitor, registry, gitlab, project):
+    j = build(janitor, registry, gitlab, project)
     repo = project.path
-    janitor.hook("Merge Request Hook", mr_hook(repo, iid=16, source_branch="feat16", action="open"))
-    janitor.tick()
+    j.hook("Merge Request Hook", mr_hook(repo, iid=16, source_branch="feat16", action="open"))
+    j.tick()
     push_image(registry, repo, ["mr-16", "custom-16"])
     token = gitlab.add_job(project, pipeline_id=83, ref="refs/merge-requests/16/head")
     for tag in ("mr-16", "custom-16"):
-        assert record_push(janitor, token, {"image": image(registry, repo, tag)}).status_code == 201
-    assert {(r.tag, r.ref, r.mr_iid, r.lifetime) for r in all_records(janitor)} == {
+        assert record_push(j, token, {"image": image(registry, repo, tag)}).status_code == 201
+    assert {(r.tag, r.ref, r.mr_iid, r.lifetime) for r in all_records(j)} == {
         ("mr-16", "feat16", 16, "merge_request"), ("custom-16", "feat16", 16, "merge_request")}
-    janitor.hook("Merge Request Hook", mr_hook(repo, iid=16, source_branch="feat16", action="merge"))
-    janitor.tick()
-    janitor.tick(advance=GRACE + 1)
+    j.hook("Merge Request Hook", mr_hook(repo, iid=16, source_branch="feat16", action="merge"))
+    j.tick()
+    j.tick(advance=GRACE + 1)
     assert tags(registry, repo) == []
 
 
 def test_a_merge_request_job_recorded_before_any_hook_is_joined_by_the_pipeline_hook(
         janitor, registry, gitlab, project):
+    j = build(janitor, registry, gitlab, project)
     repo = project.path
     push_image(registry, repo, ["mr-17", "feat17", "keep"])
     token = gitlab.add_job(project, pipeline_id=84, ref="refs/merge-requests/17/head", sha=SHA)
-    assert record_push(janitor, token, {"image": image(registry, repo, "mr-17")}).status_code == 201
-    (record,) = all_records(janitor)
+    assert record_push(j, token, {"image": image(registry, repo, "mr-17")}).status_code == 201
+    (record,) = all_records(j)
     assert record.mr_iid == 17 and record.lifetime == "merge_request"
 
     # the pipeline hook, later, says which branch that MR pipeline is for
-    janitor.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=84, ref="feat17", mr_iid=17, sha=SHA,
-                                                status="running"))
-    janitor.tick()
-    assert janitor.store.get_pipeline(repo, 84).ref == "feat17"
-    by_tag = {r.tag: r for r in all_records(janitor)}
+    j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=84, ref="feat17", mr_iid=17, sha=SHA,
+                                          status="running"))
+    j.tick()
+    assert j.store.get_pipeline(repo, 84).ref == "feat17"
+    by_tag = {r.tag: r for r in all_records(j)}
     assert "feat17" in by_tag, "the ref slug pattern expands to the source branch's slug"
     assert {r.ref for r in by_tag.values()} == {"feat17"}
 
-    janitor.hook("Push Hook", push_hook(repo, ref="feat17", deleted=True))
-    janitor.tick()
-    janitor.tick(advance=GRACE + 1)
+    j.hook("Push Hook", push_hook(repo, ref="feat17", deleted=True))
+    j.tick()
+    j.tick(advance=GRACE + 1)
     assert tags(registry, repo) == ["keep"]
 
 
 def test_a_fork_merge_request_job_is_not_the_targets_same_named_branch(janitor, registry, gitlab, project):
+    j = build(janitor, registry, gitlab, project)
     repo = project.path
     fork_open = mr_hook(repo, iid=18, source_branch="feature", action="open")
     fork_open["object_attributes"].update(source_project_id=project.id + 1000, target_project_id=project.id)
-    janitor.hook("Merge Request Hook", fork_open)
-    janitor.tick()
+    j.hook("Merge Request Hook", fork_open)
+    j.tick()
     push_image(registry, repo, ["mr-18"])
     token = gitlab.add_job(project, pipeline_id=85, ref="refs/merge-requests/18/head")
-    assert record_push(janitor, token, {"image": image(registry, repo, "mr-18")}).status_code == 201
+    assert record_push(j, token, {"image": image(registry, repo, "mr-18")}).status_code == 201
 
-    janitor.hook("Push Hook", push_hook(repo, ref="feature", deleted=True))  # the target's own branch
-    janitor.tick()
-    janitor.tick(advance=GRACE + 1)
+    j.hook("Push Hook", push_hook(repo, ref="feature", deleted=True))  # the target's own branch
+    j.tick()
+    j.tick(advance=GRACE + 1)
     assert tags(registry, repo) == ["mr-18"]
 
     fork_merge = mr_hook(repo, iid=18, source_branch="feature", action="merge")
     fork_merge["object_attributes"].update(source_project_id=project.id + 1000, target_project_id=project.id)
-    janitor.hook("Merge Request Hook", fork_merge)
-    janitor.tick()
-    janitor.tick(advance=GRACE + 1)
+    j.hook("Merge Request Hook", fork_merge)
+    j.tick()
+    j.tick(advance=GRACE + 1)
     assert tags(registry, repo) == []
 
 
-def test_a_merge_request_job_known_only_by_its_pipeline_hook_may_untag_its_own_tag(
-        janitor, registry, gitlab, project):
+def test_a_merge_request_job_known_only_by_its_pipeline_hook_may_untag_its_own_tag(janitor, registry, gitlab, project):
     # No MR hook was seen (it went to another janitor, or was lost): the pipeline hook alone names
     # the branch of refs/merge-requests/19/head, and the job's own tag is still its own.
+    j = build(janitor, registry, gitlab, project)
     repo = project.path
-    janitor.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=86, ref="feat19", mr_iid=19, sha=SHA,
-                                                status="running"))
-    janitor.tick()
+    j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=86, ref="feat19", mr_iid=19, sha=SHA,
+                                          status="running"))
+    j.tick()
     digest = push_image(registry, repo, ["mr-19", "keep"])
     token = gitlab.add_job(project, pipeline_id=86, ref="refs/merge-requests/19/head", sha=SHA)
-    assert record_push(janitor, token, {"image": image(registry, repo, "mr-19"), "digest": digest}).status_code == 200
-    answer = janitor.client.post("/api/v1/ci/untag", json={"image": image(registry, repo, "mr-19")},
-                                 headers={"JOB-TOKEN": token})
+    assert record_push(j, token, {"image": image(registry, repo, "mr-19"), "digest": digest}).status_code == 200
+    answer = j.client.post("/api/v1/ci/untag", json={"image": image(registry, repo, "mr-19")},
+                           headers={"JOB-TOKEN": token})
     assert answer.status_code == 202, answer.get_json()
-    janitor.tick()
+    j.tick()
     assert tags(registry, repo) == ["keep"]

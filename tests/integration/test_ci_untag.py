@@ -1,21 +1,16 @@
 """POST /api/v1/ci/untag: SPEC 7's checks in order, first failure answers, then the untag runs at once."""
 
-import pytest
-from janitor_env import SECRET, Harness, make_settings
 from support.images import push_image, tags
+from support.janitor import SECRET, registry_section
 
 SLUG = {"pattern": "$CI_COMMIT_REF_SLUG", "lifetime": "branch"}
 
 
-@pytest.fixture
-def broker(tmp_path, registry, gitlab, project):
-    settings = make_settings(
-        [{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token, "dry_run": False,
-          "ci_untag_per_pipeline": 2, "tags": [SLUG]}],
-        registry={"url": registry.url, "requests_per_second": 0}, gitlab={"url": gitlab.url})
-    j = Harness(tmp_path, settings)
-    yield j
-    j.close()
+def broker(janitor, registry, gitlab, project):
+    """From the ``janitor`` factory: the janitor CI jobs of ``project`` ask to untag, two per pipeline."""
+    return janitor([{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token,
+                     "dry_run": False, "ci_untag_per_pipeline": 2, "tags": [SLUG]}],
+                   registry=registry_section(registry), gitlab={"url": gitlab.url})
 
 
 def call(j, route, token, body):
@@ -27,8 +22,8 @@ def image(registry, repo, tag):
     return {"image": f"{registry.host}/{repo}:{tag}"}
 
 
-def test_checks_in_order_and_the_answer_of_each(broker, registry, gitlab, project):
-    j, repo = broker, project.path
+def test_checks_in_order_and_the_answer_of_each(janitor, registry, gitlab, project):
+    j, repo = broker(janitor, registry, gitlab, project), project.path
     push_image(registry, repo, ["feature-a", "feature-b", "latest", "other-ref"])
     job = gitlab.add_job(project, pipeline_id=10, ref="feature-a")
     other_job = gitlab.add_job(project, pipeline_id=11, ref="other-ref")
@@ -64,9 +59,9 @@ def test_checks_in_order_and_the_answer_of_each(broker, registry, gitlab, projec
     assert {u.tag: u.outcome for u in j.store.list_untags()} == {"feature-a": "done", "feature-b": "done"}
 
 
-def test_a_branch_cleans_up_after_its_earlier_pipelines(broker, registry, gitlab, project):
+def test_a_branch_cleans_up_after_its_earlier_pipelines(janitor, registry, gitlab, project):
     """Every pipeline of the job's ref counts as its own: an older pipeline's record is no live owner."""
-    j, repo = broker, project.path
+    j, repo = broker(janitor, registry, gitlab, project), project.path
     push_image(registry, repo, ["feature-c"])
     old = gitlab.add_job(project, pipeline_id=20, ref="feature-c")
     assert call(j, "pushes", old, image(registry, repo, "feature-c")).status_code == 201

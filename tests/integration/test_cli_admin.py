@@ -11,14 +11,14 @@ import time
 import pytest
 import yaml
 from click.testing import CliRunner
-from janitor_env import ADMIN, SECRET, Harness, RealClock, mr_hook, pipeline_hook
-from ops_env import APP, MR_TAGS, OTHER, seed
 from support.images import digest_of, push_image, tags
+from support.janitor import ADMIN, SECRET, RealClock, mr_hook, pipeline_hook
+from support.ops import APP, MR_TAGS, OTHER, seed
 
 from daemon.cli import main
 from daemon.cli.admin import table
 from daemon.config import load_settings
-from daemon.store import open_store
+from daemon.wiring import build_store
 
 
 def write_config(tmp_path, projects, **sections) -> str:
@@ -29,12 +29,18 @@ def write_config(tmp_path, projects, **sections) -> str:
     return str(path)
 
 
+def open_storage(config):
+    """The store the admin commands given ``config`` act on."""
+    return build_store(load_settings(config))
+
+
 @pytest.fixture
 def seeded(tmp_path):
+    """A config file for the admin commands, and its storage seeded with the known story (`seed`)."""
     config = write_config(tmp_path, [
         {"path": APP, "webhook_secret": SECRET, "dry_run": False},
         {"path": OTHER, "webhook_secret": SECRET}])
-    store = open_store(f"sqlite:///{tmp_path / 'janitor.db'}")
+    store = open_storage(config)
     ids = seed(store, time.time())
     store.close()
     return config, ids
@@ -75,11 +81,11 @@ def test_plans_lists_held_by_default_and_any_state_on_request(seeded):
     assert "no ready plans" in run("plans", "--state", "ready", config=config).output
 
 
-def test_approve_and_reject(seeded, tmp_path):
+def test_approve_and_reject(seeded):
     config, ids = seeded
     result = run("approve", str(ids["held_plan"]), config=config)
     assert result.exit_code == 0 and "approved" in result.output
-    store = open_store(f"sqlite:///{tmp_path / 'janitor.db'}")
+    store = open_storage(config)
     assert store.get_plan(ids["held_plan"]).state == "ready"
     assert store.plan_approver(ids["held_plan"]).endswith("(cli)")
     again = run("reject", str(ids["held_plan"]), config=config)
@@ -89,10 +95,10 @@ def test_approve_and_reject(seeded, tmp_path):
     store.close()
 
 
-def test_reject_cancels(seeded, tmp_path):
+def test_reject_cancels(seeded):
     config, ids = seeded
     assert run("reject", str(ids["held_plan"]), config=config).exit_code == 0
-    store = open_store(f"sqlite:///{tmp_path / 'janitor.db'}")
+    store = open_storage(config)
     assert store.get_plan(ids["held_plan"]).state == "cancelled"
     store.close()
 
@@ -113,12 +119,12 @@ def test_audit_filters_and_json(seeded):
     assert bad.exit_code == 2 and "--since" in bad.output
 
 
-def test_restore_without_a_worker_says_so_and_keeps_the_request(seeded, tmp_path):
+def test_restore_without_a_worker_says_so_and_keeps_the_request(seeded):
     config, ids = seeded
     result = run("restore", str(ids["done"][0]), config=config)
     assert result.exit_code == 3
     assert "the worker is not running" in result.output and "recorded" in result.output
-    store = open_store(f"sqlite:///{tmp_path / 'janitor.db'}")
+    store = open_storage(config)
     (req,) = store.recent_requests()
     assert (req.kind, req.untag_id, req.state) == ("restore", ids["done"][0], "pending")
     store.close()
@@ -127,27 +133,27 @@ def test_restore_without_a_worker_says_so_and_keeps_the_request(seeded, tmp_path
     assert run("restore", "999", config=config).exit_code == 1
 
 
-def test_restore_round_trip_with_a_running_worker(tmp_path, registry, project):
+def test_restore_round_trip_with_a_running_worker(tmp_path, janitor, registry, project):
     config = write_config(tmp_path, [{"path": project.path, "webhook_secret": SECRET,
                                       "registry_token": project.token, "dry_run": False, "grace_period": "0s",
                                       "tags": MR_TAGS}],
                           registry={"url": registry.url, "requests_per_second": 0})
-    janitor = Harness(tmp_path, load_settings(config), clock=RealClock())
+    j = janitor(settings=load_settings(config), clock=RealClock())
     repo = project.path
     digest = push_image(registry, repo, ["mr-7", "mr-7-debug"])
-    janitor.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=7, ref="f", mr_iid=7))
-    janitor.tick()
-    janitor.hook("Merge Request Hook", mr_hook(repo, iid=7, source_branch="f", action="merge"))
-    janitor.tick()
-    janitor.tick()
+    j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=7, ref="f", mr_iid=7))
+    j.tick()
+    j.hook("Merge Request Hook", mr_hook(repo, iid=7, source_branch="f", action="merge"))
+    j.tick()
+    j.tick()
     assert tags(registry, repo) == []
-    (untag,) = [u for u in janitor.store.list_untags() if u.tag == "mr-7"]
+    (untag,) = [u for u in j.store.list_untags() if u.tag == "mr-7"]
 
     stop = threading.Event()
 
     def worker() -> None:
         while not stop.is_set():
-            janitor.worker.tick()
+            j.worker.tick()
             stop.wait(0.1)
 
     thread = threading.Thread(target=worker, daemon=True)
@@ -162,7 +168,6 @@ def test_restore_round_trip_with_a_running_worker(tmp_path, registry, project):
     assert digest_of(registry, repo, "mr-7") == digest and "mr-7-debug" not in tags(registry, repo)
     audit = run("audit", "--project", repo, config=config).output
     assert "restored" in audit
-    janitor.close()
 
 
 def test_check_config_online_reports_each_check(tmp_path, gitlab, registry, project):

@@ -1,19 +1,17 @@
 """``registry-janitor ci record|untag`` from a job's point of view, against a served janitor."""
 
 from click.testing import CliRunner
-from janitor_env import SECRET, Harness, make_settings
 from support.images import push_image, tags
+from support.janitor import SECRET, registry_section
 from support.servers import ServerThread
 
 from daemon.cli import main
 
 
-def test_a_job_records_its_push_and_untags_it(tmp_path, registry, gitlab, project):
-    settings = make_settings(
-        [{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token, "dry_run": False,
-          "tags": [{"pattern": "$CI_COMMIT_REF_SLUG", "lifetime": "branch"}]}],
-        registry={"url": registry.url, "requests_per_second": 0}, gitlab={"url": gitlab.url})
-    j = Harness(tmp_path, settings)
+def test_a_job_records_its_push_and_untags_it(janitor, registry, gitlab, project):
+    j = janitor([{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token, "dry_run": False,
+                  "tags": [{"pattern": "$CI_COMMIT_REF_SLUG", "lifetime": "branch"}]}],
+                registry=registry_section(registry), gitlab={"url": gitlab.url})
     push_image(registry, project.path, ["feature-a", "keep"])
     token = gitlab.add_job(project, pipeline_id=77, ref="feature-a")
     image = f"{registry.host}/{project.path}:feature-a"
@@ -33,4 +31,3 @@ def test_a_job_records_its_push_and_untags_it(tmp_path, registry, gitlab, projec
     j.tick()  # resolves the digest and runs the plan at once (no grace for CI requests)
     j.tick()
     assert tags(registry, project.path) == ["keep"]
-    j.close()

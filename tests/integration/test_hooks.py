@@ -4,7 +4,7 @@ import gitlab as python_gitlab
 import pytest
 import yaml
 from click.testing import CliRunner
-from janitor_env import make_settings
+from support.janitor import make_settings
 
 from daemon.cli import main
 from daemon.gitlab.hooks import HookSetupError, hook_url, same_url

@@ -2,7 +2,7 @@
 
 import threading
 
-from janitor_env import make_store
+from support.janitor import make_store
 
 
 def _add(store, key, n=0):

@@ -4,19 +4,13 @@ process; the admin token when ``server.metrics_require_token``."""
 
 from __future__ import annotations
 
-import pytest
-from janitor_env import ADMIN, Harness, make_store
-from ops_env import APP, BEARER, OTHER, live_janitor, merge_mr, seeded_janitor, seeded_settings
 from prometheus_client.parser import text_string_to_metric_families
 from support.images import push_image
+from support.janitor import ADMIN
+from support.ops import APP, BEARER, OTHER, live_janitor, merge_mr, ops_projects
 
 from daemon.registry.stats import RegistryStats
-from daemon.wiring import build_app, build_worker
-
-
-@pytest.fixture
-def janitor(tmp_path):
-    yield from seeded_janitor(tmp_path)
+from daemon.wiring import build_app, build_store, build_worker
 
 
 def scrape(client, **kw) -> dict[str, dict[tuple, float]]:
@@ -34,8 +28,8 @@ def labels(**kw: str) -> tuple:
     return tuple(sorted(kw.items()))
 
 
-def test_counters_and_gauges_match_storage(janitor):
-    m = scrape(janitor.client)
+def test_counters_and_gauges_match_storage(seeded_janitor):
+    m = scrape(seeded_janitor.client)
     assert m["janitor_events_total"] == {labels(project=APP, kind="pipeline"): 2,
                                          labels(project=APP, kind="merge_request"): 1,
                                          labels(project=OTHER, kind="push"): 1}
@@ -49,52 +43,51 @@ def test_counters_and_gauges_match_storage(janitor):
     expected_plans = {state: 0 for state in ("scheduled", "ready", "running", "cancelled")}
     expected_plans.update(done=2, held=1, dry_run=1)
     assert m["janitor_plans"] == {labels(state=s): n for s, n in expected_plans.items()}
-    assert m["janitor_queue_depth"] == {(): janitor.store.queue_depth()} == {(): 3}
+    assert m["janitor_queue_depth"] == {(): seeded_janitor.store.queue_depth()} == {(): 3}
     assert m["janitor_untag_ratio"][labels(project=APP)] == 0.5
     assert "janitor_worker_heartbeat_age_seconds" not in m
-    janitor.tick()
-    m = scrape(janitor.client)
+    seeded_janitor.tick()
+    m = scrape(seeded_janitor.client)
     assert m["janitor_queue_depth"] == {(): 0}
     assert m["janitor_worker_heartbeat_age_seconds"] == {(): 0}
 
 
-def test_counts_grow_as_pushes_are_untagged(janitor):
+def test_counts_grow_as_pushes_are_untagged(seeded_janitor):
     """A push stays counted once it is untagged: the counter never goes down."""
-    before = scrape(janitor.client)["janitor_pushes_recorded_total"]
-    janitor.store.mark_untagged(1, janitor.clock())
-    assert scrape(janitor.client)["janitor_pushes_recorded_total"] == before
+    before = scrape(seeded_janitor.client)["janitor_pushes_recorded_total"]
+    seeded_janitor.store.mark_untagged(1, seeded_janitor.clock())
+    assert scrape(seeded_janitor.client)["janitor_pushes_recorded_total"] == before
 
 
-def test_every_process_reports_the_same_numbers(janitor, tmp_path):
+def test_every_process_reports_the_same_numbers(seeded_janitor):
     """Two web processes (as gunicorn runs them) on one database answer alike."""
-    second_store = make_store(tmp_path)
-    second = build_app(janitor.settings, second_store, clock=janitor.clock).test_client()
-    assert scrape(second) == scrape(janitor.client)
+    second_store = build_store(seeded_janitor.settings)
+    second = build_app(seeded_janitor.settings, second_store, clock=seeded_janitor.clock).test_client()
+    assert scrape(second) == scrape(seeded_janitor.client)
     second_store.close()
 
 
-def test_metrics_need_the_admin_token_when_configured(tmp_path):
-    harness = Harness(tmp_path, seeded_settings(metrics_require_token=True))
+def test_metrics_need_the_admin_token_when_configured(janitor):
+    harness = janitor(ops_projects(), server={"metrics_require_token": True})
     refused = harness.client.get("/metrics")
     assert refused.status_code == 401 and refused.get_json()["error"] == "unauthorized"
     assert harness.client.get("/metrics", auth=("prometheus", ADMIN)).status_code == 200
     assert "janitor_plans" in scrape(harness.client, headers=BEARER)
-    harness.close()
 
 
-def test_metrics_are_open_by_default(janitor):
-    assert janitor.client.get("/metrics").status_code == 200
+def test_metrics_are_open_by_default(seeded_janitor):
+    assert seeded_janitor.client.get("/metrics").status_code == 200
 
 
-def test_registry_requests_are_counted_in_the_worker_and_served_from_storage(tmp_path, registry, project):
-    janitor = live_janitor(tmp_path, registry, project)
+def test_registry_requests_are_counted_in_the_worker_and_served_from_storage(janitor, registry, project):
+    j = live_janitor(janitor, registry, project)
     stats = RegistryStats()
-    janitor.worker = build_worker(janitor.settings, janitor.store, clock=janitor.clock, registry_stats=stats)
+    j.worker = build_worker(j.settings, j.store, clock=j.clock, registry_stats=stats)
     push_image(registry, project.path, ["mr-42", "mr-42-debug"])
     registry.mark()
-    merge_mr(janitor, project.path)
+    merge_mr(j, project.path)
     served = registry.request_log(repo=project.path)
-    m = scrape(janitor.client)
+    m = scrape(j.client)
     counts = m["janitor_registry_requests_total"]
     for method in ("HEAD", "PUT", "DELETE"):
         by_registry = sum(1 for r in served if r.method == method)
@@ -110,12 +103,11 @@ def test_registry_requests_are_counted_in_the_worker_and_served_from_storage(tmp
         assert series[-1] == (float("inf"), total)
         assert m["janitor_registry_request_seconds_count"][labels(method=method)] == total
         assert m["janitor_registry_request_seconds_sum"][labels(method=method)] > 0
-    assert stats.flush(janitor.store) == 0, "everything was flushed by the ticks"
-    janitor.close()
+    assert stats.flush(j.store) == 0, "everything was flushed by the ticks"
 
 
-def test_label_values_are_escaped(janitor):
-    janitor.store.add_event(delivery_key="odd", source="gitlab", kind='we"ird\\kind', project_path="a\nb",
-                            headers={}, body=b"{}", received_at=janitor.clock())
-    m = scrape(janitor.client)
+def test_label_values_are_escaped(seeded_janitor):
+    seeded_janitor.store.add_event(delivery_key="odd", source="gitlab", kind='we"ird\\kind', project_path="a\nb",
+                                   headers={}, body=b"{}", received_at=seeded_janitor.clock())
+    m = scrape(seeded_janitor.client)
     assert m["janitor_events_total"][labels(project="a\nb", kind='we"ird\\kind')] == 1

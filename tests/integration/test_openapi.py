@@ -8,17 +8,12 @@ import re
 import pytest
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
-from ops_env import BEARER, seeded_janitor
+from support.ops import BEARER
 
 
 @pytest.fixture
-def janitor(tmp_path):
-    yield from seeded_janitor(tmp_path)
-
-
-@pytest.fixture
-def doc(janitor):
-    response = janitor.client.get("/api/v1/openapi.json")  # no auth
+def doc(seeded_janitor):
+    response = seeded_janitor.client.get("/api/v1/openapi.json")  # no auth
     assert response.status_code == 200
     return response.get_json()
 
@@ -39,9 +34,9 @@ def test_the_document_is_valid_openapi(doc):
     assert doc["openapi"].startswith("3.")
 
 
-def test_every_route_of_the_app_is_documented(janitor, doc):
+def test_every_route_of_the_app_is_documented(seeded_janitor, doc):
     documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
-    served = app_routes(janitor.app)
+    served = app_routes(seeded_janitor.app)
     missing = served - documented
     assert not missing, f"routes missing from the OpenAPI document: {sorted(missing)}"
     assert not documented - served, f"documented but not served: {sorted(documented - served)}"
@@ -64,22 +59,22 @@ def conforms(doc, schema_name: str, body) -> None:
     OAS31Validator(schema).validate(body)
 
 
-def test_answers_match_their_schemas(janitor, doc):
+def test_answers_match_their_schemas(seeded_janitor, doc):
     def get(url):
-        response = janitor.client.get(url, headers=BEARER)
+        response = seeded_janitor.client.get(url, headers=BEARER)
         assert response.status_code == 200, url
         return response.get_json()
 
     conforms(doc, "Status", get("/api/v1/status"))
     conforms(doc, "PlanPage", get("/api/v1/plans?limit=2"))
-    conforms(doc, "PlanDetail", get(f"/api/v1/plans/{janitor.ids['done_plan']}"))
+    conforms(doc, "PlanDetail", get(f"/api/v1/plans/{seeded_janitor.ids['done_plan']}"))
     conforms(doc, "UntagPage", get("/api/v1/untags"))
-    accepted = janitor.client.post(f"/api/v1/untags/{janitor.ids['done'][0]}/restore", headers=BEARER)
+    accepted = seeded_janitor.client.post(f"/api/v1/untags/{seeded_janitor.ids['done'][0]}/restore", headers=BEARER)
     assert "202" in doc["paths"]["/api/v1/untags/{untag_id}/restore"]["post"]["responses"]
     conforms(doc, "Accepted", accepted.get_json())
     conforms(doc, "RequestDetail", get(accepted.headers["Location"]))
-    conflict = janitor.client.post(f"/api/v1/plans/{janitor.ids['done_plan']}/approve", headers=BEARER)
+    conflict = seeded_janitor.client.post(f"/api/v1/plans/{seeded_janitor.ids['done_plan']}/approve", headers=BEARER)
     assert conflict.status_code == 409
     conforms(doc, "Error", conflict.get_json())
-    approved = janitor.client.post(f"/api/v1/plans/{janitor.ids['held_plan']}/approve", headers=BEARER)
+    approved = seeded_janitor.client.post(f"/api/v1/plans/{seeded_janitor.ids['held_plan']}/approve", headers=BEARER)
     conforms(doc, "Plan", approved.get_json())

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 
-import pytest
-from janitor_env import SECRET, Harness, make_settings, mr_hook, pipeline_hook, push_hook
 from support.images import digest_of, get_manifest, push_image, tags
 from support.images import untag as remove_tag
+from support.janitor import SECRET, Harness, mr_hook, pipeline_hook, push_hook, registry_section
 
 from daemon.domain.model import Pipeline, Trigger
 
@@ -15,22 +14,11 @@ GRACE = 60
 MR_TAG = {"pattern": "mr-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"}
 
 
-@pytest.fixture
-def janitor_for(tmp_path, registry, gitlab):
-    made: list[Harness] = []
-
-    def make(project, *, tags_=(MR_TAG,), clock=None, **policy) -> Harness:
-        entry = {"path": project.path, "webhook_secret": SECRET, "registry_token": project.token,
-                 "dry_run": False, "grace_period": f"{GRACE}s", "tags": list(tags_), **policy}
-        settings = make_settings([entry], registry={"url": registry.url, "requests_per_second": 0},
-                                 gitlab={"url": gitlab.url})
-        harness = Harness(tmp_path / f"j{len(made)}", settings, clock)
-        made.append(harness)
-        return harness
-
-    yield make
-    for harness in made:
-        harness.close()
+def live(janitor, registry, gitlab, project, *, tags_=(MR_TAG,), **policy) -> Harness:
+    """From the ``janitor`` factory: ``project`` untagging for real once ``GRACE`` seconds have passed."""
+    entry = {"path": project.path, "webhook_secret": SECRET, "registry_token": project.token,
+             "dry_run": False, "grace_period": f"{GRACE}s", "tags": list(tags_), **policy}
+    return janitor([entry], registry=registry_section(registry), gitlab={"url": gitlab.url})
 
 
 def merged(j: Harness, path: str, *, iid: int, ref: str, pipeline_id: int, sha: str = "a" * 40) -> None:
@@ -45,9 +33,9 @@ def outcomes(j: Harness) -> dict[str, tuple[str, str | None]]:
     return {u.tag: (u.outcome, u.reason) for u in j.store.list_untags()}
 
 
-def test_s1_ledger_only(janitor_for, registry, project):
+def test_s1_ledger_only(janitor, registry, gitlab, project):
     """Tags that look like an MR's but were never attributed to a pipeline are never touched."""
-    j = janitor_for(project)
+    j = live(janitor, registry, gitlab, project)
     push_image(registry, project.path, ["mr-42", "mr-43", "mr-99", "feature-x"])
     merged(j, project.path, iid=42, ref="feature/x", pipeline_id=1)
     j.hook("Merge Request Hook", mr_hook(project.path, iid=99, source_branch="unknown", action="merge"))
@@ -56,10 +44,10 @@ def test_s1_ledger_only(janitor_for, registry, project):
     assert [p.trigger_key.rsplit(":", 1)[-1] for p in j.store.list_plans()] == ["42"]
 
 
-def test_s2_protected(janitor_for, registry, gitlab):
+def test_s2_protected(janitor, registry, gitlab):
     """Protected defaults and the default branch's slug survive their branch's deletion."""
     project = gitlab.add_project("grp-s2/app", default_branch="Develop")
-    j = janitor_for(project, tags_=[{"pattern": "$CI_COMMIT_REF_SLUG", "lifetime": "branch"}])
+    j = live(janitor, registry, gitlab, project, tags_=[{"pattern": "$CI_COMMIT_REF_SLUG", "lifetime": "branch"}])
     refs = ["latest", "Develop", "stable", "v2.1", "feature-ok"]
     push_image(registry, project.path, ["latest", "develop", "stable", "v2.1", "feature-ok"])
     for n, ref in enumerate(refs, start=1):
@@ -76,9 +64,9 @@ def test_s2_protected(janitor_for, registry, gitlab):
     assert set(got.values()) == {("skipped", "protected")}
 
 
-def test_s3_digest_guard(janitor_for, registry, project):
+def test_s3_digest_guard(janitor, registry, gitlab, project):
     """A tag re-pushed after its pipeline recorded it points elsewhere now: superseded, kept."""
-    j = janitor_for(project)
+    j = live(janitor, registry, gitlab, project)
     push_image(registry, project.path, ["mr-5"], seed=1)
     merged(j, project.path, iid=5, ref="f", pipeline_id=1)
     newer = push_image(registry, project.path, ["mr-5"], seed=2)
@@ -87,10 +75,11 @@ def test_s3_digest_guard(janitor_for, registry, project):
     assert outcomes(j) == {"mr-5": ("skipped", "superseded")}
 
 
-def test_s4_live_owner(janitor_for, registry, project):
+def test_s4_live_owner(janitor, registry, gitlab, project):
     """A fast-forward merge makes the MR's sha tag the default branch's too: that one stays."""
     sha = "c0ffee" + "0" * 34
-    j = janitor_for(project, tags_=[MR_TAG, {"pattern": "sha-$CI_COMMIT_SHORT_SHA", "lifetime": "merge_request"}])
+    j = live(janitor, registry, gitlab, project,
+             tags_=[MR_TAG, {"pattern": "sha-$CI_COMMIT_SHORT_SHA", "lifetime": "merge_request"}])
     push_image(registry, project.path, ["mr-8", f"sha-{sha[:8]}"])
     j.hook("Pipeline Hook", pipeline_hook(project.path, pipeline_id=2, ref="main", sha=sha))
     merged(j, project.path, iid=8, ref="topic", pipeline_id=1, sha=sha)
@@ -99,10 +88,11 @@ def test_s4_live_owner(janitor_for, registry, project):
     assert outcomes(j) == {"mr-8": ("done", None), f"sha-{sha[:8]}": ("skipped", "live_owner")}
 
 
-def test_s4_live_owner_asks_gitlab_about_refs_never_seen(janitor_for, registry, gitlab, project):
+def test_s4_live_owner_asks_gitlab_about_refs_never_seen(janitor, registry, gitlab, project):
     """Owners known only from CI records: GitLab says whether their branch still exists."""
-    j = janitor_for(project, tags_=[MR_TAG, {"pattern": "shared-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"},
-                                    {"pattern": "other-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"}])
+    j = live(janitor, registry, gitlab, project,
+             tags_=[MR_TAG, {"pattern": "shared-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"},
+                    {"pattern": "other-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"}])
     push_image(registry, project.path, ["mr-3", "shared-3", "other-3"])
     gitlab.add_branch(project, "release")
     for ref, tag in (("release", "shared-3"), ("gone", "other-3")):
@@ -117,9 +107,9 @@ def test_s4_live_owner_asks_gitlab_about_refs_never_seen(janitor_for, registry, 
     assert gitlab.calls["GET /api/v4/projects/:id/repository/branches/:branch"] >= 2
 
 
-def test_s5_tag_only(janitor_for, registry, project):
+def test_s5_tag_only(janitor, registry, gitlab, project):
     """The sibling tag and the image stay; the only manifest deleted by digest is the placeholder."""
-    j = janitor_for(project)
+    j = live(janitor, registry, gitlab, project)
     image = push_image(registry, project.path, ["mr-9", "keep-me"])
     merged(j, project.path, iid=9, ref="f", pipeline_id=1)
     registry.mark()
@@ -135,12 +125,12 @@ def test_s5_tag_only(janitor_for, registry, project):
     assert all(r.status == 400 for r in by_tag)  # auto tried the tag delete distribution 2.8 refuses
 
 
-def test_s6_scope(janitor_for, registry, gitlab, project):
+def test_s6_scope(janitor, registry, gitlab, project):
     """A record naming another project's repository is refused before any request, and one project's
     secret cannot speak for another project."""
     other = gitlab.add_project(project.path + "-other")
     push_image(registry, other.path, ["mr-1"])
-    j = janitor_for(project)
+    j = live(janitor, registry, gitlab, project)
     pipeline = Pipeline(project.path, 1, "f", "a" * 40, "success", mr_iid=1)
     j.store.upsert_pipeline(pipeline, j.clock())
     j.store.add_record(project_path=project.path, pipeline=pipeline, repository=other.path, tag="mr-1",
@@ -166,8 +156,8 @@ def _mr_with_tags(j, registry, project, iid, names):
 SUFFIXES = [{"pattern": f"mr-$CI_MERGE_REQUEST_IID-{s}", "lifetime": "merge_request"} for s in "abc"]
 
 
-def test_s7_bulk_guard_holds_big_plans_until_approved(janitor_for, registry, project):
-    j = janitor_for(project, tags_=SUFFIXES, max_tags_per_plan=2)
+def test_s7_bulk_guard_holds_big_plans_until_approved(janitor, registry, gitlab, project):
+    j = live(janitor, registry, gitlab, project, tags_=SUFFIXES, max_tags_per_plan=2)
     _mr_with_tags(j, registry, project, 4, ["mr-4-a", "mr-4-b", "mr-4-c"])
     j.tick(advance=GRACE + 1)
     (plan,) = j.store.list_plans()
@@ -179,13 +169,13 @@ def test_s7_bulk_guard_holds_big_plans_until_approved(janitor_for, registry, pro
     assert tags(registry, project.path) == []
 
 
-def test_s7_bulk_guard_fraction_of_repository(janitor_for, registry, project):
-    j = janitor_for(project, tags_=SUFFIXES)
+def test_s7_bulk_guard_fraction_of_repository(janitor, registry, gitlab, project):
+    j = live(janitor, registry, gitlab, project, tags_=SUFFIXES)
     push_image(registry, project.path, [f"keep-{n}" for n in range(7)])
     _mr_with_tags(j, registry, project, 6, ["mr-6-a", "mr-6-b", "mr-6-c"])  # 3 of 10 tags: fine
     j.tick(advance=GRACE + 1)
     assert j.store.list_plans()[0].state == "done"
-    j2 = janitor_for(project, tags_=SUFFIXES, max_repository_fraction=0.2)  # 3 of 10 > 0.2
+    j2 = live(janitor, registry, gitlab, project, tags_=SUFFIXES, max_repository_fraction=0.2)  # 3 of 10 > 0.2
     push_image(registry, project.path, ["mr-7-a", "mr-7-b", "mr-7-c"])
     _mr_with_tags(j2, registry, project, 7, ["mr-7-a", "mr-7-b", "mr-7-c"])
     j2.tick(advance=GRACE + 1)
@@ -193,8 +183,8 @@ def test_s7_bulk_guard_fraction_of_repository(janitor_for, registry, project):
     assert plan.state == "held" and "max_repository_fraction" in plan.note
 
 
-def test_s7_hourly_budget_defers_never_drops(janitor_for, registry, project):
-    j = janitor_for(project, tags_=SUFFIXES, max_untags_per_hour=2)
+def test_s7_hourly_budget_defers_never_drops(janitor, registry, gitlab, project):
+    j = live(janitor, registry, gitlab, project, tags_=SUFFIXES, max_untags_per_hour=2)
     _mr_with_tags(j, registry, project, 5, ["mr-5-a", "mr-5-b", "mr-5-c"])
     j.tick(advance=GRACE + 1)
     assert len(tags(registry, project.path)) == 1
@@ -207,21 +197,19 @@ def test_s7_hourly_budget_defers_never_drops(janitor_for, registry, project):
     assert j.store.get_plan(plan.id).state == "done"
 
 
-def test_s7_dry_run_is_the_default_and_sends_no_write(tmp_path, registry, gitlab, project):
-    settings = make_settings([{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token,
-                               "grace_period": "1s", "tags": [MR_TAG]}], registry={"url": registry.url})
-    j = Harness(tmp_path, settings)
+def test_s7_dry_run_is_the_default_and_sends_no_write(janitor, registry, gitlab, project):
+    j = janitor([{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token,
+                  "grace_period": "1s", "tags": [MR_TAG]}], registry={"url": registry.url})
     push_image(registry, project.path, ["mr-1"])
     merged(j, project.path, iid=1, ref="f", pipeline_id=1)
     registry.mark()
     j.tick(advance=2)
     assert [r for r in registry.request_log(repo=project.path) if r.method not in ("GET", "HEAD")] == []
     assert outcomes(j) == {"mr-1": ("dry_run", None)} and tags(registry, project.path) == ["mr-1"]
-    j.close()
 
 
-def test_s8_exactly_once_effect(janitor_for, registry, project):
-    j = janitor_for(project, tags_=SUFFIXES)
+def test_s8_exactly_once_effect(janitor, registry, gitlab, project):
+    j = live(janitor, registry, gitlab, project, tags_=SUFFIXES)
     push_image(registry, project.path, ["mr-2-a", "mr-2-b"])
     body = mr_hook(project.path, iid=2, source_branch="f", action="merge")
     j.hook("Pipeline Hook", pipeline_hook(project.path, pipeline_id=1, ref="f", mr_iid=2))
@@ -234,9 +222,9 @@ def test_s8_exactly_once_effect(janitor_for, registry, project):
     assert outcomes(j) == {"mr-2-a": ("done", None), "mr-2-b": ("skipped", "missing")}
 
 
-def test_s9_interrupted_plan_resumes(janitor_for, registry, project):
+def test_s9_interrupted_plan_resumes(janitor, registry, gitlab, project):
     """A worker that died holding a plan (state running) leaves it to the next one once its lease ends."""
-    j = janitor_for(project)
+    j = live(janitor, registry, gitlab, project)
     push_image(registry, project.path, ["mr-3"])
     merged(j, project.path, iid=3, ref="f", pipeline_id=1)
     j.clock.advance(GRACE + 1)

@@ -3,18 +3,15 @@
 import json
 
 import pytest
-from janitor_env import REGISTRY_NOTIFY, SECRET, Clock, load_payload, make_settings, make_store
+from support.janitor import REGISTRY_NOTIFY, SECRET, Clock
+from support.payloads import load_payload
 
-from daemon.wiring import build_app
 
-
-@pytest.fixture
-def client(tmp_path):
-    store = make_store(tmp_path)
-    app = build_app(make_settings(), store, clock=Clock())
-    app.testing = False  # answer like production (JSON errors), not with test tracebacks
-    yield app.test_client(), store
-    store.close()
+def web(janitor, projects=None, **sections):
+    """A janitor's test client and store; its app answers like production (JSON errors, not tracebacks)."""
+    j = janitor(projects, **sections)
+    j.app.testing = False
+    return j.client, j.store
 
 
 def post(client, body, *, token=SECRET, event="Pipeline Hook", content_type="application/json", **headers):
@@ -25,8 +22,8 @@ def post(client, body, *, token=SECRET, event="Pipeline Hook", content_type="app
     return client.post("/webhooks/gitlab", data=data, headers=hdrs, content_type=content_type)
 
 
-def test_authentic_event_is_stored_before_202(client):
-    c, store = client
+def test_authentic_event_is_stored_before_202(janitor):
+    c, store = web(janitor)
     r = post(c, load_payload("pipeline_event"))
     assert r.status_code == 202 and r.json["status"] == "stored"
     (event,) = store.pending_events()
@@ -39,8 +36,8 @@ def test_authentic_event_is_stored_before_202(client):
     {"X-Gitlab-Event-UUID": "9cebe914"},
     {},
 ])
-def test_duplicates_answer_200_and_store_once(client, headers):
-    c, store = client
+def test_duplicates_answer_200_and_store_once(janitor, headers):
+    c, store = web(janitor)
     body = load_payload("merge_request_event_merge")
     body["project"]["path_with_namespace"] = "gitlab-org/gitlab-test"
     assert post(c, body, event="Merge Request Hook", **headers).status_code == 202
@@ -49,8 +46,8 @@ def test_duplicates_answer_200_and_store_once(client, headers):
     assert len(store.pending_events()) == 1
 
 
-def test_idempotency_key_wins_over_a_changed_body(client):
-    c, store = client
+def test_idempotency_key_wins_over_a_changed_body(janitor):
+    c, store = web(janitor)
     body = load_payload("pipeline_event")
     assert post(c, body, **{"Idempotency-Key": "same"}).status_code == 202
     body["object_attributes"]["status"] = "running"
@@ -63,8 +60,8 @@ def test_idempotency_key_wins_over_a_changed_body(client):
     ("wrong", "gitlab-org/gitlab-test", "bad_token"),
     (SECRET, "someone/else", "unknown_project"),
 ])
-def test_bad_token_or_unknown_project_is_401(client, token, path, error):
-    c, store = client
+def test_bad_token_or_unknown_project_is_401(janitor, token, path, error):
+    c, store = web(janitor)
     body = load_payload("pipeline_event")
     body["project"]["path_with_namespace"] = path
     r = post(c, body, token=token)
@@ -77,14 +74,14 @@ def test_bad_token_or_unknown_project_is_401(client, token, path, error):
     (b"[1, 2]", "application/json", 401, "unknown_project"),
     (b"{}", "text/plain", 415, "unsupported_media_type"),
 ])
-def test_bad_input_never_500(client, body, content_type, status, error):
-    c, _ = client
+def test_bad_input_never_500(janitor, body, content_type, status, error):
+    c, _ = web(janitor)
     r = post(c, body, content_type=content_type)
     assert r.status_code == status and r.json["error"] == error
 
 
-def test_malformed_known_kind_is_400(client):
-    c, store = client
+def test_malformed_known_kind_is_400(janitor):
+    c, store = web(janitor)
     body = load_payload("pipeline_event")
     del body["object_attributes"]["id"]
     r = post(c, body)
@@ -92,30 +89,27 @@ def test_malformed_known_kind_is_400(client):
     assert store.pending_events() == []
 
 
-def test_oversized_body_is_413(tmp_path):
-    store = make_store(tmp_path)
-    app = build_app(make_settings(server={"max_body_bytes": 1000}), store, clock=Clock())
-    r = post(app.test_client(), b"{" + b" " * 2000 + b"}")
+def test_oversized_body_is_413(janitor):
+    c, _ = web(janitor, server={"max_body_bytes": 1000})
+    r = post(c, b"{" + b" " * 2000 + b"}")
     assert r.status_code == 413 and r.json["error"] == "payload_too_large"
 
 
-def test_other_kinds_are_acknowledged_and_ignored(client):
-    c, _store = client
+def test_other_kinds_are_acknowledged_and_ignored(janitor):
+    c, _store = web(janitor)
     body = {"object_kind": "note", "project": {"path_with_namespace": "gitlab-org/gitlab-test"}}
     r = post(c, body, event="Note Hook")
     assert r.status_code == 200 and r.json == {"status": "ignored", "kind": "note"}
 
 
-def test_system_hook_push_is_matched_by_project_path(tmp_path):
-    store = make_store(tmp_path)
-    settings = make_settings([{"path": "mike/diaspora", "webhook_secret": SECRET}])
-    c = build_app(settings, store, clock=Clock()).test_client()
+def test_system_hook_push_is_matched_by_project_path(janitor):
+    c, store = web(janitor, [{"path": "mike/diaspora", "webhook_secret": SECRET}])
     r = post(c, load_payload("system_hook_push"), event="System Hook")
     assert r.status_code == 202 and store.pending_events()[0].kind == "push"
 
 
-def test_registry_notifications(client):
-    c, store = client
+def test_registry_notifications(janitor):
+    c, store = web(janitor)
     envelope = load_payload("registry_notification_pull_v2")
     envelope["events"][0]["action"] = "push"
     hdrs = {"Authorization": f"Bearer {REGISTRY_NOTIFY}"}
@@ -130,8 +124,8 @@ def test_registry_notifications(client):
     assert junk.status_code == 400
 
 
-def test_healthz_and_readyz(client):
-    c, store = client
+def test_healthz_and_readyz(janitor):
+    c, store = web(janitor)
     assert c.get("/healthz").status_code == 200
     r = c.get("/readyz")
     assert r.status_code == 503 and r.json["error"] == "worker_stale"
@@ -139,7 +133,7 @@ def test_healthz_and_readyz(client):
     assert c.get("/readyz").status_code == 200
 
 
-def test_unknown_route_is_json_404(client):
-    c, _ = client
+def test_unknown_route_is_json_404(janitor):
+    c, _ = web(janitor)
     r = c.get("/nope")
     assert r.status_code == 404 and r.json["error"] == "not_found"

@@ -4,7 +4,8 @@ import json
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from janitor_env import REGISTRY_NOTIFY, SECRET, Clock, load_payload, make_settings, make_store
+from support.janitor import REGISTRY_NOTIFY, SECRET, Clock, make_settings, make_store
+from support.payloads import load_payload
 
 from daemon.wiring import build_app, build_worker
 

@@ -10,7 +10,10 @@ without an `__init__.py`). The fixtures in `tests/conftest.py` build these; wiri
     registry.mark(); ...; registry.request_log(repo=...)   what the registry served, e.g. no writes
 
 Helpers: `support.images` (push_image, push_index, tags, digest_of, blob_exists, untag, ...),
-`support.servers` (ServerThread, Recorder, wait_for).
+`support.servers` (ServerThread, Recorder, wait_for), `support.janitor` (Harness, Janitors behind the
+`janitor` fixture, make_settings, webhook payload builders), `support.ops` (the seeded story of the
+operations-surface tests), `support.payloads` (load_payload: GitLab's documented payloads). Nothing here
+imports `tests/conftest.py`.
 """
 
 from .gitlab_standin import GitLabStandin

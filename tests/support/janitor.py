@@ -1,4 +1,9 @@
-"""Building a janitor for tests: settings from a dict, a real SQLite file, an injectable clock."""
+"""Building a janitor for tests: settings from a dict, a real SQLite file, an injectable clock, and
+GitLab's webhook payloads pointed at a test's project.
+
+A `Harness` is wired as the CLI wires it, through `daemon.wiring`; `Janitors` makes them for one test
+and closes them all at its end (the `janitor` fixture in `tests/conftest.py`).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conftest import load_payload
+from daemon.config import GitLabSettings, Settings, settings_from_dict
+from daemon.store import Store
+from daemon.wiring import build_app, build_ref_lookup, build_store, build_worker
 
-from daemon.config import Settings, settings_from_dict
-from daemon.store import Store, open_store
+from .gitlab_json import Project
+from .payloads import load_payload
+from .registry import Registry
+
+__all__ = ["ADMIN", "REGISTRY_NOTIFY", "SECRET", "Clock", "Harness", "Janitors", "RealClock", "live_entry",
+           "load_payload", "make_settings", "make_store", "mr_hook", "pipeline_hook", "push_hook",
+           "registry_section", "store_url"]
 
 SECRET = "hook-secret"
 ADMIN = "admin-token"
@@ -40,6 +52,7 @@ class RealClock(Clock):
 
 
 def make_settings(projects: list[dict[str, Any]] | None = None, **sections: Any) -> Settings:
+    """Settings from a dict as the config file holds it; each section given is merged over the defaults."""
     raw: dict[str, Any] = {
         "server": {"admin_token": ADMIN, "registry_notification_token": REGISTRY_NOTIFY},
         "projects": projects if projects is not None else [
@@ -51,26 +64,47 @@ def make_settings(projects: list[dict[str, Any]] | None = None, **sections: Any)
     return settings_from_dict(raw, environ={})
 
 
-def make_store(tmp_path: Path) -> Store:
-    return open_store(f"sqlite:///{tmp_path / 'janitor.db'}")
+def live_entry(project: Project, **policy: Any) -> dict[str, Any]:
+    """A config entry for a stand-in project: not a dry run, its token for the registry and GitLab."""
+    return {"path": project.path, "webhook_secret": SECRET, "registry_token": project.token, "dry_run": False,
+            **policy}
+
+
+def registry_section(registry: Registry, **options: Any) -> dict[str, Any]:
+    """The ``registry`` section for the test registry, without a rate limit."""
+    return {"url": registry.url, "requests_per_second": 0, **options}
+
+
+def store_url(directory: Path) -> str:
+    return f"sqlite:///{directory / 'janitor.db'}"
+
+
+def stored_in(settings: Settings, directory: Path) -> Settings:
+    """``settings`` with the database at ``directory/janitor.db``."""
+    storage = settings.storage.model_copy(update={"url": store_url(directory)})
+    return settings.model_copy(update={"storage": storage})
+
+
+def make_store(directory: Path) -> Store:
+    """The store alone, at ``directory/janitor.db`` (for tests of storage itself)."""
+    return build_store(make_settings(storage={"url": store_url(directory)}))
 
 
 class Harness:
     """A janitor wired as the CLI wires it (web app, worker, real store and registry client), with a
-    fake clock and the Flask test client in place of gunicorn."""
+    fake clock and the Flask test client in place of gunicorn. Its database is ``directory/janitor.db``,
+    or with no ``directory`` the one ``settings`` name; ``settings.storage.url`` names it either way, so
+    another process or a CLI config can open the same one."""
 
-    def __init__(self, tmp_path: Path, settings: Settings, clock: Clock | None = None) -> None:
-        from daemon.config import GitLabSettings
-        from daemon.wiring import build_app, build_ref_lookup, build_worker
-
-        self.settings = settings
+    def __init__(self, directory: Path | None, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings if directory is None else stored_in(settings, directory)
         self.clock = clock or Clock()
-        self.store = make_store(tmp_path)
-        self.app = build_app(settings, self.store, clock=self.clock)
+        self.store = build_store(self.settings)
+        self.app = build_app(self.settings, self.store, clock=self.clock)
         self.client = self.app.test_client()
         # S4 asks GitLab about refs it has not seen, when the test points gitlab.url at the stand-in.
-        lookup = build_ref_lookup(settings) if settings.gitlab.url != GitLabSettings().url else None
-        self.worker = build_worker(settings, self.store, clock=self.clock, ref_lookup=lookup)
+        lookup = build_ref_lookup(self.settings) if self.settings.gitlab.url != GitLabSettings().url else None
+        self.worker = build_worker(self.settings, self.store, clock=self.clock, ref_lookup=lookup)
 
     def hook(self, event: str, body: dict[str, Any], *, secret: str = SECRET, **headers: str) -> Any:
         response = self.client.post("/webhooks/gitlab", json=body,
@@ -84,6 +118,45 @@ class Harness:
 
     def close(self) -> None:
         self.store.close()
+
+
+class Janitors:
+    """``janitors(projects=None, *, settings=None, clock=None, **sections)`` -> a new `Harness`.
+
+    Settings come from ``projects`` and ``sections`` as `make_settings` reads them, or whole as
+    ``settings`` (e.g. loaded from a config file the CLI reads too). The database is the one a
+    ``storage`` section or ``settings`` name; else the first janitor keeps it in ``directory`` itself
+    (``directory/janitor.db``) and each further one in a directory of its own. ``close`` closes every
+    store made.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.made: list[Harness] = []
+        self._directories = 0
+
+    def __call__(self, projects: list[dict[str, Any]] | None = None, *, settings: Settings | None = None,
+                 clock: Clock | None = None, **sections: Any) -> Harness:
+        directory: Path | None = None
+        if settings is None:
+            settings = make_settings(projects, **sections)
+            if "storage" not in sections:
+                directory = self._new_directory()
+        elif projects is not None or sections:
+            raise TypeError("give either settings, or projects and sections")
+        harness = Harness(directory, settings, clock)
+        self.made.append(harness)
+        return harness
+
+    def _new_directory(self) -> Path:
+        self._directories += 1
+        directory = self.directory if self._directories == 1 else self.directory / f"janitor-{self._directories}"
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
+
+    def close(self) -> None:
+        for harness in self.made:
+            harness.close()
 
 
 def pipeline_hook(project_path: str, *, pipeline_id: int, ref: str, status: str = "success",

@@ -4,14 +4,15 @@ known story, and a janitor on the real registry whose merged MR leaves a held or
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
-
-from janitor_env import ADMIN, SECRET, Harness, make_settings, mr_hook, pipeline_hook
 
 from daemon.domain.model import Decision, Manifest, Pipeline, PlannedUntag, Trigger
 from daemon.store import Store
+
+from .gitlab_json import Project
+from .janitor import ADMIN, SECRET, Harness, live_entry, mr_hook, pipeline_hook, registry_section
+from .registry import Registry
 
 BEARER = {"Authorization": f"Bearer {ADMIN}"}
 APP = "grp/app"
@@ -28,12 +29,11 @@ def manifest_body(layers: list[tuple[str, int]]) -> bytes:
                    for d, s in layers]}).encode()
 
 
-def seeded_settings(**server: Any) -> Any:
-    return make_settings(
-        [{"path": APP, "webhook_secret": SECRET, "dry_run": False,
-          "tags": [{"pattern": "mr-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"}]},
-         {"path": OTHER, "webhook_secret": SECRET}],
-        server=server)
+def ops_projects() -> list[dict[str, Any]]:
+    """The projects of the seeded story: grp/app cleaned for real, grp/other a dry run."""
+    return [{"path": APP, "webhook_secret": SECRET, "dry_run": False,
+             "tags": [{"pattern": "mr-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"}]},
+            {"path": OTHER, "webhook_secret": SECRET}]
 
 
 def seed(store: Store, now: float) -> dict[str, Any]:
@@ -88,27 +88,21 @@ def seed(store: Store, now: float) -> dict[str, Any]:
     return ids
 
 
+def seeded(harness: Harness) -> Harness:
+    """``harness`` with the story of ``seed`` in its storage; ``harness.ids`` names what ``seed`` made."""
+    harness.ids = seed(harness.store, harness.clock())  # type: ignore[attr-defined]
+    return harness
+
+
 # a janitor on the real registry ------------------------------------------------------------------------
 MR_TAGS = [{"pattern": "mr-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"},
            {"pattern": "mr-$CI_MERGE_REQUEST_IID-debug", "lifetime": "merge_request"}]
 
 
-def seeded_janitor(tmp_path: Path) -> Iterator[Harness]:
-    """A janitor over the seeded ledger (``harness.ids`` names what ``seed`` made); use with ``yield from``
-    in a fixture."""
-    harness = Harness(tmp_path, seeded_settings())
-    harness.ids = seed(harness.store, harness.clock())  # type: ignore[attr-defined]
-    yield harness
-    harness.close()
-
-
-def live_janitor(tmp_path: Path, registry: Any, project: Any, **policy: Any) -> Harness:
-    settings = make_settings(
-        [{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token,
-          "dry_run": False, "grace_period": "15m", "tags": MR_TAGS, **policy}],
-        registry={"url": registry.url, "requests_per_second": 0},
-    )
-    return Harness(tmp_path, settings)
+def live_janitor(janitor: Callable[..., Harness], registry: Registry, project: Project, **policy: Any) -> Harness:
+    """From the ``janitor`` factory: ``project`` on the real registry, untagging for real after 15 minutes."""
+    return janitor([live_entry(project, grace_period="15m", tags=MR_TAGS, **policy)],
+                   registry=registry_section(registry))
 
 
 def merge_mr(janitor: Harness, repo: str, *, iid: int = 42, pipeline_id: int = 101) -> int:

@@ -1,7 +1,6 @@
-"""Config: YAML, ${VAR}, *_file secrets, every error at once with its key path, exit code 2."""
+"""Config: YAML, ${VAR}, *_file secrets, every error at once with its key path (the exit code of
+the check-config process: tests/e2e/test_check_config_process.py)."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -64,16 +63,6 @@ def test_group_wildcard_and_exact_entries():
     assert s.project_for("grp/app").webhook_secret.get_secret_value() == "b"
     assert s.project_for("grp/sub/other").webhook_secret.get_secret_value() == "a"
     assert s.project_for("elsewhere/app") is None
-
-
-def test_cli_exits_2_without_traceback(tmp_path):
-    bad = tmp_path / "janitor.yaml"
-    bad.write_text("registry: {untag_method: nuke}\nprojects: [{path: g/a}]\n")
-    proc = subprocess.run([sys.executable, "-m", "daemon", "check-config", "--config", str(bad)],
-                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
-    assert proc.returncode == 2
-    assert "registry.untag_method" in proc.stderr and "projects[0].webhook_secret" in proc.stderr
-    assert "Traceback" not in proc.stderr
 
 
 def test_missing_file_says_what_to_do(tmp_path):

@@ -4,7 +4,7 @@ notification envelopes (v1 and v2): pure tables, no I/O."""
 from datetime import UTC, datetime
 
 import pytest
-from janitor_env import load_payload
+from support.payloads import load_payload
 
 from daemon.domain.events import (
     ZERO_SHA,
