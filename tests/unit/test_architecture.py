@@ -200,3 +200,12 @@ def test_long_lived_parts_are_built_only_in_the_composition_root(where: str) -> 
              for path in sorted(root.rglob("*.py")) if path not in allowed_in
              for called, line in constructions(path)]
     assert not wrong, "build these through daemon/wiring.py:\n" + "\n".join(wrong)
+
+
+def test_nothing_outside_the_store_reaches_for_its_database() -> None:
+    """``Store.db`` exists for tests and benchmarks that inspect the file; the janitor itself asks the
+    store's methods (a second storage engine must be able to stand in)."""
+    wrong = [f"{name}:{node.lineno}" for name, path in modules().items() if part_of(name) != "store"
+             for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Attribute)
+             and node.attr in ("db", "_db", "_pool", "conn")]
+    assert not wrong, f"database handles used outside daemon/store: {wrong}"
