@@ -135,7 +135,7 @@ def main() -> int:
         registry.start()
         gitlab.attach_registry(registry.url)
         project = gitlab.add_project("bench/app")
-        batch = build_registry_client(registry_settings(registry), requests.Session()).placeholder_batch
+        batch = build_registry_client(registry_settings(registry), requests.Session()).site.placeholder_batch
         # one discarded round of each warms the registry's storage paths and both code paths
         timed(registry, "bench/app/warm-janitor", 20, lambda items: janitor_untag(registry, project, items))
         timed(

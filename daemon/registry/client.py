@@ -15,7 +15,7 @@ from collections.abc import Callable
 import requests
 from requests.adapters import HTTPAdapter
 
-from daemon.registry.auth import Challenge, TokenCache
+from daemon.registry.auth import TokenCache
 from daemon.registry.project import ProjectRegistry
 from daemon.registry.ratelimit import RateLimiter
 from daemon.registry.site import RegistrySite
@@ -82,49 +82,3 @@ class RegistryClient:
     ) -> ProjectRegistry:
         """A view whose every request is scoped to ``project_path`` and authenticated with its token."""
         return ProjectRegistry(self.site, project_path, registry_token, tag_deleter or self.site.tag_deleter)
-
-    @property
-    def base_url(self) -> str:
-        return self.site.base_url
-
-    @property
-    def transport(self) -> Transport:
-        return self.site.transport
-
-    @property
-    def tokens(self) -> TokenCache:
-        return self.site.tokens
-
-    @property
-    def tag_deleter(self) -> TagDeleter | None:
-        """The tag deleter views get unless ``for_project`` names another."""
-        return self.site.tag_deleter
-
-    @property
-    def placeholder_batch(self) -> int:
-        """Most tags parked on one placeholder before it is deleted."""
-        return self.site.placeholder_batch
-
-    @property
-    def auto_method(self) -> str:
-        """What ``auto`` uses on this registry now: ``oci`` until the registry refused a tag delete."""
-        return self.site.auto_method
-
-    def remember_tag_delete_unsupported(self) -> None:
-        self.site.remember_tag_delete_unsupported()
-
-    @property
-    def placeholder_delete_works(self) -> bool:
-        """True once a placeholder was deleted here: tags are never parked where deletes are disabled."""
-        return self.site.placeholder_delete_works
-
-    def remember_placeholder_delete_works(self) -> None:
-        self.site.remember_placeholder_delete_works()
-
-    @property
-    def challenge(self) -> Challenge | None:
-        return self.site.challenge
-
-    def learn_challenge(self, resp: requests.Response) -> None:
-        """Remember the registry's Bearer challenge so later requests send a token upfront."""
-        self.site.learn_challenge(resp)

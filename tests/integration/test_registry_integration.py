@@ -81,7 +81,7 @@ def test_placeholder_batch_deletes_one_placeholder_for_many_tags(
     items = [UntagRequest(repo, f"mr-{n}", push_image(registry, repo, [f"mr-{n}"])) for n in range(5)]
     keep = push_image(registry, repo, ["keep"])
     client = registry_client(registry.url)
-    client.remember_placeholder_delete_works()  # leave the once-per-registry probe out of the count
+    client.site.remember_placeholder_delete_works()  # leave the once-per-registry probe out of the count
     registry.mark()
     results = client.for_project(project.path, project.token).untag(items, method="placeholder")
     assert [r.outcome for r in results] == ["done"] * 5
@@ -103,7 +103,7 @@ def test_auto_falls_back_to_placeholder_on_distribution_2_8_and_remembers(
     assert [(e.status, e.path.rsplit("/", 1)[1]) for e in tag_deletes(registry.request_log(repo=repo))] == [
         (400, "mr-1")  # DIGEST_INVALID: distribution 2.x has no tag delete
     ]
-    assert client.auto_method == "placeholder"
+    assert client.site.auto_method == "placeholder"
 
     second = push_image(registry, repo, ["mr-2"])
     registry.mark()
@@ -230,7 +230,7 @@ def test_one_client_serves_many_threads(
     for repo in repos:
         assert tags(registry, repo) == [f"keep-{k}" for k in range(5)]
     assert gitlab.calls["GET /jwt/auth"] == len(repos)
-    assert client.auto_method == "placeholder"
+    assert client.site.auto_method == "placeholder"
 
 
 def test_rate_limit_spaces_requests(registry: Registry, project: Project, repo: str) -> None:
@@ -377,7 +377,7 @@ def test_oci_tag_delete_removes_just_the_tag(
     assert (result.outcome, result.method) == ("done", "oci")
     assert result.saved is not None and result.saved.digest == digest
     assert tags(registry, repo) == ["main"] and digest_of(registry, repo, "main") == digest
-    assert client.auto_method == "oci"
+    assert client.site.auto_method == "oci"
 
 
 def test_oci_untag_of_a_tag_already_gone_is_missing(

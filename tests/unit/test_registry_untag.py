@@ -217,10 +217,10 @@ def test_auto_falls_back_to_placeholder_and_remembers(fake: FakeRegistry) -> Non
     a = fake.push("group/app", ["mr-1", "main"], seed="a")
     b = fake.push("group/app", ["mr-2"], seed="b")
     client = make_client()
-    assert client.auto_method == "oci"
+    assert client.site.auto_method == "oci"
     results = project(client).untag([UntagRequest("group/app", "mr-1", a), UntagRequest("group/app", "mr-2", b)])
     assert [(r.outcome, r.method) for r in results] == [("done", "placeholder"), ("done", "placeholder")]
-    assert client.auto_method == "placeholder"
+    assert client.site.auto_method == "placeholder"
     assert set(fake.tags) == {("group/app", "main")}
     assert ("group/app", a) in fake.manifests and ("group/app", b) in fake.manifests  # images stay
     fake.log.clear()
@@ -233,7 +233,7 @@ def test_auto_falls_back_to_placeholder_and_remembers(fake: FakeRegistry) -> Non
 def test_placeholder_batch_parks_every_tag_on_one_manifest_and_deletes_it_once(fake: FakeRegistry) -> None:
     digests = [fake.push("group/app", [f"mr-{n}"], seed=str(n)) for n in range(3)]
     client = make_client()
-    client.remember_placeholder_delete_works()
+    client.site.remember_placeholder_delete_works()
     items = [UntagRequest("group/app", f"mr-{n}", d) for n, d in enumerate(digests)]
     results = project(client).untag(items, method="placeholder")
     assert all(r.outcome == "done" for r in results)
@@ -316,7 +316,7 @@ def test_dry_run_reads_but_never_writes(fake: FakeRegistry) -> None:
 def test_failed_placeholder_delete_is_reported_and_finished_by_a_retry(fake: FakeRegistry) -> None:
     digest = fake.push("group/app", ["mr-1", "keep"])
     client = make_client(max_retries=0)
-    client.remember_placeholder_delete_works()
+    client.site.remember_placeholder_delete_works()
     fake.fail_digest_deletes = 1  # the worker dies, or the registry fails, before the placeholder goes
     item = UntagRequest("group/app", "mr-1", digest)
     (first,) = project(client).untag([item], method="placeholder")
