@@ -33,24 +33,22 @@ def decide_plan(store: Store, plan_id: int, approve: bool, who: str, now: float)
 
 def ask_restore(store: Store, untag_id: int, who: str, now: float) -> tuple[OperatorRequest, bool]:
     """Record a restore request for an untag that was carried out and whose manifest was saved."""
-    view = store.untag_view(untag_id)
-    if view is None:
-        raise ActionRefused(404, "not_found", f"there is no untag {untag_id}")
-    refused = why_not_restorable(view)
-    if refused is not None:
-        raise ActionRefused(409, *refused)
-    return store.add_request("restore", untag_id, who, now)
+    return _ask(store, "restore", untag_id, who, now)
 
 
 def ask_retry(store: Store, untag_id: int, who: str, now: float) -> tuple[OperatorRequest, bool]:
     """Record a retry request for a failed untag."""
+    return _ask(store, "retry", untag_id, who, now)
+
+
+def _ask(store: Store, kind: str, untag_id: int, who: str, now: float) -> tuple[OperatorRequest, bool]:
     view = store.untag_view(untag_id)
     if view is None:
         raise ActionRefused(404, "not_found", f"there is no untag {untag_id}")
-    refused = why_not_retryable(view)
+    refused = why_not_restorable(view) if kind == "restore" else why_not_retryable(view)
     if refused is not None:
         raise ActionRefused(409, *refused)
-    return store.add_request("retry", untag_id, who, now)
+    return store.add_request(kind, untag_id, who, now)
 
 
 def why_not_restorable(view: UntagView) -> tuple[str, str] | None:
