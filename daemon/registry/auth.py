@@ -58,7 +58,8 @@ def scope_for(repository: str) -> str:
 
 
 def _jwt_claims(token: str) -> dict[str, Any] | None:
-    """The unverified claims of a JWT, only to read its lifetime; None for opaque tokens."""
+    """The unverified claims of a JWT, only to read its lifetime and grants; None for opaque tokens.
+    (The registry verifies the signature; the janitor only reads what it was given.)"""
     parts = token.split(".")
     if len(parts) != 3:
         return None
@@ -80,6 +81,25 @@ def token_lifetime(answer: dict[str, Any], token: str) -> float:
         if isinstance(exp, int | float) and isinstance(iat, int | float) and exp > iat:
             return float(exp - iat)
     return DEFAULT_TOKEN_LIFETIME
+
+
+def granted_actions(token: str, repository: str) -> frozenset[str] | None:
+    """The actions a registry token grants on ``repository``, read from its JWT ``access`` claim; None
+    when the token says nothing the janitor can read (an opaque token).
+
+    GitLab's ``/jwt/auth`` never refuses an action it will not grant: it issues a token with fewer
+    actions (``app/services/auth/container_registry_authentication_service.rb``), so what was asked for
+    says nothing about what may be done.
+    """
+    claims = _jwt_claims(token)
+    if claims is None or not isinstance(claims.get("access"), list):
+        return None
+    granted: set[str] = set()
+    for entry in claims["access"]:
+        if (isinstance(entry, dict) and entry.get("type") == "repository" and entry.get("name") == repository
+                and isinstance(entry.get("actions"), list)):
+            granted.update(a for a in entry["actions"] if isinstance(a, str))
+    return frozenset(granted)
 
 
 @dataclass
@@ -115,6 +135,10 @@ class TokenCache:
             with self._lock:
                 self._tokens[key] = _Cached(token, self._clock() + keep)
             return token, True
+
+    def peek(self, key: tuple[str, str]) -> str | None:
+        """The cached token for ``key`` while it is valid; never fetches."""
+        return self._valid(key)
 
     def invalidate(self, key: tuple[str, str], token: str) -> None:
         """Forget ``token`` for ``key`` (unless another thread already replaced it)."""

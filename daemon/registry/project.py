@@ -17,7 +17,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from daemon.registry import untag as _untag
-from daemon.registry.auth import fetch_token, parse_challenge
+from daemon.registry.auth import fetch_token, granted_actions, parse_challenge
 from daemon.registry.errors import OutOfScopeError, PermanentRegistryError, RegistryAuthError
 from daemon.registry.names import checked_ref, in_project_path, is_digest
 from daemon.registry.site import RegistrySite
@@ -250,6 +250,24 @@ class ProjectRegistry:
             f"and delete on {self.project_path})",
             status=401,
         )
+
+    def granted_actions(self, repository: str) -> frozenset[str] | None:
+        """What this project's registry token may do on ``repository`` (``pull``, ``push``, ``delete``),
+        read from the token the registry's token service issued; None when the registry asks for no
+        token or issues tokens the janitor cannot read (then nothing is known to be missing).
+
+        Uses the cached token when there is one, else asks the token service (no registry request)."""
+        self.check_scope(repository)
+        if self.site.challenge is None:
+            self.probe(repository)
+        token, _ = self._token(repository)
+        return None if token is None else granted_actions(token, repository)
+
+    def probe(self, repository: str) -> None:
+        """One cheap authenticated read (``GET /v2/``), so the registry's challenge and a token for
+        ``repository`` are known."""
+        resp = self._request("GET", repository, url=f"{self.site.base_url}/v2/")
+        raise_for_status(resp, f"reach the registry for {repository}")
 
     def _token(self, repository: str) -> tuple[str | None, bool]:
         challenge = self.site.challenge

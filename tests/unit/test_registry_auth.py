@@ -16,7 +16,7 @@ import requests
 import responses
 
 from daemon.registry import OutOfScopeError, RegistryAuthError, RegistryClient
-from daemon.registry.auth import TokenCache, parse_challenge, token_lifetime
+from daemon.registry.auth import TokenCache, granted_actions, parse_challenge, token_lifetime
 
 BASE = "https://registry.test"
 REALM = "https://gitlab.test/jwt/auth"
@@ -241,3 +241,43 @@ def _response_with(headers: dict[str, str]) -> requests.Response:
     resp.status_code = 401
     resp.headers.update(headers)
     return resp
+
+
+def _jwt(claims: dict[str, object]) -> str:
+    body = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    return f"eyJhbGciOiJSUzI1NiJ9.{body}.c2ln"
+
+
+@pytest.mark.parametrize(("access", "granted"), [
+    ([{"type": "repository", "name": "group/app", "actions": ["pull", "push", "delete"]}],
+     frozenset({"pull", "push", "delete"})),
+    ([{"type": "repository", "name": "group/app", "actions": ["pull", "push"]}], frozenset({"pull", "push"})),
+    ([{"type": "repository", "name": "group/app", "actions": []}], frozenset()),
+    ([{"type": "repository", "name": "group/other", "actions": ["pull", "push", "delete"]}], frozenset()),
+    ([{"type": "registry", "name": "catalog", "actions": ["*"]}], frozenset()),
+    ([], frozenset()),
+])
+def test_granted_actions_are_read_from_the_tokens_access_claim(access: list[object], granted: frozenset[str]) -> None:
+    """GitLab grants fewer actions than asked for without refusing (``app/services/auth/
+    container_registry_authentication_service.rb``): only the JWT's ``access`` claim says what was granted."""
+    assert granted_actions(_jwt({"exp": 2, "access": access}), "group/app") == granted
+
+
+@pytest.mark.parametrize("token", ["opaque-token", _jwt({"exp": 2}), "a.b.c"])
+def test_a_token_that_says_nothing_readable_grants_nothing_known(token: str) -> None:
+    assert granted_actions(token, "group/app") is None
+
+
+@responses.activate
+def test_a_project_view_reads_its_grants_from_the_token_it_was_issued() -> None:
+    token = _jwt({"exp": 10**10, "iat": 0, "access": [
+        {"type": "repository", "name": "group/app", "actions": ["pull", "push"]}]})
+    responses.get(f"{BASE}/v2/", status=401, headers=CHALLENGE)
+    responses.get(f"{BASE}/v2/", status=200)
+    responses.get(REALM, json={"token": token})  # GitLab's whole answer: no expires_in, no issued_at
+    reg = client().for_project("group/app", "write-registry-token")
+    assert reg.granted_actions("group/app") == frozenset({"pull", "push"})
+    assert reg.granted_actions("group/app") == frozenset({"pull", "push"})  # cached: asked once
+    assert len(token_calls()) == 1
+    with pytest.raises(OutOfScopeError):
+        reg.granted_actions("group/other")
