@@ -1,8 +1,13 @@
 """The stand-in's records and their JSON, shaped as GitLab's REST API docs show them.
 
 Pure: dataclasses in, dicts out. Shapes follow doc/api/{projects,jobs,merge_requests,branches,
-project_webhooks,container_registry}.md. Fields the janitor never reads are kept where cheap, so
-python-gitlab objects look as they do against GitLab.
+project_webhooks,container_registry,personal_access_tokens}.md. Fields the janitor never reads are kept
+where cheap, so python-gitlab objects look as they do against GitLab.
+
+Also GitLab's authorization tables the stand-in enforces, from GitLab's source:
+`SCOPE_ABILITIES` (`lib/gitlab/auth.rb`, `abilities_for_scopes`), `JOB_ABILITIES`
+(`build_authentication_abilities`, same file) and `ROLE_ABILITIES` (`app/policies/project_policy.rb`,
+container-image abilities by role).
 """
 
 from __future__ import annotations
@@ -13,6 +18,75 @@ from dataclasses import dataclass, field
 from typing import Any
 
 JSON = dict[str, Any]
+
+#: Token scope -> authentication abilities (lib/gitlab/auth.rb, `abilities_for_scopes`); scopes not listed
+#: (read_user, sudo, ...) give none.
+_READ_ONLY = frozenset({"read_project", "download_code", "read_container_image"})
+SCOPE_ABILITIES: dict[str, frozenset[str]] = {
+    "api": _READ_ONLY | {"push_code", "create_container_image", "admin_container_image"},
+    "read_api": _READ_ONLY,
+    "read_registry": frozenset({"read_container_image"}),
+    "write_registry": frozenset({"create_container_image"}),
+    "read_repository": frozenset({"download_code"}),
+    "write_repository": frozenset({"download_code", "push_code"}),
+}
+#: The scopes a personal, project or group access token may carry (lib/gitlab/auth.rb).
+TOKEN_SCOPES = (
+    "api",
+    "read_api",
+    "read_user",
+    "read_repository",
+    "write_repository",
+    "read_registry",
+    "write_registry",
+    "create_runner",
+    "manage_runner",
+    "k8s_proxy",
+    "self_rotate",
+    "ai_features",
+    "sudo",
+    "admin_mode",
+)
+#: A running job's abilities (lib/gitlab/auth.rb, `build_authentication_abilities`).
+JOB_ABILITIES = frozenset(
+    {
+        "read_project",
+        "build_download_code",
+        "build_push_code",
+        "build_read_container_image",
+        "build_create_container_image",
+        "build_destroy_container_image",
+    }
+)
+#: Abilities any of which lets a credential log in to the registry at all
+#: (app/services/auth/container_registry_authentication_service.rb, REGISTRY_LOGIN_ABILITIES).
+REGISTRY_LOGIN_ABILITIES = frozenset(
+    {
+        "read_container_image",
+        "create_container_image",
+        "destroy_container_image",
+        "update_container_image",
+        "admin_container_image",
+        "build_read_container_image",
+        "build_create_container_image",
+        "build_destroy_container_image",
+    }
+)
+ROLES = ("reporter", "developer", "maintainer", "owner")
+#: Container-image abilities a project member has by role (app/policies/project_policy.rb).
+ROLE_ABILITIES: dict[str, frozenset[str]] = {
+    "reporter": frozenset({"read_container_image"}),
+    "developer": frozenset(
+        {"read_container_image", "create_container_image", "update_container_image", "destroy_container_image"}
+    ),
+}
+ROLE_ABILITIES["maintainer"] = ROLE_ABILITIES["developer"] | {"admin_container_image"}
+ROLE_ABILITIES["owner"] = ROLE_ABILITIES["maintainer"]
+
+
+def scope_abilities(scopes: tuple[str, ...] | list[str]) -> frozenset[str]:
+    """Every authentication ability `scopes` give together."""
+    return frozenset().union(*(SCOPE_ABILITIES.get(s, frozenset()) for s in scopes))
 
 HOOK_EVENT_FIELDS = (
     "push_events",
@@ -86,16 +160,53 @@ class Hook:
 
 
 @dataclass
+class AccessToken:
+    """A personal or project access token: its scopes, the role of its (bot) user, and its state."""
+
+    id: int
+    token: str
+    name: str
+    scopes: tuple[str, ...]
+    role: str
+    user_id: int
+    username: str
+    created_at: dt.datetime
+    expires_at: dt.date | None
+    revoked: bool = False
+    description: str | None = None
+    last_used_at: dt.datetime | None = None
+
+    def expired(self, now: dt.datetime) -> bool:
+        """A token expires at the start (UTC) of its `expires_at` day."""
+        return self.expires_at is not None and self.expires_at <= now.astimezone(dt.UTC).date()
+
+    def active(self, now: dt.datetime) -> bool:
+        return not self.revoked and not self.expired(now)
+
+
+@dataclass
 class Project:
     id: int
     path: str
-    token: str
     default_branch: str
-    role: str
     created_at: dt.datetime
+    tokens: list[AccessToken] = field(default_factory=list)
     branches: dict[str, Branch] = field(default_factory=dict)
     merge_requests: dict[int, MergeRequest] = field(default_factory=dict)
     hooks: dict[int, Hook] = field(default_factory=dict)
+
+    @property
+    def token(self) -> str:
+        """The project's first access token (the one `add_project` made)."""
+        return self.tokens[0].token
+
+    @property
+    def role(self) -> str:
+        return self.tokens[0].role
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        return self.tokens[0].scopes
 
     @property
     def name(self) -> str:
@@ -138,17 +249,34 @@ def user_json(base_url: str, user: JSON = ROOT_USER) -> JSON:
     return {**user, "web_url": f"{base_url}/{user['username']}"}
 
 
-def bot_user_json(base_url: str, project: Project) -> JSON:
-    username = f"project_{project.id}_bot"
+def bot_user_json(base_url: str, token: AccessToken) -> JSON:
+    """The bot user GitLab creates for each project access token (named after the token)."""
     return {
-        "id": 100000 + project.id,
-        "username": username,
-        "name": f"{project.name} bot",
+        "id": token.user_id,
+        "username": token.username,
+        "name": token.name,
         "state": "active",
         "locked": False,
         "avatar_url": None,
-        "web_url": f"{base_url}/{username}",
+        "web_url": f"{base_url}/{token.username}",
         "bot": True,
+    }
+
+
+def access_token_json(token: AccessToken, now: dt.datetime) -> JSON:
+    """GET /personal_access_tokens/self (lib/api/entities/personal_access_token.rb): `expires_at` is a
+    date; `active` is false once revoked or expired."""
+    return {
+        "id": token.id,
+        "name": token.name,
+        "revoked": token.revoked,
+        "created_at": iso(token.created_at),
+        "description": token.description,
+        "scopes": list(token.scopes),
+        "user_id": token.user_id,
+        "last_used_at": iso(token.last_used_at),
+        "active": token.active(now),
+        "expires_at": token.expires_at.isoformat() if token.expires_at else None,
     }
 
 

@@ -1,11 +1,41 @@
 """A GitLab stand-in: the routes registry-janitor uses, shaped as GitLab's API docs show them.
 
-Serves `/jwt/auth` (registry tokens), `/api/v4/job`, projects, merge requests, branches, project
-hooks and registry repositories/tags (the tag delete is performed on the real registry, tag only),
-plus `/registry-relay`, which forwards registry notifications to the current test's target.
-Tests drive it through Python (`add_project`, `add_job`, `set_mr`, ...) and read `calls`.
+Serves `/jwt/auth` (registry tokens), `/api/v4/job`, `/api/v4/personal_access_tokens/self`, projects,
+merge requests, branches, project hooks and registry repositories/tags (the tag delete is performed on
+the real registry, tag only), plus `/registry-relay`, which forwards registry notifications to the
+current test's target. Tests drive it through Python and read `calls`.
 
-Deliberately not GitLab: no users or groups, one role per project token, no rate limits.
+As strict as GitLab about credentials (each rule from GitLab's source):
+
+- Project access tokens carry scopes and a role. `add_project(path, role="maintainer", scopes=("api",))`
+  makes the project's first token (`project.token`); `add_token(project, role=..., scopes=(...))`
+  returns another token of the same project, with its own bot user. `revoke_token(token)` revokes one;
+  `add_token(..., expires_at=date)` sets its expiry (a token expires at the start of that day, UTC).
+- `/jwt/auth` (app/controllers/jwt_controller.rb,
+  app/services/auth/container_registry_authentication_service.rb) answers exactly `{"token": jwt}`.
+  It never refuses an action it will not grant: each requested action is kept only when both the
+  token's scopes (lib/gitlab/auth.rb, `abilities_for_scopes`) and its role (app/policies/project_policy.rb)
+  give the ability: `pull` read_container_image (api, read_api, read_registry; Reporter+), `push`
+  create_container_image (api, write_registry; Developer+), `delete` and `*` admin_container_image
+  (api only; Maintainer+). A scope entry left with no action is dropped from `access`; so is any
+  repository no project owns, and `registry:catalog:*` for anyone but the admin. A running job's
+  CI_JOB_TOKEN (user `gitlab-ci-token` only) gets pull, push and delete on its own project's
+  repositories. Credentials without any registry ability (e.g. only `read_user`), and anonymous
+  requests granted nothing, get 403 `DENIED`; an unknown, revoked or expired token gets 401.
+- `/api/v4` (lib/api/api.rb, lib/api/api_guard.rb, lib/gitlab/auth/auth_finders.rb): a token needs the
+  `api` scope, or `read_api` for GET/HEAD (`read_user` also reads `/user` and `/version`); otherwise
+  403 `{"error": "insufficient_scope", "error_description": ..., "scope": "api read_api"}`.
+  `/personal_access_tokens/self` takes any scope. Revoked or expired tokens get 401 `invalid_token`.
+  Roles gate as GitLab does: hooks need Maintainer, the tag delete Developer.
+- The tag delete (lib/api/project_container_repositories.rb,
+  app/services/projects/container_repository/third_party/delete_tags_service.rb) moves the tag to an
+  empty manifest, then deletes that manifest by digest; when either registry call fails it answers
+  400 `{"message": "400 Bad request"}`. `fail_tag_deletes(n, after_placeholder=False)` makes the next
+  `n` tag deletes fail that way: on the first call (nothing changed), or with `after_placeholder=True`
+  on the second (the tag is left on the empty manifest, as GitLab leaves it).
+
+Deliberately not GitLab: no users or groups (a token's bot user is a member of its project only), no
+rate limits, and every project is private.
 """
 
 from __future__ import annotations
@@ -13,6 +43,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
+import re
 import secrets
 import threading
 from collections import Counter, deque
@@ -26,12 +57,40 @@ from flask import Flask, Response, jsonify, request
 
 from . import gitlab_json as gj
 from . import images
-from .gitlab_json import Branch, Hook, Job, MergeRequest, Project
+from .gitlab_json import ROLES, AccessToken, Branch, Hook, Job, MergeRequest, Project
 from .servers import ServerThread
 from .tokens import AdminRegistryAuth, TokenIssuer, parse_scopes
 
-ROLES = ("reporter", "developer", "maintainer", "owner")
-REGISTRY_ACTIONS = ("pull", "push", "delete")
+#: The ability each registry action needs (app/services/auth/container_registry_authentication_service.rb,
+#: `can_access?`): `delete` and `*` need admin_container_image, not destroy_container_image.
+ACTION_ABILITIES = {
+    "pull": "read_container_image",
+    "push": "create_container_image",
+    "delete": "admin_container_image",
+    "*": "admin_container_image",
+}
+#: A job's registry actions on its own project (`build_can_pull?`, `build_can_push?`, `build_can_delete?`).
+JOB_ACTIONS = {
+    "pull": "build_read_container_image",
+    "push": "build_create_container_image",
+    "delete": "build_destroy_container_image",
+}
+CI_JOB_USER = "gitlab-ci-token"
+#: Scopes an API route accepts, as (scope, GET/HEAD only) in the order GitLab registers them
+#: (lib/api/api.rb: `api`, and `read_api` for GET/HEAD; lib/api/users.rb and lib/api/version.rb add
+#: `read_user` for GET/HEAD).
+API_SCOPES: tuple[tuple[str, bool], ...] = (("api", False), ("read_api", True))
+USER_API_SCOPES: tuple[tuple[str, bool], ...] = (("read_user", True), *API_SCOPES)
+INSUFFICIENT_SCOPE = "The request requires higher privileges than provided by the access token."
+TOKEN_REVOKED = "Token was revoked. You have to re-authorize from the user."
+TOKEN_EXPIRED = "Token is expired. You can either do re-authorization or token refresh."
+JWT_ACCESS_DENIED = (
+    "HTTP Basic: Access denied. If a password was provided for Git authentication, the password was "
+    "incorrect or you're required to use a token instead of a password. If a token was provided, it was "
+    "either incorrect, expired, or improperly scoped."
+)
+#: ContainerRegistry::Path#valid? (lib/container_registry/path.rb, Gitlab::Regex container repository names).
+_REPOSITORY_PATH = re.compile(r"\A[a-z0-9]+(?:(?:[._/]|__|-*)[a-z0-9])*\Z")
 _HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 
 
@@ -46,6 +105,7 @@ class Principal:
     kind: str  # "admin" | "project" | "job"
     project: Project | None = None
     job: Job | None = None
+    token: AccessToken | None = None
 
     def sees(self, project: Project) -> bool:
         return self.kind == "admin" or (self.project is not None and self.project.id == project.id)
@@ -55,8 +115,16 @@ class Principal:
             return True
         if self.kind == "job":
             return ROLES.index(role) <= ROLES.index("developer")
-        assert self.project is not None
-        return ROLES.index(self.project.role) >= ROLES.index(role)
+        assert self.token is not None
+        return ROLES.index(self.token.role) >= ROLES.index(role)
+
+    @property
+    def abilities(self) -> frozenset[str]:
+        """Authentication abilities (lib/gitlab/auth.rb): a job's, or what the token's scopes give."""
+        if self.kind == "job":
+            return gj.JOB_ABILITIES
+        assert self.token is not None
+        return gj.scope_abilities(self.token.scopes)
 
 
 @dataclass(frozen=True)
@@ -87,10 +155,23 @@ class _RegistryAccess:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, key: str = "message") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        key: str = "message",
+        *,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
-        self.body = {key: message}
+        self.body = body if body is not None else {key: message}
+        self.headers = headers or {}
+
+
+class _RegistryCallFailed(Exception):
+    """GitLab's own call to the registry failed (an error answer, or no answer)."""
 
 
 class GitLabStandin:
@@ -100,10 +181,21 @@ class GitLabStandin:
         self.issuer = issuer or TokenIssuer()
         self.default_token_lifetime = token_lifetime
         self.token_lifetime = token_lifetime
-        self.admin_token = "glpat-admin-" + secrets.token_urlsafe(20)
         self.now: Callable[[], dt.datetime] = _utcnow
         self._lock = threading.RLock()
         self._ids = itertools.count(1)
+        self._admin = AccessToken(
+            id=self._next_id(),
+            token="glpat-admin-" + secrets.token_urlsafe(20),
+            name="admin",
+            scopes=("api",),
+            role="owner",
+            user_id=gj.ROOT_USER["id"],
+            username=gj.ROOT_USER["username"],
+            created_at=self.now(),
+            expires_at=None,
+        )
+        self._tag_delete_failures: deque[bool] = deque()
         self._projects: dict[int, Project] = {}
         self._jobs: dict[str, Job] = {}
         self._calls: Counter[str] = Counter()
@@ -154,6 +246,8 @@ class GitLabStandin:
             self._relay_target = None
             self.token_lifetime = self.default_token_lifetime
             self.now = _utcnow
+            self._tag_delete_failures.clear()
+            self._admin.last_used_at = None
 
     @property
     def calls(self) -> Counter[str]:
@@ -170,12 +264,23 @@ class GitLabStandin:
     def _next_id(self) -> int:
         return next(self._ids)
 
+    @property
+    def admin_token(self) -> str:
+        """An administrator's personal access token (`api` scope): sees and may do everything."""
+        return self._admin.token
+
     def add_project(
-        self, path: str, *, id: int | None = None, default_branch: str = "main", role: str = "maintainer"
+        self,
+        path: str,
+        *,
+        id: int | None = None,
+        default_branch: str = "main",
+        role: str = "maintainer",
+        scopes: tuple[str, ...] | list[str] = ("api",),
     ) -> Project:
-        """A project with a fresh project access token (`role` is the token's role) and its default branch."""
-        if role not in ROLES:
-            raise ValueError(f"role must be one of {ROLES}")
+        """A project, its default branch and a first project access token (`project.token`) with `role`
+        and `scopes`. The default, an `api`-scoped Maintainer token, is what untagging needs."""
+        self._check_token_args(role, scopes)
         with self._lock:
             if any(p.path.lower() == path.lower() for p in self._projects.values()):
                 raise ValueError(f"project {path} exists")
@@ -184,17 +289,83 @@ class GitLabStandin:
                 project_id = self._next_id()
             if project_id in self._projects:
                 raise ValueError(f"project id {project_id} is taken")
-            project = Project(
-                id=project_id,
-                path=path,
-                token="glpat-" + secrets.token_urlsafe(20),
-                default_branch=default_branch,
-                role=role,
-                created_at=self.now(),
-            )
+            project = Project(id=project_id, path=path, default_branch=default_branch, created_at=self.now())
+            self._add_token_locked(project, role=role, scopes=scopes)
             self._projects[project_id] = project
             self._add_branch_locked(project, default_branch)
             return project
+
+    def add_token(
+        self,
+        project: Project,
+        *,
+        role: str = "maintainer",
+        scopes: tuple[str, ...] | list[str] = ("api",),
+        name: str | None = None,
+        expires_at: dt.date | None = None,
+    ) -> str:
+        """Another project access token of `project` (with its own bot user); returns the token.
+        `expires_at` defaults to a year after today, the longest GitLab allows."""
+        self._check_token_args(role, scopes)
+        with self._lock:
+            return self._add_token_locked(project, role=role, scopes=scopes, name=name, expires_at=expires_at).token
+
+    def revoke_token(self, token: str) -> None:
+        """Revoke a project access token: GitLab then refuses it everywhere (401)."""
+        with self._lock:
+            self.token_info(token).revoked = True
+
+    def token_info(self, token: str) -> AccessToken:
+        """The record of a project access token (or of `admin_token`): scopes, role, state."""
+        with self._lock:
+            if token == self._admin.token:
+                return self._admin
+            for project in self._projects.values():
+                for record in project.tokens:
+                    if record.token == token:
+                        return record
+        raise KeyError("no such access token")
+
+    @staticmethod
+    def _check_token_args(role: str, scopes: tuple[str, ...] | list[str]) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}")
+        unknown = [s for s in scopes if s not in gj.TOKEN_SCOPES]
+        if not scopes or unknown:
+            raise ValueError(f"scopes must be a non-empty subset of {gj.TOKEN_SCOPES}, not {list(scopes)}")
+
+    def _add_token_locked(
+        self,
+        project: Project,
+        *,
+        role: str,
+        scopes: tuple[str, ...] | list[str],
+        name: str | None = None,
+        expires_at: dt.date | None = None,
+    ) -> AccessToken:
+        now = self.now()
+        first = not project.tokens
+        username = f"project_{project.id}_bot" + ("" if first else f"_{secrets.token_hex(4)}")
+        record = AccessToken(
+            id=self._next_id(),
+            token="glpat-" + secrets.token_urlsafe(20),
+            name=name or (f"{project.name} token" if first else f"{project.name} token {len(project.tokens) + 1}"),
+            scopes=tuple(scopes),
+            role=role,
+            user_id=100000 + project.id if first else 200000 + self._next_id(),
+            username=username,
+            created_at=now,
+            expires_at=expires_at or now.date() + dt.timedelta(days=365),
+        )
+        project.tokens.append(record)
+        return record
+
+    def fail_tag_deletes(self, count: int = 1, *, after_placeholder: bool = False) -> None:
+        """Make GitLab's registry calls fail for the next `count` API tag deletes (400, as GitLab answers):
+        on the first call (the tag is unchanged), or with `after_placeholder` on the second (the tag is
+        left on the empty manifest GitLab moved it to)."""
+        with self._lock:
+            self._tag_delete_failures.extend([after_placeholder] * count)
 
     def add_job(
         self,
@@ -302,16 +473,27 @@ class GitLabStandin:
         owners = [p for p in self._projects.values() if p.owns_repository(repository)]
         return max(owners, key=lambda p: len(p.path), default=None)
 
-    def _principal_for_token(self, token: str, *, allow_job: bool) -> Principal | None:
-        if secrets.compare_digest(token, self.admin_token):
-            return Principal("admin")
+    def _access_token(self, token: str) -> tuple[AccessToken, Project | None] | None:
+        """The access token with this value and its project (None for the admin's), in any state."""
+        if secrets.compare_digest(token, self._admin.token):
+            return self._admin, None
         for project in self._projects.values():
-            if secrets.compare_digest(token, project.token):
-                return Principal("project", project=project)
-        job = self._jobs.get(token)
-        if allow_job and job is not None and job.status == "running":
-            return Principal("job", project=self._projects.get(job.project_id), job=job)
+            for record in project.tokens:
+                if secrets.compare_digest(token, record.token):
+                    return record, project
         return None
+
+    def _token_principal(self, record: AccessToken, project: Project | None) -> Principal:
+        record.last_used_at = self.now()
+        if project is None:
+            return Principal("admin", token=record)
+        return Principal("project", project=project, token=record)
+
+    def _job_principal(self, token: str) -> Principal | None:
+        job = self._jobs.get(token)
+        if job is None or job.status != "running":
+            return None
+        return Principal("job", project=self._projects.get(job.project_id), job=job)
 
     # -- the app ----------------------------------------------------------------------------------
     def _build_app(self) -> Flask:
@@ -320,7 +502,9 @@ class GitLabStandin:
 
         @app.errorhandler(ApiError)
         def api_error(exc: ApiError) -> tuple[Response, int]:
-            return jsonify(exc.body), exc.status
+            response = jsonify(exc.body)
+            response.headers.update(exc.headers)
+            return response, exc.status
 
         @app.errorhandler(404)
         def not_found(_exc: Exception) -> tuple[Response, int]:
@@ -337,6 +521,9 @@ class GitLabStandin:
         app.add_url_rule("/api/v4/user", view_func=self._get_user, methods=["GET"])
         app.add_url_rule("/api/v4/version", view_func=self._get_version, methods=["GET"])
         app.add_url_rule(
+            "/api/v4/personal_access_tokens/self", view_func=self._get_token_self, methods=["GET"]
+        )
+        app.add_url_rule(
             "/api/v4/projects/<path:_rest>",
             view_func=self._projects_api,
             methods=["GET", "POST", "PUT", "DELETE"],
@@ -352,53 +539,89 @@ class GitLabStandin:
 
     # /jwt/auth -----------------------------------------------------------------------------------
     def _jwt_auth(self) -> Response | tuple[Response, int]:
+        """GET /jwt/auth: HTTP Basic only (another scheme is anonymous); the answer is `{"token"}` alone."""
         self._count("GET /jwt/auth")
         if request.args.get("service") != self.issuer.service:
             return Response(status=404)
         auth = request.authorization
         principal: Principal | None = None
-        subject = "anonymous"
-        if auth is not None:
-            password = auth.password if auth.type == "basic" else auth.token
+        if auth is not None and auth.type == "basic":
             with self._lock:
-                principal = self._principal_for_token(password or "", allow_job=True)
+                principal = self._git_client_principal(auth.username or "", auth.password or "")
             if principal is None:
-                message = (
-                    "HTTP Basic: Access denied. If a password was provided for Git authentication, the "
-                    "password was incorrect or you're required to use a token instead of a password. If a "
-                    "token was provided, it was either incorrect, expired, or improperly scoped."
-                )
-                return jsonify({"errors": [{"code": "UNAUTHORIZED", "message": message}]}), 401
-            subject = self._subject(principal)
+                return jsonify({"errors": [{"code": "UNAUTHORIZED", "message": JWT_ACCESS_DENIED}]}), 401
+            if not principal.abilities & gj.REGISTRY_LOGIN_ABILITIES:
+                return self._jwt_denied()
         with self._lock:
             access = [
-                {"type": kind, "name": name, "actions": self._granted(principal, kind, name, actions)}
+                entry
                 for kind, name, actions in parse_scopes(request.args.getlist("scope"))
+                if (entry := self._grant(principal, kind, name, actions)) is not None
             ]
             lifetime = self.token_lifetime
-        token, claims = self.issuer.issue(subject, access, lifetime=lifetime)
-        issued_at = dt.datetime.fromtimestamp(claims["iat"], dt.UTC).isoformat().replace("+00:00", "Z")
-        return jsonify(
-            {"token": token, "access_token": token, "expires_in": lifetime, "issued_at": issued_at}
-        )
+        if principal is None and not access:
+            return self._jwt_denied()
+        token, _claims = self.issuer.issue(self._subject(principal), access, lifetime=lifetime)
+        return jsonify({"token": token})
 
-    def _subject(self, principal: Principal) -> str:
-        if principal.kind == "project":
-            assert principal.project is not None
-            return f"project_{principal.project.id}_bot"
-        return "root"
+    @staticmethod
+    def _jwt_denied() -> tuple[Response, int]:
+        """The service's error hash, rendered whole by JwtController (so `http_status` is in the body)."""
+        body = {"errors": [{"code": "DENIED", "message": "access forbidden"}], "http_status": 403}
+        return jsonify(body), 403
 
-    def _granted(self, principal: Principal | None, kind: str, name: str, actions: list[str]) -> list[str]:
+    def _git_client_principal(self, login: str, password: str) -> Principal | None:
+        """Gitlab::Auth.find_for_git_client: a job token only with login `gitlab-ci-token`; an access
+        token (any login) only while active."""
+        if not password:
+            return None
+        if login == CI_JOB_USER:
+            job = self._job_principal(password)
+            if job is not None:
+                return job
+        found = self._access_token(password)
+        if found is None or not found[0].active(self.now()):
+            return None
+        return self._token_principal(*found)
+
+    @staticmethod
+    def _subject(principal: Principal | None) -> str:
         if principal is None:
-            return []
+            return "anonymous"
+        if principal.token is not None:
+            return principal.token.username
+        return gj.ROOT_USER["username"]
+
+    def _grant(
+        self, principal: Principal | None, kind: str, name: str, actions: list[str]
+    ) -> dict[str, Any] | None:
+        """One access entry as GitLab's `process_scope` builds it, or None when it grants nothing."""
+        if kind == "registry":
+            admin = principal is not None and principal.kind == "admin"
+            if admin and name == "catalog" and actions == ["*"]:
+                return {"type": kind, "name": name, "actions": ["*"]}
+            return None
+        if kind != "repository" or not _REPOSITORY_PATH.match(name):
+            return None
+        project = self._project_of_repository(name)
+        if project is None:
+            return None
+        granted = [a for a in actions if self._can_access(principal, project, a)]
+        return {"type": kind, "name": name, "actions": granted} if granted else None
+
+    @staticmethod
+    def _can_access(principal: Principal | None, project: Project, action: str) -> bool:
+        if principal is None:  # every stand-in project is private
+            return False
         if principal.kind == "admin":
-            return actions
-        if kind != "repository" or principal.project is None:
-            return []
-        if self._project_of_repository(name) is not principal.project:
-            return []
-        allowed = ("pull",) if not principal.has_role("developer") else REGISTRY_ACTIONS
-        return [a for a in actions if a in allowed]
+            return action in ACTION_ABILITIES
+        if principal.project is None or principal.project.id != project.id:
+            return False
+        if principal.kind == "job":
+            return JOB_ACTIONS.get(action, "") in principal.abilities
+        assert principal.token is not None
+        ability = ACTION_ABILITIES.get(action)
+        return ability in principal.abilities and ability in gj.ROLE_ABILITIES[principal.token.role]
 
     # /api/v4/job, /user, /version ---------------------------------------------------------------
     def _get_job(self) -> Response:
@@ -413,33 +636,80 @@ class GitLabStandin:
             project = self._projects[job.project_id]
             return jsonify(gj.job_json(self.url, project, job))
 
-    def _api_principal(self, *, allow_job: bool = False) -> Principal:
+    def _api_principal(
+        self, *, allow_job: bool = False, scopes: tuple[tuple[str, bool], ...] | None = API_SCOPES
+    ) -> Principal:
+        """Who calls the API (lib/api/api_guard.rb, lib/gitlab/auth/auth_finders.rb): an access token
+        (PRIVATE-TOKEN, private_token or Bearer) first, else a job token where the route takes one.
+        The token must be active and hold one of `scopes` ((scope, GET/HEAD only) pairs; None: any)."""
         token = request.headers.get("PRIVATE-TOKEN") or request.args.get("private_token")
         auth = request.authorization
         if token is None and auth is not None and auth.type == "bearer":
             token = auth.token
-        if token is None and allow_job:
-            token = request.headers.get("JOB-TOKEN") or request.args.get("job_token")
-        if not token:
-            raise ApiError(401, "401 Unauthorized")
-        with self._lock:
-            principal = self._principal_for_token(token, allow_job=allow_job)
-        if principal is None:
-            raise ApiError(401, "401 Unauthorized")
-        return principal
+        if token:
+            with self._lock:
+                found = self._access_token(token)
+                if found is None:
+                    raise ApiError(401, "401 Unauthorized")
+                record, project = found
+                now = self.now()
+                if record.expired(now):
+                    raise self._invalid_token(TOKEN_EXPIRED)
+                if record.revoked:
+                    raise self._invalid_token(TOKEN_REVOKED)
+                if scopes is not None and not self._scope_allows(record, scopes):
+                    body = {
+                        "error": "insufficient_scope",
+                        "error_description": INSUFFICIENT_SCOPE,
+                        "scope": " ".join(name for name, _ in scopes),
+                    }
+                    raise ApiError(403, INSUFFICIENT_SCOPE, body=body)
+                return self._token_principal(record, project)
+        job_token = (request.headers.get("JOB-TOKEN") or request.args.get("job_token")) if allow_job else None
+        if job_token:
+            with self._lock:
+                principal = self._job_principal(job_token)
+            if principal is not None:
+                return principal
+        raise ApiError(401, "401 Unauthorized")
+
+    @staticmethod
+    def _scope_allows(record: AccessToken, scopes: tuple[tuple[str, bool], ...]) -> bool:
+        reading = request.method in {"GET", "HEAD"}
+        return any(name in record.scopes and (reading or not read_only) for name, read_only in scopes)
+
+    @staticmethod
+    def _invalid_token(description: str) -> ApiError:
+        """Rack::OAuth2's Bearer 401 as GitLab's API guard renders it."""
+        header = f'Bearer realm="Protected by OAuth 2.0", error="invalid_token", error_description="{description}"'
+        return ApiError(
+            401,
+            description,
+            body={"error": "invalid_token", "error_description": description},
+            headers={"WWW-Authenticate": header},
+        )
 
     def _get_user(self) -> Response:
         self._count("GET /api/v4/user")
-        principal = self._api_principal()
+        principal = self._api_principal(scopes=USER_API_SCOPES)
         if principal.kind == "project":
-            assert principal.project is not None
-            return jsonify(gj.bot_user_json(self.url, principal.project))
+            assert principal.token is not None
+            return jsonify(gj.bot_user_json(self.url, principal.token))
         return jsonify({**gj.user_json(self.url), "is_admin": True, "bot": False})
 
     def _get_version(self) -> Response:
         self._count("GET /api/v4/version")
-        self._api_principal()
+        self._api_principal(scopes=USER_API_SCOPES)
         return jsonify({"version": "17.5.1", "revision": "standin", "kas": {"enabled": False}})
+
+    def _get_token_self(self) -> Response:
+        """GET /personal_access_tokens/self (lib/api/personal_access_tokens/self_information.rb): any
+        scope may read its own token, project access tokens included."""
+        self._count("GET /api/v4/personal_access_tokens/self")
+        principal = self._api_principal(scopes=None)
+        assert principal.token is not None
+        with self._lock:
+            return jsonify(gj.access_token_json(principal.token, self.now()))
 
     # /api/v4/projects/... -----------------------------------------------------------------------
     _ROUTES: tuple[tuple[str, str, str], ...] = (
@@ -788,11 +1058,25 @@ class GitLabStandin:
     def _api_delete_tag(
         self, principal: Principal, project: Project, repository_id: str, tag_name: str
     ) -> Response:
+        """DELETE .../tags/:tag_name needs destroy_container_image (Developer). GitLab moves the tag to an
+        empty manifest and deletes that by digest; any failed registry call answers 400."""
         self._need_role(principal, "developer")
         registry = self._registry_access()
         repository = self._repository_by_id(project, repository_id)
-        if not images.untag(registry, repository, tag_name):
-            raise ApiError(404, "404 Tag Not Found")
+        try:
+            if images.digest_of(registry, repository, tag_name) is None:
+                raise ApiError(404, "404 Tag Not Found")
+            with self._lock:
+                failure = self._tag_delete_failures.popleft() if self._tag_delete_failures else None
+            if failure is False:
+                raise _RegistryCallFailed("put_tag")
+            placeholder = images.push_placeholder(registry, repository, [tag_name])
+            if failure is True:
+                raise _RegistryCallFailed("delete_tag")
+            if images.delete_manifest(registry, repository, placeholder).status_code not in {202, 404}:
+                raise _RegistryCallFailed("delete_tag")
+        except (_RegistryCallFailed, images.RegistryError, requests.RequestException) as exc:
+            raise ApiError(400, "400 Bad request") from exc
         return Response(status=200)
 
     # registry notification relay -------------------------------------------------------------------
