@@ -53,6 +53,8 @@ def _blank_is_none(value: Any) -> Any:
 
 class GitLabSettings(_Frozen):
     url: str = "https://gitlab.example.com"
+    #: For reconcile and branch lookups in every project (``read_api`` is enough); hooks install needs
+    #: ``api`` and the Maintainer role. Writes never use it. Unset: each project's ``registry_token``.
     api_token: SecretStr | None = None
     timeout: float = 10.0
 
@@ -158,6 +160,8 @@ class Policy(_Frozen):
 class ProjectSettings(Policy):
     path: str
     webhook_secret: SecretStr
+    #: The project's access token with the ``api`` scope and the Maintainer role: GitLab grants the registry
+    #: ``delete`` to nothing less (``read_registry`` gives pull, ``write_registry`` push, silently).
     registry_token: SecretStr | None = None
     images: tuple[str, ...] = ("",)
     tags: tuple[TagPattern, ...] = ()

@@ -4,7 +4,9 @@ part of ``check-config``.
 They open the same storage as the daemon (same ``--config``) and act through it, exactly as the admin
 API does: decisions on held plans are written directly, restores are requests the worker carries out
 (this command waits for the outcome and says so when no worker is running). Only ``check-config
---online`` talks to GitLab (through ``daemon.gitlab.api``) and the registry (a token and a tag listing).
+--online`` talks to GitLab (through ``daemon.gitlab.api``: a project read and the token's scopes) and the
+registry (the actions its token service grants, and a tag listing); the rules it judges by are
+``daemon.domain.credentials``.
 Output is a plain table for terminals; ``--json`` where a script wants it.
 """
 
@@ -21,8 +23,10 @@ import click
 
 from daemon.cli.options import config_option, settings_or_exit
 from daemon.config import Settings
-from daemon.domain.model import OUTCOMES, PLAN_STATES
+from daemon.domain.credentials import REGISTRY_FIX, api_verdict, describe_actions, missing_actions, registry_fix
+from daemon.domain.model import OUTCOMES, PLAN_STATES, UntagMethod
 from daemon.errors import GitLabError
+from daemon.gitlab.api import GitLabAPI, GitLabAPIError, insufficient_scope
 from daemon.ops import actions
 from daemon.ops.actions import ActionRefused
 from daemon.ops.status import (
@@ -35,7 +39,8 @@ from daemon.ops.status import (
     untag_json,
     worker_heartbeat_age,
 )
-from daemon.registry.errors import RegistryError
+from daemon.registry.errors import RegistryAuthError, RegistryError
+from daemon.registry.project import ProjectRegistry
 from daemon.store import Store
 from daemon.wiring import build_gitlab, build_registry_client, build_store
 
@@ -77,7 +82,7 @@ def _short(text: str | None, width: int = 60) -> str:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="print the whole status document as JSON")
 def status(config_path: str | None, as_json: bool) -> None:
-    """Per-project table: created, untagged, ratio, scheduled, held, failed."""
+    """Per-project table: created, untagged, ratio, scheduled, held, failed; then what is misconfigured."""
     settings = settings_or_exit(config_path)
     store = _store(settings)
     snap = status_snapshot(settings, store, time.time())
@@ -87,6 +92,8 @@ def status(config_path: str | None, as_json: bool) -> None:
     rows = []
     for name, p in snap["projects"].items():
         mode = "dry-run" if p["dry_run_mode"] else ("live" if p["configured"] else "-")
+        if p["misconfigured"]:
+            mode += " MISCONFIGURED"
         last = p["last_event_at"] or "never"
         rows.append([name, mode, p["created"], p["untagged"], f"{p['ratio'] * 100:.1f}%", p["scheduled"],
                      p["held"], p["failed"], last + (" (quiet)" if p["quiet"] else "")])
@@ -95,6 +102,9 @@ def status(config_path: str | None, as_json: bool) -> None:
                  t["failed"], ""])
     click.echo(table(["PROJECT", "MODE", "CREATED", "UNTAGGED", "RATIO", "SCHEDULED", "HELD", "FAILED",
                       "LAST EVENT"], rows, right=range(2, 8)))
+    for name in snap["misconfigured_projects"]:
+        for problem in snap["projects"][name]["problems"]:
+            click.echo(f"\n{name}: MISCONFIGURED ({problem['kind']}, since {problem['since']}): {problem['message']}")
     worker = snap["worker"]
     state = "running" if worker["fresh"] else "NOT RUNNING"
     click.echo(f"\nworker: {state} (last heartbeat {ago(worker['heartbeat_age_seconds'])}"
@@ -250,42 +260,98 @@ def _wait(poll: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any
 
 
 # check-config --online ----------------------------------------------------------------------------------
+def _line(echo: Callable[[str], None], check: str, passed: bool, text: str, *, status: str | None = None) -> bool:
+    """One result line, ``  registry  FAILED  <why>``; returns ``passed``."""
+    echo(f"  {check:<9} {status or ('ok' if passed else 'FAILED'):<7} {text}")
+    return passed
+
+
+class _Scopes:
+    """Each token's scopes, asked once per run (``GET /personal_access_tokens/self``)."""
+
+    def __init__(self, api: GitLabAPI) -> None:
+        self.api = api
+        self._seen: dict[str, tuple[str, ...] | GitLabError | None] = {}
+
+    def check(self, echo: Callable[[str], None], token: str, name: str, *, reads: bool, writes: bool) -> bool:
+        if token not in self._seen:
+            try:
+                self._seen[token] = self.api.token_scopes(token)
+            except GitLabAPIError as exc:
+                self._seen[token] = None if insufficient_scope(exc) else exc
+            except GitLabError as exc:
+                self._seen[token] = exc
+        found = self._seen[token]
+        if isinstance(found, GitLabAPIError) and found.status in (400, 404):
+            return _line(echo, "scopes", True, f"{name}: GitLab does not say which scopes it has (GET"
+                         f" /personal_access_tokens/self answered {found.status}); the checks below still run",
+                         status="unknown")
+        if isinstance(found, GitLabError):
+            return _line(echo, "scopes", False, f"{name}: {found}")
+        verdict = api_verdict(found, reads=reads, writes=writes)
+        return _line(echo, "scopes", verdict.ok, f"{name} has {verdict.text}")
+
+
+def _registry_check(echo: Callable[[str], None], view: ProjectRegistry, project_path: str, repository: str,
+                    method: UntagMethod) -> bool:
+    """What the registry's token service grants the project's token on ``repository`` (read from the token
+    it issues: GitLab leaves out what it will not grant instead of refusing), then a tag listing."""
+    try:
+        granted = view.granted_actions(repository)
+        if granted is not None and missing_actions(granted, method):
+            return _line(echo, "registry", False, registry_fix(project_path, repository, granted))
+        count = len(view.list_tags(repository))
+    except RegistryError as exc:
+        fix = f"; {REGISTRY_FIX}" if isinstance(exc, RegistryAuthError) and exc.status == 403 else ""
+        return _line(echo, "registry", False, f"{repository}: {exc}{fix}")
+    if granted is None:
+        why = ("the registry asks for no token" if view.site.challenge is None
+               else "the token service's tokens name no actions")
+        return _line(echo, "registry", True, f"{repository}: {count} tag(s); actions not checked: {why}")
+    return _line(echo, "registry", True, f"{repository}: token gets {describe_actions(granted)}, {count} tag(s)")
+
+
 def online_checks(settings: Settings, echo: Callable[[str], None] = click.echo) -> bool:
     """Reach GitLab and the registry with each project's credential; print what passed and what failed
-    and why. Returns True when every check passed."""
+    and why. Returns True when every check passed.
+
+    Per token, its scopes and what they let it serve; per project, whether GitLab lets the API token read
+    it, and per repository the actions the registry's token service grants the project's registry_token
+    (SPEC 14: ``delete`` needs the api scope and the Maintainer role)."""
     api_token = settings.gitlab.api_token.get_secret_value() if settings.gitlab.api_token else None
+    method = settings.registry.untag_method
+    gitlab = build_gitlab(settings)
+    scopes = _Scopes(gitlab)
     registry = build_registry_client(settings, max_retries=1, timeout=15.0)
     ok = True
+    if api_token is not None:
+        echo("gitlab.api_token")
+        ok &= scopes.check(echo, api_token, "gitlab.api_token", reads=True, writes=False)
     for project in settings.projects:
         echo(project.path)
         if "*" in project.path:
             echo("  skipped   a group entry: each project below it is checked when its events arrive")
             continue
-        token = api_token or (project.registry_token.get_secret_value() if project.registry_token else None)
+        registry_token = project.registry_token.get_secret_value() if project.registry_token else None
+        token = api_token or registry_token
         source = "gitlab.api_token" if api_token else "registry_token"
         if token is None:
-            ok = False
-            echo("  gitlab    FAILED  no gitlab.api_token and no registry_token to authenticate with")
+            ok &= _line(echo, "gitlab", False, "no gitlab.api_token and no registry_token to authenticate with")
         else:
             try:
-                found = build_gitlab(settings).check_project(project.path, token)
-                echo(f"  gitlab    ok      {found} with {source}")
+                found = gitlab.check_project(project.path, token)
+                ok &= _line(echo, "gitlab", True, f"{found} with {source}")
             except GitLabError as exc:
-                ok = False
-                echo(f"  gitlab    FAILED  {exc}")
-        if project.registry_token is None:
-            ok = False
-            echo("  registry  FAILED  no registry_token: the janitor cannot untag here (set projects[].registry_token)")
+                ok &= _line(echo, "gitlab", False, str(exc))
+        if registry_token is None:
+            ok &= _line(echo, "registry", False,
+                        "no registry_token: the janitor cannot untag here (set projects[].registry_token)")
             continue
-        repos = project.repositories(project.path) or (project.path.lower(),)
-        view = registry.for_project(project.path, project.registry_token.get_secret_value())
-        for repo in repos:
-            try:
-                count = len(view.list_tags(repo))
-                echo(f"  registry  ok      {repo}: token granted, {count} tag(s)")
-            except RegistryError as exc:
-                ok = False
-                echo(f"  registry  FAILED  {repo}: {exc}")
+        ok &= scopes.check(echo, registry_token, "registry_token", reads=api_token is None,
+                           writes=method == "gitlab-api")
+        view = registry.for_project(project.path, registry_token)
+        for repo in project.repositories(project.path) or (project.path.lower(),):
+            ok &= _registry_check(echo, view, project.path, repo, method)
     return ok
 
 

@@ -1,6 +1,6 @@
 """The GitLab API calls of catching up (SPEC 11), webhook management (SPEC 9 ``hooks``) and ``check-config
---online``: merge requests, branches, a group's projects, project webhooks, and whether a token can read
-a project.
+--online``: merge requests, branches, a group's projects, project webhooks, whether a token can read a
+project, and a token's scopes.
 
 Owns: :class:`GitLabAPI` and the values it returns (:class:`MergeRequestInfo`, :class:`HookInfo`).
 Must not: answer "unknown" for a call that failed (these callers report per project, so every failure is
@@ -17,7 +17,8 @@ from typing import Any
 from daemon.gitlab.client import GitLab
 from daemon.gitlab.errors import GitLabAPIError, gitlab_errors
 
-__all__ = ["HOOK_EVENTS", "GitLab", "GitLabAPI", "GitLabAPIError", "HookInfo", "MergeRequestInfo"]
+__all__ = ["HOOK_EVENTS", "GitLab", "GitLabAPI", "GitLabAPIError", "HookInfo", "MergeRequestInfo",
+           "insufficient_scope"]
 
 HOOK_EVENTS = ("push_events", "merge_requests_events", "pipeline_events")
 
@@ -55,6 +56,12 @@ def _hook_info(obj: Any) -> HookInfo:
                     alert_status=attrs.get("alert_status"))
 
 
+def insufficient_scope(exc: GitLabAPIError) -> bool:
+    """GitLab's answer to a token whose scopes do not reach the API at all (``read_registry`` and
+    ``write_registry`` tokens): 403 with ``{"error": "insufficient_scope"}`` (``lib/api/api_guard.rb``)."""
+    return exc.status == 403 and exc.detail == "insufficient_scope"
+
+
 def _maybe_int(value: Any) -> int | None:
     try:
         return None if value is None or isinstance(value, bool) else int(value)
@@ -76,6 +83,18 @@ class GitLabAPI(GitLab):
         with gitlab_errors(f"read project {project_path}", subject=project_path, url=self.url):
             project = self._client(private_token=token).projects.get(project_path)
         return f"project #{project.get_id()} readable"
+
+    def token_scopes(self, token: str) -> tuple[str, ...]:
+        """``check-config --online``: the scopes of ``token`` (``GET /personal_access_tokens/self``, which
+        personal, project and group access tokens may call whatever their scopes), sorted. A token GitLab
+        keeps from the API altogether raises :class:`GitLabAPIError` with status 403 and detail
+        ``insufficient_scope``; one that is not an access token (OAuth) gets a 400, an old GitLab a 404."""
+        with gitlab_errors("read the token's scopes", subject="the token's own record", url=self.url):
+            answer = self._client(private_token=token).http_get("/personal_access_tokens/self")
+        scopes = answer.get("scopes") if isinstance(answer, dict) else None
+        if not isinstance(scopes, list):
+            raise GitLabAPIError(f"GitLab at {self.url} answered no scopes for the token; is gitlab.url right?")
+        return tuple(sorted(str(s) for s in scopes))
 
     def check_access(self, project_path: str, token: str) -> None:
         """Raise unless ``token`` can read the project (so a later 404 means the thing asked about is gone,

@@ -186,10 +186,11 @@ def test_check_config_online_reports_each_check(tmp_path, gitlab, registry, proj
             current = blocks.setdefault(line, [])
         else:
             current.append(line.split(None, 2))
-    assert [b[:2] for b in blocks[project.path]] == [["gitlab", "ok"], ["registry", "ok"]]
+    assert [b[:2] for b in blocks[project.path]] == [["gitlab", "ok"], ["scopes", "ok"], ["registry", "ok"]]
     # a token of another project: GitLab hides the project, the registry grants nothing (S6)
-    assert [b[:2] for b in blocks[stranger.path]] == [["gitlab", "FAILED"], ["registry", "FAILED"]]
+    assert [b[:2] for b in blocks[stranger.path]] == [["gitlab", "FAILED"], ["scopes", "ok"], ["registry", "FAILED"]]
     assert "404" in blocks[stranger.path][0][2]
+    assert f"token for {stranger.path} gets nothing on {stranger.path.lower()}" in blocks[stranger.path][2][2]
     assert blocks["grp/*"][0][0] == "skipped"
     assert "no gitlab.api_token and no registry_token" in blocks["nobody/here"][0][2]
     good = write_config(tmp_path, [{"path": project.path, "webhook_secret": SECRET,
