@@ -39,6 +39,7 @@ from pathlib import Path
 from common import EventStream, config_dict, verdict
 
 from daemon.config import ProjectSettings, settings_from_dict
+from daemon.registry.errors import NoDeletePermissionError
 from daemon.registry.types import Manifest, UntagRequest, UntagResult
 
 PROJECTS = 20
@@ -76,6 +77,9 @@ class RegistryStandIn:
         return manifest.digest
 
     def tag_count(self, repository: str) -> int | None:
+        return None
+
+    def untag_refusal(self, repository: str, method: str = "auto") -> NoDeletePermissionError | None:
         return None
 
     def restore(self, repository: str, tag: str, manifest: Manifest) -> None:

@@ -28,6 +28,11 @@ UntagOutcome = Literal["done", "skipped", "failed", "dry_run"]
 Outcome = Literal["pending", UntagOutcome]
 SkipReason = Literal["protected", "superseded", "live_owner", "missing", "out_of_scope"]
 UntagMethod = Literal["auto", "oci", "placeholder", "gitlab-api"]
+#: A failed untag's reason when the project's token may not untag (no registry ``delete``, or GitLab's API
+#: forbade the tag delete): nothing was written, and it is also what the project is flagged with.
+NO_DELETE_PERMISSION = "no_delete_permission"
+#: What can be wrong with a project's setup, found while running and shown until it is fixed.
+ProjectProblemKind = Literal["no_delete_permission"]
 
 PATTERN_LIFETIMES: tuple[PatternLifetime, ...] = get_args(PatternLifetime)
 LIFETIMES: tuple[Lifetime, ...] = get_args(Lifetime)
@@ -35,6 +40,7 @@ TRIGGER_KINDS: tuple[TriggerKind, ...] = get_args(TriggerKind)
 PLAN_STATES: tuple[PlanState, ...] = get_args(PlanState)
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 UNTAG_METHODS: tuple[UntagMethod, ...] = get_args(UntagMethod)
+PROJECT_PROBLEM_KINDS: tuple[ProjectProblemKind, ...] = get_args(ProjectProblemKind)
 
 FINISHED_STATUSES = frozenset({"success", "failed", "canceled", "skipped"})
 

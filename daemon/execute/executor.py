@@ -4,6 +4,16 @@ For each due plan: the bulk guard on first run (S7, unless an admin approved it)
 (S7, deferred to the next hour, never dropped), the guards re-checked at run time (S2, S4, S6), then the
 registry client, which re-checks the digest immediately before each write (S3) and writes tag-only (S5).
 Dry-run is decided at the single point of write: the client is told, and sends no write at all.
+
+Before any registry request for a plan, the project's token is asked what it was granted (read from the
+token itself, free while it is cached): a token that may not untag there (GitLab leaves ``delete`` out
+of tokens without the api scope and the Maintainer role) fails every untag of the plan as
+``no_delete_permission`` with nothing sent; so does a 403 from GitLab's API (``gitlab-api`` method) in
+the client's results. The project is then flagged in storage with the fix, and for the rest of the tick
+its other due plans fail the same way without a request: each untag is retryable once the token is
+fixed, and the next tick asks the token again. A dry run reports the finding on its ``dry_run`` untags
+instead of failing them. The flag is cleared when an untag of the project is done (or a dry run finds
+the token good).
 """
 
 from __future__ import annotations
@@ -14,11 +24,12 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from daemon.config import ProjectSettings, Settings
-from daemon.domain.model import Plan, Trigger, Untag
+from daemon.domain.model import NO_DELETE_PERMISSION, Plan, Trigger, Untag
 from daemon.domain.patterns import is_protected
 from daemon.domain.planner import Decision, PlannedUntag, bulk_guard, live_owner
 from daemon.domain.policy import LEASE_SECONDS, in_scope
 from daemon.plan.planning import LiveRefs, policy_for
+from daemon.registry.errors import NoDeletePermissionError
 from daemon.registry.types import Manifest, UntagRequest, UntagResult
 from daemon.store import Store
 
@@ -37,6 +48,8 @@ class ProjectRegistryLike(Protocol):
 
     def tag_count(self, repository: str) -> int | None: ...
 
+    def untag_refusal(self, repository: str, method: str = "auto") -> NoDeletePermissionError | None: ...
+
 
 RegistryFactory = Callable[[str, ProjectSettings], ProjectRegistryLike | None]
 
@@ -53,9 +66,12 @@ class Executor:
         self.registries = registries
         self.clock = clock
         self.live_refs = live_refs or LiveRefs(store, None, clock)
+        #: Projects found this tick to hold a token that may not untag, with what was found.
+        self._refused: dict[str, NoDeletePermissionError] = {}
 
     def run_due(self, limit: int = 50) -> int:
         ran = 0
+        self._refused = {}
         for plan in self.store.due_plans(self.clock(), limit):
             if self.store.claim_plan(plan.id, self.clock(), LEASE_SECONDS):
                 self.run_plan(plan)
@@ -72,6 +88,10 @@ class Executor:
             return
         registry = self.registries(plan.project_path, project)
         pending = self.store.pending_untags(plan.id)
+        refused = self._token_refusal(plan.project_path, project, registry, pending)
+        if refused is not None and (not project.dry_run or "pull" not in refused.granted):
+            self._not_attempted(plan, project, pending)
+            return
         if plan.state == "scheduled" and not self.store.is_approved(plan.id):
             reason = self._bulk_reason(plan, project, pending, registry)
             if reason:
@@ -91,6 +111,41 @@ class Executor:
         else:
             final = "dry_run" if project.dry_run else "done"
             self.store.set_plan_state(plan.id, final, self.clock())
+
+    def _token_refusal(self, project_path: str, project: ProjectSettings, registry: ProjectRegistryLike | None,
+                       pending: Sequence[Untag]) -> NoDeletePermissionError | None:
+        """Why the project's token may not untag: found earlier this tick, or read from the token now,
+        one repository after another until one says so (GitLab grants per project)."""
+        known = self._refused.get(project_path)
+        if known is not None or registry is None:
+            return known
+        method = self.settings.registry.untag_method
+        for repo in sorted({u.repository for u in pending}):
+            try:
+                refused = registry.untag_refusal(repo, method)
+            except Exception as exc:  # the untags meet and report the same failure
+                log.warning("the grants of %s's token on %s are unknown: %s", project_path, repo, exc)
+                return None
+            if refused is not None:
+                self._flag(project_path, project, str(refused), refused)
+                return refused
+        return None
+
+    def _not_attempted(self, plan: Plan, project: ProjectSettings, pending: Sequence[Untag]) -> None:
+        """Every pending untag ends ``no_delete_permission`` (``dry_run`` in a dry run), nothing sent."""
+        outcome = "dry_run" if project.dry_run else "failed"
+        for untag in pending:
+            self._finish(untag, outcome, NO_DELETE_PERMISSION, None, None)
+        note = ("not attempted: the project's token may not untag (see the project's status); retry its "
+                "untags once the token is fixed")
+        self.store.set_plan_state(plan.id, "dry_run" if project.dry_run else "done", self.clock(), note=note)
+
+    def _flag(self, project_path: str, project: ProjectSettings, detail: str,
+              refused: NoDeletePermissionError | None) -> None:
+        log.warning("project %s: %s", project_path, detail)
+        self.store.set_project_problem(project_path, NO_DELETE_PERMISSION, detail, self.clock())
+        if not project.dry_run:
+            self._refused[project_path] = refused or NoDeletePermissionError(detail)
 
     def _bulk_reason(self, plan: Plan, project: ProjectSettings, pending: Sequence[Untag],
                      registry: ProjectRegistryLike | None) -> str | None:
@@ -153,6 +208,10 @@ class Executor:
             by_repo[untag.repository].append((untag, UntagRequest(untag.repository, untag.tag, digest)))
         method = self.settings.registry.untag_method
         for repo, items in sorted(by_repo.items()):
+            if plan.project_path in self._refused:  # GitLab's API refused the delete in an earlier repository
+                for untag, _ in items:
+                    self._finish(untag, "failed", NO_DELETE_PERMISSION, None, None)
+                continue
             self.store.mark_started([untag.id for untag, _ in items], self.clock())
             try:
                 results = registry.untag([req for _, req in items], method=method,  # type: ignore[union-attr]
@@ -164,6 +223,16 @@ class Executor:
                 continue
             for (untag, _), result in zip(items, results, strict=True):
                 self._finish(untag, result.outcome, result.reason, result.method, result.saved)
+            self._judge_token(plan.project_path, project, results)
+
+    def _judge_token(self, project_path: str, project: ProjectSettings, results: Sequence[UntagResult]) -> None:
+        """Flag the project when its token may not untag; clear the flag once an untag proves it can."""
+        refused = next((r for r in results if r.reason == NO_DELETE_PERMISSION), None)
+        if refused is not None:
+            self._flag(project_path, project, refused.detail or "the project's token may not untag", None)
+        elif (any(r.outcome == "done" or (r.outcome == "dry_run" and r.reason is None) for r in results)
+              and self.store.clear_project_problem(project_path, NO_DELETE_PERMISSION)):
+            log.info("project %s: its token untags again", project_path)
 
     def _finish(self, untag: Untag, outcome: str, reason: str | None, method: str | None,
                 saved: Manifest | None) -> None:

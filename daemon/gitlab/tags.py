@@ -5,7 +5,8 @@ Its failures are the registry's (it stands in for the registry's tag delete, see
 ``daemon.registry.types.TagDeleter``), mapped through ``daemon.gitlab.errors`` like every other GitLab call:
 the tag already gone (404) is :class:`TagNotFoundError`, GitLab unreachable or failing (5xx, 429,
 connection errors) :class:`TransientRegistryError`, the token refused (401) :class:`RegistryAuthError`,
-anything else :class:`PermanentRegistryError`.
+the token forbidden to do it (403: ``insufficient_scope`` for a token without the ``api`` scope, or a role
+too low) :class:`NoDeletePermissionError`, anything else :class:`PermanentRegistryError`.
 
 Owns: :class:`GitLabTagDeleter` and its cache of registry repositories (looked up once each).
 Must not: decide whether a tag may be deleted (the executor did), or retry (the worker does).
@@ -22,6 +23,7 @@ import requests
 from daemon.gitlab.client import connect
 from daemon.gitlab.errors import Failure, describe, translated
 from daemon.registry.errors import (
+    NoDeletePermissionError,
     PermanentRegistryError,
     RegistryAuthError,
     RegistryError,
@@ -37,6 +39,14 @@ def _registry_error(what: str, subject: str, url: str, gone: str | None) -> Call
     def make(failure: Failure) -> RegistryError:
         if failure.kind == "not_found" and gone is not None:
             return TagNotFoundError(gone, status=failure.status)
+        if failure.kind == "forbidden":
+            return NoDeletePermissionError(
+                f"GitLab at {url} refused the token to {what} ({failure.reason}): the gitlab-api method "
+                f"deletes the tags of {subject} with the project's registry_token, and "
+                "that token needs the api scope and at least the Developer role there; nothing was deleted. "
+                "Retry the failed untags once the token is fixed",
+                status=failure.status,
+            )
         error: type[RegistryError] = PermanentRegistryError
         if failure.transient:
             error = TransientRegistryError

@@ -1,8 +1,8 @@
 """What operators see, computed once for the admin API, the dashboard and the admin CLI.
 
 Owns: the status snapshot (per-project and total counters, queue, plans, webhook health, worker
-heartbeat), the JSON shape of plans, untags and operator requests, time formatting, and reading a
-``since`` filter. Reads storage and settings only: no requests, no registry, no GitLab.
+heartbeat, what is wrong with a project's setup), the JSON shape of plans, untags and operator requests,
+time formatting, and reading a ``since`` filter. Reads storage and settings only: no requests, no registry, no GitLab.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from daemon.config import Settings
 from daemon.domain.model import PLAN_STATES, Plan
 from daemon.domain.patterns import parse_duration
 from daemon.domain.policy import HEARTBEAT_KEY, heartbeat_fresh
-from daemon.store import OperatorRequest, Store, UntagView
+from daemon.store import OperatorRequest, ProjectProblem, Store, UntagView
 
 QUIET_AFTER = 24 * 3600.0
 COUNTERS = ("created", "untagged", "scheduled", "held", "failed", "dry_run", "restored")
@@ -102,6 +102,11 @@ def untag_json(view: UntagView, requests: dict[tuple[int, str], OperatorRequest]
             "retry": request_json(requests.get((u.id, "retry")))}
 
 
+def problem_json(problem: ProjectProblem) -> dict[str, Any]:
+    return {"kind": problem.kind, "message": problem.message, "since": iso(problem.since),
+            "last_seen_at": iso(problem.updated_at)}
+
+
 def worker_heartbeat_age(settings: Settings, store: Store, now: float) -> tuple[float | None, bool]:
     """(seconds since the worker's last heartbeat or None, fresh?) as /readyz judges it."""
     age = store.value_age(HEARTBEAT_KEY, now)
@@ -116,7 +121,11 @@ def status_snapshot(settings: Settings, store: Store, now: float) -> dict[str, A
     last: dict[str, dict[str, float]] = {}
     for project, kind, at in store.last_events():
         last.setdefault(project, {})[kind] = at
-    names = set(counters) | set(last) | {p.path for p in settings.projects if "*" not in p.path}
+    problems: dict[str, list[ProjectProblem]] = {}
+    for problem in store.project_problems():
+        problems.setdefault(problem.project_path, []).append(problem)
+    names = (set(counters) | set(last) | set(problems)
+             | {p.path for p in settings.projects if "*" not in p.path})
     projects: dict[str, dict[str, Any]] = {}
     for name in sorted(names):
         config = settings.project_for(name)
@@ -134,6 +143,8 @@ def status_snapshot(settings: Settings, store: Store, now: float) -> dict[str, A
             "last_events": {kind: iso(at) for kind, at in sorted(events.items())},
             "last_event_at": iso(newest),
             "quiet": config is not None and (newest is None or now - newest > QUIET_AFTER),
+            "misconfigured": bool(problems.get(name)),
+            "problems": [problem_json(p) for p in problems.get(name, [])],
         }
     total: dict[str, float | int] = {key: sum(p[key] for p in projects.values()) for key in COUNTERS}
     total["ratio"] = round(total["untagged"] / total["created"], 4) if total["created"] else 0.0
@@ -152,4 +163,5 @@ def status_snapshot(settings: Settings, store: Store, now: float) -> dict[str, A
         "registry_notifications": {"last_event_at": iso(store.last_registry_event())},
         "worker": {"heartbeat_age_seconds": None if age is None else round(age, 1), "fresh": fresh},
         "dry_run_projects": sorted(n for n, p in projects.items() if p["dry_run_mode"]),
+        "misconfigured_projects": sorted(n for n, p in projects.items() if p["misconfigured"]),
     }

@@ -10,6 +10,7 @@ scope), ``placeholder`` (the empty image tags are parked on), ``ratelimit``, ``s
 
 from daemon.registry.client import RegistryClient, new_session
 from daemon.registry.errors import (
+    NoDeletePermissionError,
     OutOfScopeError,
     PermanentRegistryError,
     RegistryAuthError,
@@ -26,6 +27,7 @@ from daemon.registry.types import Manifest, TagDeleter, UntagRequest, UntagResul
 
 __all__ = [
     "Manifest",
+    "NoDeletePermissionError",
     "OutOfScopeError",
     "PermanentRegistryError",
     "ProjectRegistry",

@@ -2,7 +2,9 @@
 
 Owns: parsing ``WWW-Authenticate``, the GET to the realm with HTTP Basic (the project's
 ``registry_token`` as password) and ``scope=repository:<repo>:pull,push,delete``, and a thread-safe
-cache per (project, repository) that keeps a token until ``expires_in - margin``. Must not: decide
+cache per (project, repository) that keeps a token until ``margin`` before its lifetime ends. GitLab's
+``/jwt/auth`` answers only ``{"token": ...}``, so the lifetime comes from ``expires_in`` when a token service
+sends it, else from the JWT itself (``exp - iat``, or ``exp`` against the janitor's wall clock). Must not: decide
 whether a repository is in scope (``project`` checks S6 before asking for any token), ever ask for
 ``*`` or for more than one repository per token, or log a token or a password.
 """
@@ -70,16 +72,26 @@ def _jwt_claims(token: str) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else None
 
 
-def token_lifetime(answer: dict[str, Any], token: str) -> float:
-    """Seconds the token is valid: ``expires_in``, else the JWT's ``exp - iat``, else the spec's 60."""
-    expires_in = answer.get("expires_in")
-    if isinstance(expires_in, int | float) and expires_in > 0:
-        return float(expires_in)
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def token_lifetime(answer: dict[str, Any], token: str, now: float | None = None) -> float:
+    """Seconds the token is valid: ``expires_in``, else the JWT's ``exp - iat``, else its ``exp - now``
+    (``now``: the janitor's wall clock, Unix seconds), else the spec's 60.
+
+    ``exp - iat`` is measured on the issuer's clock alone, so it is preferred; ``exp - now`` trusts the
+    two clocks to agree, and an ``exp`` already past by the janitor's clock falls back to the 60."""
+    expires_in = _number(answer.get("expires_in"))
+    if expires_in is not None and expires_in > 0:
+        return expires_in
     claims = _jwt_claims(token)
     if claims is not None:
-        exp, iat = claims.get("exp"), claims.get("iat")
-        if isinstance(exp, int | float) and isinstance(iat, int | float) and exp > iat:
-            return float(exp - iat)
+        exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
+        if exp is not None and iat is not None and exp > iat:
+            return exp - iat
+        if exp is not None and iat is None and now is not None and exp > now:
+            return exp - now
     return DEFAULT_TOKEN_LIFETIME
 
 
@@ -186,4 +198,4 @@ def fetch_token(
             f"token service {challenge.realm} gave project {project_path} no token for {repository}; "
             "check the project's registry_token"
         )
-    return token, token_lifetime(answer, token)
+    return token, token_lifetime(answer, token, transport.wall_time())

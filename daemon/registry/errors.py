@@ -3,8 +3,11 @@
     JanitorError                              (daemon.errors)
     └── RegistryError                         anything the registry client raises on purpose
         ├── TransientRegistryError            5xx, connection errors, 429 after retries: try again later
+        │                                     (also a daemon.errors.RegistryUnavailable)
         ├── PermanentRegistryError            4xx other than 404/429, bad manifests: retrying will not help
-        │   └── RegistryAuthError             token refused, or a 401 even after one token refresh
+        │                                     (also a daemon.errors.RegistryRefused, as OutOfScopeError)
+        │   ├── RegistryAuthError             token refused, or a 401 even after one token refresh
+        │   └── NoDeletePermissionError       the token may not delete (registry grant or GitLab 403)
         ├── OutOfScopeError                   repository outside the project path; raised before any request
         ├── TagNotFoundError                  a tag deleter (gitlab-api method) found the tag already gone
         └── RestoreError                      a tag cannot be put back (blobs gone, or the tag was reused)
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from daemon.errors import JanitorError
+from daemon.errors import JanitorError, RegistryRefused, RegistryUnavailable
 
 
 class RegistryError(JanitorError):
@@ -31,11 +34,11 @@ class RegistryError(JanitorError):
         self.codes: tuple[str, ...] = tuple(codes)
 
 
-class TransientRegistryError(RegistryError):
+class TransientRegistryError(RegistryError, RegistryUnavailable):
     """The registry was unreachable, overloaded (5xx) or kept rate limiting (429): retry later."""
 
 
-class PermanentRegistryError(RegistryError):
+class PermanentRegistryError(RegistryError, RegistryRefused):
     """The registry refused the request for a reason retrying will not change."""
 
 
@@ -43,7 +46,19 @@ class RegistryAuthError(PermanentRegistryError):
     """The token service refused the project's credential, or the registry refused the token it gave."""
 
 
-class OutOfScopeError(RegistryError):
+class NoDeletePermissionError(PermanentRegistryError):
+    """The project's token may not untag: the registry's token service granted it no ``delete`` (or not
+    every action the method needs), or GitLab's API forbade the tag delete (403). Raised before any write;
+    the message names what was granted and the fix. Untags failing with it end ``no_delete_permission``.
+    ``granted``: the registry actions the token holds (empty when GitLab's API refused)."""
+
+    def __init__(self, message: str, *, status: int | None = None, codes: Iterable[str] = (),
+                 granted: Iterable[str] = ()) -> None:
+        super().__init__(message, status=status, codes=codes)
+        self.granted: frozenset[str] = frozenset(granted)
+
+
+class OutOfScopeError(RegistryError, RegistryRefused):
     """A repository outside the project's path (S6). Raised before any request is sent."""
 
 

@@ -18,7 +18,12 @@ import requests
 
 from daemon.registry import untag as _untag
 from daemon.registry.auth import fetch_token, granted_actions, parse_challenge
-from daemon.registry.errors import OutOfScopeError, PermanentRegistryError, RegistryAuthError
+from daemon.registry.errors import (
+    NoDeletePermissionError,
+    OutOfScopeError,
+    PermanentRegistryError,
+    RegistryAuthError,
+)
 from daemon.registry.names import checked_ref, in_project_path, is_digest
 from daemon.registry.site import RegistrySite
 from daemon.registry.transport import raise_for_status
@@ -161,6 +166,12 @@ class ProjectRegistry:
         """Untag each request's tag, guarded by S3/S5/S6; one result per request, in order."""
         return _untag.untag(self, requests_, method=method, dry_run=dry_run)
 
+    def untag_refusal(self, repository: str, method: str = "auto") -> NoDeletePermissionError | None:
+        """Why this project's token may not untag in ``repository`` by ``method`` (it was not granted
+        ``delete``, or another action the method needs), read from the token before any write; None when
+        nothing is known to be missing."""
+        return _untag.refusal(self, repository, method)
+
     def delete_tag(self, repository: str, tag: str) -> None:
         """``DELETE /v2/<repo>/manifests/<tag>``: removes that one tag (registries that support it).
 
@@ -235,6 +246,8 @@ class ProjectRegistry:
         for refreshed in (False, True):
             resp = site.transport.send(method, url, headers=_auth(headers, token), data=data, params=params)
             if resp.status_code != 401:
+                if token is None and site.challenge is None:
+                    site.remember_serves_without_token()
                 return resp
             site.learn_challenge(resp)
             if token is not None:
@@ -256,9 +269,10 @@ class ProjectRegistry:
         read from the token the registry's token service issued; None when the registry asks for no
         token or issues tokens the janitor cannot read (then nothing is known to be missing).
 
-        Uses the cached token when there is one, else asks the token service (no registry request)."""
+        Uses the cached token when there is one, else asks the token service; only while the registry's
+        challenge is not known yet does it send one ``GET /v2/`` to learn it."""
         self.check_scope(repository)
-        if self.site.challenge is None:
+        if self.site.challenge is None and not self.site.serves_without_token:
             self.probe(repository)
         token, _ = self._token(repository)
         return None if token is None else granted_actions(token, repository)

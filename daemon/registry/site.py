@@ -41,6 +41,7 @@ class RegistrySite:
         self.placeholder_batch = max(1, placeholder_batch)
         self._lock = threading.Lock()
         self._challenge: Challenge | None = None
+        self._serves_without_token = False
         self._tag_delete_unsupported = False
         self._placeholder_delete_works = False
 
@@ -71,6 +72,17 @@ class RegistrySite:
         """The registry's Bearer challenge once a 401 taught it; None before (requests go without a token)."""
         with self._lock:
             return self._challenge
+
+    @property
+    def serves_without_token(self) -> bool:
+        """True once the registry answered a request sent without a token with anything but 401 (a
+        registry without auth): there is no token whose grants could be read."""
+        with self._lock:
+            return self._serves_without_token
+
+    def remember_serves_without_token(self) -> None:
+        with self._lock:
+            self._serves_without_token = True
 
     def learn_challenge(self, resp: requests.Response) -> None:
         """Remember the registry's Bearer challenge so later requests send a token upfront."""

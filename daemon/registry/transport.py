@@ -105,6 +105,10 @@ class Transport:
         self.timeout = timeout
         self._observer = observer
 
+    def wall_time(self) -> float:
+        """The janitor's wall-clock time (Unix seconds), to read absolute times a server sent."""
+        return self._wall_clock()
+
     def send(
         self,
         method: str,

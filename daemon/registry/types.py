@@ -45,8 +45,11 @@ class UntagResult:
     """What happened to one ``UntagRequest``.
 
     ``reason``: for ``skipped`` one of ``superseded``, ``missing``, ``out_of_scope``; for ``failed`` a
-    short error text. ``saved`` is the manifest read just before the write (None when nothing was
-    written). ``method`` is the method that actually wrote (``oci``, ``placeholder``, ``gitlab-api``).
+    short error text, or ``no_delete_permission`` when the project's token may not untag (nothing was
+    written); for ``dry_run`` None, or ``no_delete_permission`` when the write would fail for that.
+    ``detail`` says, with a ``no_delete_permission``, what the token was granted and how to fix it.
+    ``saved`` is the manifest read just before the write (None when nothing was written). ``method`` is
+    the method that actually wrote (``oci``, ``placeholder``, ``gitlab-api``).
     """
 
     request: UntagRequest
@@ -54,6 +57,7 @@ class UntagResult:
     reason: str | None = None
     saved: Manifest | None = None
     method: str | None = None
+    detail: str | None = None
 
 
 class TagDeleter(Protocol):
@@ -98,6 +102,8 @@ class ProjectView(Protocol):
     def remember_placeholder_delete_works(self) -> None: ...
 
     def check_scope(self, repository: str) -> None: ...
+
+    def granted_actions(self, repository: str) -> frozenset[str] | None: ...
 
     def head(self, repository: str, ref: str) -> str | None: ...
 

@@ -3,26 +3,36 @@
 Owns the order of requests around each write: the S3 guard immediately before it, the saved manifest,
 and what a write's answer means (404 is ``skipped: missing``, S8). The guard is a GET of the tag: one
 request that both re-checks the digest and reads the manifest to save, so the gap between the check and
-the write is a single round trip. Works only through ``types.ProjectView`` (the operations a project's
-view offers), never through the class behind it. Must not: decide what to untag, write anything when
-``dry_run`` is set, or delete a manifest by digest other than a placeholder the janitor pushed itself
-(S5: ``delete_placeholder`` is only given the digest of a fresh ``new_placeholder`` or of a manifest
-whose config carries the placeholder label).
+the write is a single round trip. Before the first write of a repository's batch it reads what the
+project's token was granted (``granted_actions``, from the token itself): when the method needs an action
+the token lacks (GitLab leaves ``delete`` out of tokens without the ``api`` scope and the Maintainer role),
+nothing is written and every untag of the batch fails ``no_delete_permission``, so no tag is ever parked
+on a placeholder the token cannot delete. A dry run reports the same finding on its ``dry_run`` results.
+Works only through ``types.ProjectView`` (the operations a project's view offers), never through the
+class behind it. Must not: decide what to untag, write anything when ``dry_run`` is set, or delete a
+manifest by digest other than a placeholder the janitor pushed itself (S5: ``delete_placeholder`` is only
+given the digest of a fresh ``new_placeholder`` or of a manifest whose config carries the placeholder
+label).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import cast
 
+from daemon.domain.credentials import actions_needed, missing_actions, registry_fix
+from daemon.domain.model import NO_DELETE_PERMISSION, UntagMethod
 from daemon.registry.errors import (
+    NoDeletePermissionError,
     PermanentRegistryError,
     RegistryError,
     RestoreConflictError,
     RestoreError,
     TagNotFoundError,
 )
+from daemon.registry.names import checked_ref
 from daemon.registry.placeholder import Placeholder, candidate_config, is_placeholder_config, new_placeholder
 from daemon.registry.types import UNTAG_METHODS, Manifest, ProjectView, UntagRequest, UntagResult, sha256_digest
 
@@ -56,6 +66,11 @@ def untag(reg: ProjectView, items: Sequence[UntagRequest], *, method: str, dry_r
         except RegistryError:
             results[i] = UntagResult(item, "skipped", "out_of_scope")
             continue
+        try:
+            checked_ref(item.tag)
+        except RegistryError as exc:  # never reaches a URL, and joins no batch that asks anything
+            results[i] = _failed(item, exc)
+            continue
         batches.setdefault(item.repository, []).append((i, item))
     for batch in batches.values():
         results.update(_untag_repository(reg, batch, method, dry_run))
@@ -76,18 +91,28 @@ def untag(reg: ProjectView, items: Sequence[UntagRequest], *, method: str, dry_r
 def _untag_repository(
     reg: ProjectView, batch: Batch, method: str, dry_run: bool
 ) -> Iterator[tuple[int, UntagResult]]:
-    if dry_run:  # reads only: the guard tells what would happen, nothing is written
-        for i, item in batch:
-            guard = _guard(reg, item)
-            yield i, guard if isinstance(guard, UntagResult) else UntagResult(item, "dry_run")
+    if dry_run:
+        yield from _dry_run(reg, batch, method)
         return
     if method == "auto" and reg.auto_method == "placeholder":
         method = "placeholder"
+    refused = _refusal(reg, batch[0][1].repository, method)
+    if refused is not None:
+        for i, item in batch:
+            yield i, _failed(item, refused)
+        return
     if method == "placeholder":
         yield from _placeholder(reg, batch)
     elif method == "gitlab-api":
+        denied: UntagResult | None = None
         for i, item in batch:
-            yield i, _via_gitlab(reg, item)
+            if denied is not None:  # GitLab refused this token the delete: the rest is not asked
+                yield i, replace(denied, request=item)
+                continue
+            deleted = _via_gitlab(reg, item)
+            if deleted.reason == NO_DELETE_PERMISSION:
+                denied = deleted
+            yield i, deleted
     else:
         for n, (i, item) in enumerate(batch):
             result = _oci(reg, item, fallback=method == "auto")
@@ -97,6 +122,57 @@ def _untag_repository(
                 yield from _placeholder(reg, batch[n:])
                 return
             yield i, result
+
+
+def _dry_run(reg: ProjectView, batch: Batch, method: str) -> Iterator[tuple[int, UntagResult]]:
+    """Reads only: the guard tells what would happen, and the token's grants whether the write could.
+    A token that may not even read is not sent to read each tag: every untag reports the finding."""
+    refused = _refusal(reg, batch[0][1].repository, method)
+    if refused is not None and (not isinstance(refused, NoDeletePermissionError) or "pull" not in refused.granted):
+        for i, item in batch:
+            yield i, _dry_run_refused(item, refused)
+        return
+    for i, item in batch:
+        guard = _guard(reg, item)
+        if isinstance(guard, UntagResult):
+            yield i, guard
+        else:
+            yield i, UntagResult(item, "dry_run") if refused is None else _dry_run_refused(item, refused)
+
+
+def _dry_run_refused(item: UntagRequest, refused: RegistryError) -> UntagResult:
+    if isinstance(refused, NoDeletePermissionError):
+        return UntagResult(item, "dry_run", NO_DELETE_PERMISSION, detail=str(refused))
+    return _failed(item, refused)
+
+
+def refusal(reg: ProjectView, repository: str, method: str) -> NoDeletePermissionError | None:
+    """Why the project's token may not untag in ``repository`` by ``method``, read from the token (no
+    registry request when it is cached); None when nothing is known to be missing, or the grants could
+    not be read (the untag itself then meets and reports that error)."""
+    if method not in UNTAG_METHODS:
+        raise ValueError(f"unknown untag method {method!r}; expected one of {', '.join(UNTAG_METHODS)}")
+    found = _refusal(reg, repository, method)
+    return found if isinstance(found, NoDeletePermissionError) else None
+
+
+def _refusal(reg: ProjectView, repository: str, method: str) -> RegistryError | None:
+    """Why nothing may be written to ``repository`` by ``method``: the token lacks an action the method
+    needs (``NoDeletePermissionError``), or its grants could not be read; None when nothing is known
+    to be missing (a registry without auth, or a token that says nothing readable)."""
+    try:
+        granted = reg.granted_actions(repository)
+    except RegistryError as exc:
+        return exc
+    untag_method = cast(UntagMethod, method)
+    if granted is None or not missing_actions(granted, untag_method):
+        return None
+    return NoDeletePermissionError(
+        f"{registry_fix(reg.project_path, repository, granted)}. Untagging with the {method} method needs "
+        f"{','.join(actions_needed(untag_method))}; nothing was written, the tags keep their images. Retry "
+        "the failed untags once the token is fixed",
+        granted=granted,
+    )
 
 
 def _guard(reg: ProjectView, item: UntagRequest) -> UntagResult | Manifest | _Leftover:
@@ -269,4 +345,6 @@ def restore(reg: ProjectView, repository: str, tag: str, manifest: Manifest) -> 
 
 
 def _failed(item: UntagRequest, exc: Exception) -> UntagResult:
+    if isinstance(exc, NoDeletePermissionError):
+        return UntagResult(item, "failed", NO_DELETE_PERMISSION, detail=str(exc))
     return UntagResult(item, "failed", str(exc) or exc.__class__.__name__)

@@ -3,8 +3,8 @@
 SQLite (WAL) through sqlite-utils is the embedded default. Nothing outside this package may assume
 SQLite: no connection, row or ``sqlite_utils`` object leaves it, and claims are atomic statements.
 ``Store`` is assembled from one part per thing stored (the inbox, the ledger, refs and merge requests,
-plans, untags, race repairs, operator requests, registry request counters, the key-value table) and the
-counts that read across them; callers see only its methods.
+plans, untags, race repairs, operator requests, registry request counters, project problems, the
+key-value table) and the counts that read across them; callers see only its methods.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from daemon.store.inbox import InboxEvent, InboxStore
 from daemon.store.ledger import LedgerStore
 from daemon.store.operator_requests import OperatorRequest, RequestStore
 from daemon.store.plans import PlanStore
+from daemon.store.problems import ProblemStore, ProjectProblem
 from daemon.store.refs import RefStore
 from daemon.store.registry_requests import LatencyHistogram, RegistryRequestStore
 from daemon.store.repairs import RepairStore
@@ -24,11 +25,12 @@ from daemon.store.schema import migrate
 from daemon.store.untags import UntagStore, UntagView
 from daemon.store.values import ValueStore
 
-__all__ = ["InboxEvent", "LatencyHistogram", "OperatorRequest", "Store", "UntagView", "open_store"]
+__all__ = ["InboxEvent", "LatencyHistogram", "OperatorRequest", "ProjectProblem", "Store", "UntagView",
+           "open_store"]
 
 
 class Store(InboxStore, LedgerStore, RefStore, PlanStore, UntagStore, RepairStore, RequestStore,
-            RegistryRequestStore, ValueStore, CountStore):
+            RegistryRequestStore, ProblemStore, ValueStore, CountStore):
     """The one storage object the web app and the worker are given."""
 
     @property

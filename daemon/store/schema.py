@@ -148,9 +148,18 @@ def _v7_open_merge_requests(db: sqlite_utils.Database) -> None:
     db.table("merge_requests").create_index(["project_path", "state"])
 
 
+def _v8_project_problems(db: sqlite_utils.Database) -> None:
+    # What the worker found wrong with a project's setup (a registry token without delete), shown by
+    # status, the dashboard and the metrics until an untag of the project succeeds.
+    db.table("project_problems").create(
+        {"project_path": str, "kind": str, "message": str, "since": float, "updated_at": float},
+        pk=("project_path", "kind"), not_null={"message", "since", "updated_at"},
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2_ci_records, _v3_race_repair, _v4_operations, _v5_untags_by_record, _v6_ttl_expiry,
-    _v7_open_merge_requests,
+    _v7_open_merge_requests, _v8_project_problems,
 ]
 
 

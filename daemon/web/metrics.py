@@ -1,8 +1,9 @@
 """``GET /metrics``: Prometheus text exposition (format 0.0.4), derived from storage on every scrape.
 
 Every number comes from the database, so any gunicorn worker answers the same: events, recorded pushes,
-untags by outcome, plans by state, queue depth, and the registry requests the worker counted and
-flushed (``daemon.registry.stats``). The admin token is required when ``server.metrics_require_token``.
+untags by outcome, plans by state, queue depth, projects whose setup the worker found wrong
+(``janitor_project_misconfigured``), and the registry requests the worker counted and flushed
+(``daemon.registry.stats``). The admin token is required when ``server.metrics_require_token``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ def render(s: Store, heartbeat_age: float | None) -> str:
     counters = s.project_counters()
     out.family("janitor_untag_ratio", "gauge", "Images untagged / images created, per project.",
                (("", [("project", p)], c["ratio"]) for p, c in sorted(counters.items())))
+    out.family("janitor_project_misconfigured", "gauge",
+               "1 while the worker finds a project's setup wrong (reason no_delete_permission: its token may"
+               " not untag); gone once an untag of the project succeeds.",
+               (("", [("project", p.project_path), ("reason", p.kind)], 1) for p in s.project_problems()))
     plans = s.plan_state_counts()
     out.family("janitor_plans", "gauge", "Plans by state.",
                (("", [("state", st)], plans.get(st, 0)) for st in PLAN_STATES))

@@ -199,18 +199,86 @@ def test_a_token_without_access_is_an_auth_error_naming_the_project(
     assert gitlab.calls["GET /jwt/auth"] == 1
 
 
-def test_a_pull_only_token_dry_runs_but_fails_the_write_with_an_auth_error(
+@pytest.mark.parametrize("method", ["oci", "placeholder", "auto"])
+@pytest.mark.parametrize(("role", "scopes", "granted"), [
+    ("reporter", ("api",), "pull"),
+    ("developer", ("api",), "pull,push"),  # the README's old "Developer, read/write registry" token
+    ("maintainer", ("read_registry", "write_registry"), "pull,push"),
+])
+def test_a_token_without_delete_dry_runs_but_writes_nothing_and_fails_as_no_delete_permission(
+    registry: Registry, gitlab: GitLabStandin, unique_repo: Callable[..., str], method: str, role: str,
+    scopes: tuple[str, ...], granted: str,
+) -> None:
+    """``/jwt/auth`` issues a token with fewer actions instead of refusing, and ``delete`` needs the api
+    scope and the Maintainer role (``app/services/auth/container_registry_authentication_service.rb``,
+    ``lib/gitlab/auth.rb``): the janitor reads the grant from the token before its first write, and a
+    token without ``delete`` writes nothing at all (no placeholder is pushed, no tag is parked) instead of
+    leaving the tag on an empty image."""
+    owner = gitlab.add_project(f"grp-{role}-{time.monotonic_ns()}/app", role=role, scopes=scopes)
+    repo = unique_repo(owner)
+    digest = push_image(registry, repo, ["mr-1", "mr-2"])
+    reg = registry_client(registry.url).for_project(owner.path, owner.token)
+    items = [UntagRequest(repo, "mr-1", digest), UntagRequest(repo, "mr-2", digest)]
+    fix = f"token for {owner.path} gets {granted} on {repo}; give it the api scope and the Maintainer role"
+    dry = reg.untag(items, method=method, dry_run=True)
+    assert [(r.outcome, r.reason) for r in dry] == [("dry_run", "no_delete_permission")] * 2
+    assert fix in (dry[0].detail or "")
+    registry.mark()
+    results = reg.untag(items, method=method)
+    assert [(r.outcome, r.reason, r.saved, r.method) for r in results] == [
+        ("failed", "no_delete_permission", None, None)] * 2
+    assert all(fix in (r.detail or "") and "nothing was written" in (r.detail or "") for r in results)
+    assert registry.request_log() == []  # the cached token said it all: not even a guard read
+    assert tags(registry, repo) == ["mr-1", "mr-2"]
+    assert digest_of(registry, repo, "mr-1") == digest and digest_of(registry, repo, "mr-2") == digest
+    assert gitlab.calls["GET /jwt/auth"] == 1
+
+
+def test_a_write_registry_token_cannot_even_read_and_is_not_sent_to(
+    registry: Registry, gitlab: GitLabStandin, unique_repo: Callable[..., str]
+) -> None:
+    """``write_registry`` alone gives only ``create_container_image`` (``lib/gitlab/auth.rb``,
+    ``abilities_for_scopes``): its registry token says ``push``, so neither a dry run nor a real untag
+    sends one request about the tags, and nothing is written."""
+    owner = gitlab.add_project(f"grp-wr-{time.monotonic_ns()}/app", scopes=("write_registry",))
+    repo = unique_repo(owner)
+    digest = push_image(registry, repo, ["mr-1"])
+    reg = registry_client(registry.url).for_project(owner.path, owner.token)
+    registry.mark()
+    (dry,) = reg.untag([UntagRequest(repo, "mr-1", digest)], dry_run=True)
+    (result,) = reg.untag([UntagRequest(repo, "mr-1", digest)], method="placeholder")
+    assert (dry.outcome, dry.reason) == ("dry_run", "no_delete_permission")
+    assert (result.outcome, result.reason) == ("failed", "no_delete_permission")
+    assert f"token for {owner.path} gets push on {repo}" in (result.detail or "")
+    assert registry.request_log(repo=repo) == [] and writes(registry.request_log()) == []
+    assert tags(registry, repo) == ["mr-1"] and digest_of(registry, repo, "mr-1") == digest
+
+
+def test_an_api_maintainer_token_untags(registry: Registry, gitlab: GitLabStandin,
+                                        unique_repo: Callable[..., str]) -> None:
+    owner = gitlab.add_project(f"grp-ok-{time.monotonic_ns()}/app", role="maintainer", scopes=("api",))
+    repo = unique_repo(owner)
+    digest = push_image(registry, repo, ["mr-1", "keep"])
+    (result,) = registry_client(registry.url).for_project(owner.path, owner.token).untag(
+        [UntagRequest(repo, "mr-1", digest)], method="placeholder")
+    assert (result.outcome, result.reason, result.method) == ("done", None, "placeholder")
+    assert tags(registry, repo) == ["keep"]
+
+
+def test_a_pull_only_token_on_a_fresh_client_sends_no_write_at_all(
     registry: Registry, gitlab: GitLabStandin, unique_repo: Callable[..., str]
 ) -> None:
     reporter = gitlab.add_project(f"grp-reporter-{time.monotonic_ns()}/app", role="reporter")
     repo = unique_repo(reporter)
     digest = push_image(registry, repo, ["mr-1"])
-    reg = registry_client(registry.url).for_project(reporter.path, reporter.token)
-    (dry,) = reg.untag([UntagRequest(repo, "mr-1", digest)], dry_run=True)
-    assert dry.outcome == "dry_run"
-    (result,) = reg.untag([UntagRequest(repo, "mr-1", digest)], method="placeholder")
-    assert result.outcome == "failed" and "check the project's registry_token" in (result.reason or "")
-    assert tags(registry, repo) == ["mr-1"]
+    registry.mark()
+    (result,) = registry_client(registry.url).for_project(reporter.path, reporter.token).untag(
+        [UntagRequest(repo, "mr-1", digest)], method="placeholder")
+    assert (result.outcome, result.reason) == ("failed", "no_delete_permission")
+    log = registry.request_log()
+    assert writes(log) == [] and registry.request_log(repo=repo) == []
+    assert [(e.method, e.path) for e in log] == [("GET", "/v2/")] * 2  # the challenge, then with the token
+    assert tags(registry, repo) == ["mr-1"] and digest_of(registry, repo, "mr-1") == digest
 
 
 def test_one_client_serves_many_threads(

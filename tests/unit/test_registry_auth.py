@@ -236,6 +236,42 @@ def test_token_lifetime(answer: dict[str, int], token: str, lifetime: float) -> 
     assert token_lifetime(answer, token) == lifetime
 
 
+@pytest.mark.parametrize(
+    ("token", "lifetime"),
+    [
+        (_jwt({"exp": 1_700_000_300}), 300.0),  # GitLab's answer with no iat: exp against the wall clock
+        (_jwt({"iat": 1_699_999_000, "exp": 1_699_999_600}), 600.0),  # the issuer's own clock first
+        (_jwt({"exp": 1_699_999_990}), 60.0),  # already past by the janitor's clock: the spec's 60
+        ("opaque", 60.0),
+    ],
+)
+def test_token_lifetime_from_exp_against_the_wall_clock(token: str, lifetime: float) -> None:
+    assert token_lifetime({}, token, now=1_700_000_000.0) == lifetime
+
+
+@responses.activate
+def test_a_token_service_answering_only_a_token_is_refreshed_before_its_exp() -> None:
+    """GitLab's ``JwtController`` answers ``{"token": ...}`` only (no ``expires_in``, no ``issued_at``):
+    the lifetime comes from the JWT's ``exp``, and the token is replaced ``margin`` before it ends."""
+    wall = 1_700_000_000.0
+    clock = Clock()
+    first, second = (_jwt({"exp": int(wall) + 300 + n, "n": n}) for n in range(2))
+    registry_accepting(first, second)
+    responses.add("GET", REALM, json={"token": first})
+    responses.add("GET", REALM, json={"token": second})
+    reg = client(clock, token_margin=30, wall_clock=lambda: wall + clock.now).for_project("group/app", "s")
+    reg.head("group/app", "mr-1")
+    clock.now = 269.0
+    reg.head("group/app", "mr-1")
+    assert len(token_calls()) == 1
+    assert responses.calls[-1].request.headers["Authorization"] == f"Bearer {first}"
+    clock.now = 270.0  # 30 s before exp: a new token, never a 401 on an expired one
+    reg.head("group/app", "mr-1")
+    assert len(token_calls()) == 2
+    assert responses.calls[-1].request.headers["Authorization"] == f"Bearer {second}"
+    assert all(c.response.status_code != 401 for c in responses.calls[1:])
+
+
 def _response_with(headers: dict[str, str]) -> requests.Response:
     resp = requests.Response()
     resp.status_code = 401

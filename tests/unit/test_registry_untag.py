@@ -8,9 +8,11 @@ delete, an interrupted run); test_registry_integration.py runs the same behaviou
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -18,6 +20,7 @@ import responses
 
 from daemon.registry import (
     Manifest,
+    NoDeletePermissionError,
     PermanentRegistryError,
     RegistryClient,
     RestoreConflictError,
@@ -37,6 +40,8 @@ from daemon.registry.types import (
 )
 
 BASE = "https://registry.test"
+REALM = "https://gitlab.test/jwt/auth"
+CHALLENGE = f'Bearer realm="{REALM}",service="container_registry"'
 _PATH = re.compile(r"/v2/(?P<repo>.+?)/(?P<kind>manifests|blobs/uploads|blobs)/?(?P<ref>[^/]*)$")
 
 
@@ -58,16 +63,47 @@ class FakeRegistry:
     log: list[tuple[str, str]] = field(default_factory=list)
     fail: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (method, ref) -> statuses first
     fail_digest_deletes: int = 0  # answer this many DELETEs by digest with 503
+    # Token auth as GitLab does it: its tokens grant these actions and no more; None: no auth at all.
+    granted: tuple[str, ...] | None = None
+    token_requests: int = 0
 
     def install(self, rsps: responses.RequestsMock) -> None:
         for method in ("HEAD", "GET", "PUT", "DELETE", "POST"):
             rsps.add_callback(method, re.compile(re.escape(BASE) + r"/v2/.*"), callback=self.handle)
+        rsps.add_callback("GET", REALM, callback=self.issue)
+
+    def issue(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        """GitLab's whole answer: ``{"token"}``, a JWT whose ``access`` claim holds what was granted."""
+        self.token_requests += 1
+        scope = parse_qs(urlsplit(request.url or "").query)["scope"][0]
+        _, name, _ = scope.split(":")
+        claims = {"exp": 4_000_000_000, "access": [
+            {"type": "repository", "name": name, "actions": list(self.granted or ())}]}
+        payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+        token = f"eyJhbGciOiJSUzI1NiJ9.{payload}.c2ln"
+        return 200, {"Content-Type": "application/json"}, json.dumps({"token": token})
+
+    def _refused(self, request: requests.PreparedRequest) -> bool:
+        """As distribution does with token auth: no token, or one without the action, is a 401."""
+        if self.granted is None:
+            return False
+        if not request.headers.get("Authorization", "").startswith("Bearer "):
+            return True
+        needed = {"DELETE": "delete", "PUT": "push", "POST": "push"}.get(request.method or "", "pull")
+        return needed not in self.granted and (request.path_url.split("?")[0] != "/v2/")
 
     def writes(self) -> list[tuple[str, str]]:
         return [entry for entry in self.log if entry[0] not in ("HEAD", "GET")]
 
     def handle(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], bytes | str]:
         path = request.path_url.split("?")[0]
+        if self._refused(request):
+            self.log.append((request.method or "", f"401 {path}"))
+            tokened = request.headers.get("Authorization", "").startswith("Bearer ")
+            return 401, {"WWW-Authenticate": CHALLENGE + (',error="insufficient_scope"' if tokened else "")}, ""
+        if path == "/v2/":  # the API version check
+            self.log.append((request.method or "", "/v2/"))
+            return 200, {"Content-Type": "application/json"}, "{}"
         match = _PATH.search(path)
         assert match, path
         repo, kind, ref = match["repo"], match["kind"], match["ref"]
@@ -190,7 +226,8 @@ def test_oci_removes_only_the_tag_and_saves_the_manifest(fake: FakeRegistry) -> 
     assert result.saved is not None and result.saved.digest == digest
     assert result.saved.body == fake.manifests[("group/app", digest)][1]
     assert ("group/app", "mr-1") not in fake.tags and fake.tags[("group/app", "keep")] == digest
-    assert fake.log == [("GET", "mr-1"), ("DELETE", "mr-1")]
+    # A fresh client first asks /v2/ whether the registry wants a token, whose grants it reads before writing.
+    assert fake.log == [("GET", "/v2/"), ("GET", "mr-1"), ("DELETE", "mr-1")]
 
 
 def test_guard_outcomes_superseded_and_missing_send_no_write(fake: FakeRegistry) -> None:
@@ -239,6 +276,7 @@ def test_placeholder_batch_parks_every_tag_on_one_manifest_and_deletes_it_once(f
     assert all(r.outcome == "done" for r in results)
     kinds = [(m, ref if not ref.startswith("sha256:") else "<digest>") for m, ref in fake.log]
     assert kinds == [
+        ("GET", "/v2/"),  # does the registry want a token (whose grants are read before any write)?
         ("POST", "blobs/uploads/"),
         ("PUT", "blobs/uploads/u1"),
         ("GET", "mr-0"),
@@ -313,6 +351,86 @@ def test_dry_run_reads_but_never_writes(fake: FakeRegistry) -> None:
     assert fake.writes() == []
 
 
+def manifest_requests(fake: FakeRegistry) -> list[tuple[str, str]]:
+    return [entry for entry in fake.log if "/v2/" not in entry[1]]
+
+
+@pytest.mark.parametrize("method", ["oci", "placeholder", "auto"])
+def test_a_token_without_delete_writes_nothing_and_fails_every_untag_no_delete_permission(
+    fake: FakeRegistry, method: str
+) -> None:
+    """GitLab's ``/jwt/auth`` leaves ``delete`` out of a token without the api scope and the Maintainer role
+    instead of refusing (``app/services/auth/container_registry_authentication_service.rb``): the grant
+    is read from the token before the first write, and no tag is parked on a placeholder it cannot delete."""
+    fake.granted = ("pull", "push")
+    fake.tag_delete = True
+    digests = [fake.push("group/app", [f"mr-{n}"], seed=str(n)) for n in range(3)]
+    results = project().untag([UntagRequest("group/app", f"mr-{n}", d) for n, d in enumerate(digests)],
+                              method=method)
+    assert [(r.outcome, r.reason, r.saved, r.method) for r in results] == [
+        ("failed", "no_delete_permission", None, None)] * 3
+    fix = "token for group/app gets pull,push on group/app; give it the api scope and the Maintainer role"
+    assert all(fix in (r.detail or "") and "nothing was written" in (r.detail or "") for r in results)
+    assert fake.writes() == [] and manifest_requests(fake) == []  # not even a guard read
+    assert {tag: fake.tags[("group/app", tag)] for tag in ("mr-0", "mr-1", "mr-2")} == {
+        f"mr-{n}": d for n, d in enumerate(digests)}
+    assert fake.token_requests == 1
+
+
+def test_placeholder_needs_push_as_well_as_delete(fake: FakeRegistry) -> None:
+    fake.granted = ("pull", "delete")
+    digest = fake.push("group/app", ["mr-1"])
+    (result,) = project().untag([UntagRequest("group/app", "mr-1", digest)], method="placeholder")
+    assert (result.outcome, result.reason) == ("failed", "no_delete_permission")
+    assert "needs pull,push,delete" in (result.detail or "")
+    assert fake.writes() == [] and fake.tags[("group/app", "mr-1")] == digest
+
+
+def test_a_token_with_every_action_untags_and_the_check_costs_no_request(fake: FakeRegistry) -> None:
+    fake.granted = ("pull", "push", "delete")
+    fake.tag_delete = True
+    digest = fake.push("group/app", ["mr-1", "keep"])
+    reg = project()
+    reg.head("group/app", "keep")  # challenge and token known before the untag
+    fake.log.clear()
+    (result,) = reg.untag([UntagRequest("group/app", "mr-1", digest)], method="oci")
+    assert (result.outcome, result.reason, result.method) == ("done", None, "oci")
+    assert fake.log == [("GET", "mr-1"), ("DELETE", "mr-1")]
+    assert fake.token_requests == 1
+
+
+def test_a_dry_run_reports_a_token_without_delete_without_failing(fake: FakeRegistry) -> None:
+    fake.granted = ("pull",)
+    digest = fake.push("group/app", ["mr-1"])
+    results = project().untag(
+        [UntagRequest("group/app", "mr-1", digest), UntagRequest("group/app", "gone", digest)], dry_run=True)
+    assert [(r.outcome, r.reason) for r in results] == [("dry_run", "no_delete_permission"), ("skipped", "missing")]
+    assert "token for group/app gets pull on group/app" in (results[0].detail or "")
+    assert fake.writes() == []
+
+
+def test_a_dry_run_with_a_token_that_may_not_read_reports_without_a_read_per_tag(fake: FakeRegistry) -> None:
+    fake.granted = ("push",)  # a write_registry token: push only (lib/gitlab/auth.rb, abilities_for_scopes)
+    digest = fake.push("group/app", ["mr-1", "mr-2"])
+    results = project().untag(
+        [UntagRequest("group/app", "mr-1", digest), UntagRequest("group/app", "mr-2", digest)], dry_run=True)
+    assert [(r.outcome, r.reason) for r in results] == [("dry_run", "no_delete_permission")] * 2
+    assert "token for group/app gets push on group/app" in (results[0].detail or "")
+    assert manifest_requests(fake) == [] and fake.token_requests == 1
+
+
+def test_an_unreadable_grant_fails_the_batch_before_any_write(fake: FakeRegistry) -> None:
+    fake.granted = ("pull", "push", "delete")
+    fake.push("group/app", ["mr-1"])
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        for method in ("GET", "POST", "PUT", "DELETE"):
+            rsps.add_callback(method, re.compile(re.escape(BASE) + r"/v2/.*"), callback=fake.handle)
+        rsps.add("GET", REALM, status=401, json={"message": "HTTP Basic: Access denied"})
+        (result,) = project().untag([UntagRequest("group/app", "mr-1", "sha256:" + "0" * 64)], method="placeholder")
+    assert result.outcome == "failed" and "check the project's registry_token" in (result.reason or "")
+    assert fake.writes() == []
+
+
 def test_failed_placeholder_delete_is_reported_and_finished_by_a_retry(fake: FakeRegistry) -> None:
     digest = fake.push("group/app", ["mr-1", "keep"])
     client = make_client(max_retries=0)
@@ -370,6 +488,29 @@ def test_gitlab_api_missing_tag_is_skipped_missing(fake: FakeRegistry) -> None:
         [UntagRequest("group/app", "mr-1", digest)], method="gitlab-api"
     )
     assert (result.outcome, result.reason) == ("skipped", "missing")
+
+
+class RefusingDeleter:
+    """GitLab's API answering 403 (``insufficient_scope``, or a role too low) to the tag delete."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def delete_tag(self, project_path: str, repository: str, tag: str) -> None:
+        self.calls.append(tag)
+        raise NoDeletePermissionError("GitLab forbids the token to delete tag: give it the api scope", status=403)
+
+
+def test_gitlab_api_forbidden_is_no_delete_permission_and_the_rest_is_not_asked(fake: FakeRegistry) -> None:
+    digests = [fake.push("group/app", [f"mr-{n}"], seed=str(n)) for n in range(3)]
+    deleter = RefusingDeleter()
+    results = project(tag_deleter=deleter).untag(
+        [UntagRequest("group/app", f"mr-{n}", d) for n, d in enumerate(digests)], method="gitlab-api")
+    assert [(r.outcome, r.reason) for r in results] == [("failed", "no_delete_permission")] * 3
+    assert all("api scope" in (r.detail or "") for r in results)
+    assert deleter.calls == ["mr-0"]
+    assert [ref for _, ref in manifest_requests(fake)] == ["mr-0"]  # one guard read, then nothing
+    assert all(fake.tags[("group/app", f"mr-{n}")] == d for n, d in enumerate(digests))
 
 
 def test_gitlab_api_without_a_deleter_or_an_unknown_method_is_a_wiring_error(fake: FakeRegistry) -> None:
