@@ -26,7 +26,7 @@ from daemon.gitlab.api import GitLab, GitLabAPI
 from daemon.gitlab.tags import GitLabTagDeleter
 from daemon.ingest.catchup import Reconciler
 from daemon.ingest.ci_gate import CiGate, JobVerifier
-from daemon.ingest.inbox import Ingest
+from daemon.ingest.inbox import Ingest, ReaderFactory
 from daemon.plan.planning import LiveRefs, Planner, RefLookup
 from daemon.registry.client import RegistryClient, new_session
 from daemon.registry.ratelimit import RateLimiter
@@ -37,6 +37,11 @@ from daemon.web import create_app
 from daemon.worker import Worker
 
 Clock = Callable[[], float]
+
+#: The CI gate's registry reads happen while a job waits for its answer: a short timeout and one quick
+#: retry, never a long ``Retry-After`` sleep; the job is told to come back instead (503).
+CI_READ_OPTIONS: dict[str, Any] = {"timeout": 5.0, "max_retries": 1, "backoff_base": 0.1, "backoff_cap": 0.5,
+                                   "max_retry_after": 1.0}
 
 
 def build_store(settings: Settings) -> Store:
@@ -58,18 +63,18 @@ def build_registry_client(settings: Settings, session: requests.Session | None =
 
 
 def build_registries(settings: Settings, session: requests.Session | None = None,
-                     observer: Observer | None = None) -> RegistryFactory:
+                     observer: Observer | None = None, **options: Any) -> RegistryFactory:
     """Per-project views of one registry client; ``observer`` sees every registry answer
-    (``RegistryStats`` counts them for /metrics). None for a project without ``registry_token``."""
-    client = build_registry_client(settings, session, observer)
+    (``RegistryStats`` counts them for /metrics). None for a project without ``registry_token``.
+    ``options`` go to the client (``timeout``, ``max_retries`` ...)."""
+    client = build_registry_client(settings, session, observer, **options)
     deleters: dict[str, GitLabTagDeleter] = {}
 
     def tag_deleter(token: str) -> GitLabTagDeleter | None:
-        """The ``gitlab-api`` method writes through GitLab with the project's token (else the API token)."""
+        """The ``gitlab-api`` method writes through GitLab with the project's own token (its ``api`` scope),
+        never ``gitlab.api_token``, which may be read-only (``read_api``)."""
         if settings.registry.untag_method != "gitlab-api":
             return None
-        api = settings.gitlab.api_token
-        token = api.get_secret_value() if api else token
         if token not in deleters:
             deleters[token] = GitLabTagDeleter(settings.gitlab.url, token, timeout=settings.gitlab.timeout)
         return deleters[token]
@@ -81,6 +86,12 @@ def build_registries(settings: Settings, session: requests.Session | None = None
         return client.for_project(project_path, token, tag_deleter=tag_deleter(token))
 
     return for_project
+
+
+def build_ci_readers(settings: Settings) -> ReaderFactory:
+    """The CI gate's manifest reads (SPEC 14), through each project's own ``registry_token``: one
+    read-only HEAD per record sent without a digest, on a client with ``CI_READ_OPTIONS``."""
+    return build_registries(settings, **CI_READ_OPTIONS)
 
 
 def build_ref_lookup(settings: Settings, gitlab: GitLab | None = None) -> RefLookup:
@@ -137,8 +148,10 @@ def build_worker_from_config(settings: Settings) -> Worker:
 
 def build_app(settings: Settings, store: Store | None = None, *, clock: Clock = time.time,
               verifier: JobVerifier | None = None) -> Flask:
-    """The web app; ``verifier`` checks CI job tokens (GitLab as configured unless given)."""
+    """The web app; ``verifier`` checks CI job tokens (GitLab as configured unless given); the CI gate
+    reads digests from the configured registry (read-only, ``build_ci_readers``)."""
     store = store if store is not None else build_store(settings)
     planner = build_planner(settings, store, clock=clock)
-    gate = CiGate(settings, store, planner, verifier or build_gitlab(settings), clock)
+    gate = CiGate(settings, store, planner, verifier or build_gitlab(settings),
+                  build_ci_readers(settings), clock)
     return create_app(settings, store, clock=clock, ci_gate=gate)

@@ -1,17 +1,57 @@
 """``registry-janitor ci record|untag IMAGE``: thin wrappers a CI job runs instead of curl.
 
 They read ``CI_JOB_TOKEN`` (GitLab sets it in every job) and ``JANITOR_URL`` from the environment and
-call the janitor's CI routes; the janitor asks GitLab who the job is, so nothing here is trusted.
+call the janitor's CI routes; the janitor asks GitLab who the job is, so nothing here is trusted. A
+``503`` (GitLab or the registry could not be asked just now; nothing was stored) is asked again after its
+``Retry-After``, a few times, before the command fails.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from time import sleep
 from typing import Any
 
 import click
 import requests
+
+#: How many times a 503 is asked again, and the longest ``Retry-After`` honoured between two tries.
+RETRIES_ON_503 = 5
+LONGEST_WAIT = 60
+
+
+def _wait_after(response: requests.Response) -> int:
+    """Seconds to wait before asking again: the answer's ``Retry-After`` (whole seconds), else 5."""
+    value = response.headers.get("Retry-After", "").strip()
+    seconds = int(value) if value.isdigit() else 5
+    return max(1, min(seconds, LONGEST_WAIT))
+
+
+def _post(url: str, payload: dict[str, Any], token: str) -> requests.Response:
+    """POST, asking again after ``Retry-After`` while the janitor answers 503."""
+    for attempt in range(RETRIES_ON_503 + 1):
+        response = requests.post(url, json=payload, timeout=30, headers={"JOB-TOKEN": token})
+        if response.status_code != 503 or attempt == RETRIES_ON_503:
+            return response
+        wait = _wait_after(response)
+        click.echo(f"503 {_text(response)}; asking again in {wait}s "
+                   f"({attempt + 1} of {RETRIES_ON_503})", err=True)
+        sleep(wait)
+    raise AssertionError("unreachable: the last attempt always returns")
+
+
+def _body(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    return body if isinstance(body, dict) else {"message": response.text[:200]}
+
+
+def _text(response: requests.Response) -> str:
+    body = _body(response)
+    return str(body.get("message") or body.get("status") or response.reason)
 
 
 def _call(route: str, payload: dict[str, Any]) -> None:
@@ -22,18 +62,13 @@ def _call(route: str, payload: dict[str, Any]) -> None:
                    "JANITOR_URL is the janitor's base URL, e.g. a CI/CD variable)", err=True)
         sys.exit(2)
     try:
-        response = requests.post(f"{str(base).rstrip('/')}{route}", json=payload, timeout=30,
-                                 headers={"JOB-TOKEN": str(token)})
+        response = _post(f"{str(base).rstrip('/')}{route}", payload, str(token))
     except requests.RequestException as exc:
         click.echo(f"registry-janitor: could not reach {base}: {exc}", err=True)
         sys.exit(1)
-    try:
-        body = response.json()
-    except ValueError:
-        body = {"message": response.text[:200]}
-    text = body.get("message") or body.get("status") or response.reason
+    body = _body(response)
     extra = f" (untag {body['untag_id']}: {body.get('outcome')})" if "untag_id" in body else ""
-    click.echo(f"{response.status_code} {text}{extra}", err=not response.ok)
+    click.echo(f"{response.status_code} {_text(response)}{extra}", err=not response.ok)
     sys.exit(0 if response.ok else 1)
 
 

@@ -2,14 +2,21 @@
 
 The job is whoever GitLab says it is (``Job``, verified by the ``JobVerifier`` it is given); nothing in
 a request body can widen that. Checks run in SPEC's order and the first failure answers: job token
-(``verify``; the web turns its errors into 401/503), body,
-project scope, protected, ownership, budget. No registry call happens here (the web never calls the
-registry): a push without a digest is resolved by the worker, an accepted untag is a plan the worker
-runs at once.
+(``verify``; the web turns its errors into 401/503), body, project scope, then for an untag protected,
+ownership, budget, and for a record the digest.
+
+A record without ``"digest"`` is resolved here, before the job is answered, with one read-only manifest
+HEAD through the project's own credential (SPEC 14): what the tag points at when the job says it pushed
+it is what the job pushed, and a push made after that answer is never taken for the job's. The reader
+comes from ``readers`` (the composition root builds it; this package never imports the registry client)
+and says why it cannot answer with ``RegistryUnavailable`` (``503`` and ``Retry-After``: ask again) or
+``RegistryRefused``; nothing is stored unless the digest is known. Nothing here writes to the registry:
+an accepted untag is a plan the worker runs at once.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,10 +27,15 @@ from daemon.domain.model import Job, Pipeline, PushRecord, Trigger
 from daemon.domain.names import is_digest, is_repository, is_tag
 from daemon.domain.patterns import PipelineVars, expand, is_protected
 from daemon.domain.policy import in_scope
+from daemon.errors import RegistryRefused, RegistryUnavailable
+from daemon.ingest.inbox import ReaderFactory
 from daemon.plan.planning import Planner, policy_for
 from daemon.store import Store
 
+log = logging.getLogger(__name__)
 _MR_REF = re.compile(r"^refs/merge-requests/(\d+)/(?:head|merge|train)$")
+#: Seconds a job waits before recording again when the registry could not be asked for the digest.
+REGISTRY_RETRY_AFTER = 10
 
 
 @dataclass(frozen=True)
@@ -73,11 +85,12 @@ class CiGate:
     """What a CI job may record and untag. Built once per app; ``clock`` is read per request."""
 
     def __init__(self, settings: Settings, store: Store, planner: Planner, verifier: JobVerifier,
-                 clock: Callable[[], float]) -> None:
+                 readers: ReaderFactory, clock: Callable[[], float]) -> None:
         self.settings = settings
         self.store = store
         self.planner = planner
         self.verifier = verifier
+        self.readers = readers
         self.clock = clock
 
     def verify(self, job_token: str) -> Job:
@@ -120,17 +133,52 @@ class CiGate:
         if isinstance(scoped, Answer):
             return scoped
         project, image = scoped
+        digest = body.get("digest")
+        if digest is None:
+            found = self._digest_now(job, project, image)
+            if isinstance(found, Answer):
+                return found
+            digest = found
         pipeline = self._pipeline(job)
         self.store.upsert_pipeline(pipeline, self.clock())
         pipeline = self.store.get_pipeline(job.project_path, job.pipeline_id) or pipeline
         lifetime, ttl = self._lifetime(project, pipeline, image.tag)
-        digest = body.get("digest")
         record_id, created = self.store.add_record(
             project_path=job.project_path, pipeline=pipeline, repository=image.repository, tag=image.tag,
-            digest=digest, lifetime=lifetime, ttl_seconds=ttl,
-            state="confirmed" if digest else "expected", source="ci", now=self.clock())
+            digest=digest, lifetime=lifetime, ttl_seconds=ttl, state="confirmed", source="ci",
+            now=self.clock())
         return Answer(201 if created else 200, {"status": "recorded" if created else "already_recorded",
                                                 "push_record_id": record_id, "lifetime": lifetime})
+
+    def _digest_now(self, job: Job, project: ProjectSettings, image: ImageRef) -> str | Answer:
+        """The digest the tag points at now (one manifest HEAD), or the answer saying why it is unknown."""
+        name = f"{image.repository}:{image.tag}"
+        send_it = ('send the pushed digest with the record ("digest": "sha256:...", or '
+                   "registry-janitor ci record --digest)")
+        reader = self.readers(job.project_path, project)
+        if reader is None:
+            return _refusal(409, "digest_required",
+                            f"the janitor holds no registry_token for {job.project_path}, so it cannot read "
+                            f"which image {name} is; {send_it}, or ask the janitor's operator to set "
+                            f"registry_token for {job.project_path}")
+        try:
+            digest = reader.head(image.repository, image.tag)
+        except RegistryUnavailable as exc:
+            log.warning("CI record of %s by pipeline %s: %s", name, job.pipeline_id, exc)
+            return _refusal(503, "registry_unavailable",
+                            f"the registry could not be asked which image {name} is; nothing was recorded, "
+                            f"record again in {REGISTRY_RETRY_AFTER}s", Retry_After=str(REGISTRY_RETRY_AFTER))
+        except RegistryRefused as exc:
+            log.warning("CI record of %s by pipeline %s: %s", name, job.pipeline_id, exc)
+            return _refusal(409, "digest_required",
+                            f"the registry refused to tell the janitor which image {name} is; {send_it}, or "
+                            f"ask the janitor's operator to check registry_token for {job.project_path} "
+                            "(it needs pull on the project's repositories)")
+        if digest is None:
+            return _refusal(409, "tag_not_found",
+                            f"the registry holds no {name}, so nothing shows this job pushed it; record a tag "
+                            "after pushing it")
+        return digest
 
     @staticmethod
     def _lifetime(project: ProjectSettings, p: Pipeline, tag: str) -> tuple[str, float | None]:

@@ -39,9 +39,17 @@ RACE_SLACK = 5.0
 
 
 class ManifestReader(Protocol):
-    def head(self, repository: str, ref: str) -> str | None: ...
+    def head(self, repository: str, ref: str) -> str | None:
+        """The digest ``ref`` points at in ``repository``, or None when the registry holds no such tag.
+
+        A reader that cannot ask raises: ``daemon.errors.RegistryUnavailable`` when asking again later may
+        work (unreachable, 5xx, 429), ``daemon.errors.RegistryRefused`` when it will not (credential
+        refused). The readers the worker is given may raise the registry client's own errors instead;
+        it treats every failure as "ask again later"."""
+        ...
 
 
+#: A project's reader, from its path and settings; None when the janitor holds no credential for it.
 ReaderFactory = Callable[[str, ProjectSettings], ManifestReader | None]
 
 
@@ -202,7 +210,9 @@ class Ingest:
 
     # resolution -------------------------------------------------------------------------------------
     def resolve_ci_pushes(self, limit: int = 100) -> int:
-        """CI jobs that recorded a push without its digest: HEAD the tag and record what it points at."""
+        """CI records without a digest, as janitors before SPEC 14 stored them (the CI gate reads the
+        digest before it answers and stores none): HEAD the tag and record what it points at, so such
+        records left in a database still end as confirmed or dropped."""
         resolved = 0
         for record in self.store.unresolved_ci_records(limit):
             project = self.settings.project_for(record.project_path)

@@ -1,5 +1,6 @@
-"""The web process: Flask app factory. It verifies, stores and answers; it never untags and never calls
-the registry (the worker owns every registry write). GitLab is called only to verify CI job tokens."""
+"""The web process: Flask app factory. It verifies, stores and answers; it never untags and never writes
+to the registry (the worker owns every registry write); its one registry read is the CI gate's manifest
+HEAD for a record sent without a digest. GitLab is called only to verify CI job tokens."""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
 """``POST /api/v1/ci/pushes`` and ``POST /api/v1/ci/untag``: CI jobs authenticated by GitLab.
 
 HTTP only: the ``JOB-TOKEN`` header (401 when missing or refused, 503 when GitLab cannot be asked), then
-the CI gate (:class:`daemon.ingest.ci_gate.CiGate`) decides. GitLab is the one outside service the web
-process calls, and only to verify job tokens (cached for a bounded time).
+the CI gate (:class:`daemon.ingest.ci_gate.CiGate`) decides and its ``Answer`` (status, JSON body,
+headers such as ``Retry-After``) becomes the response. The web process calls GitLab only to verify job
+tokens (cached for a bounded time), and the registry only through the gate, for the one read-only
+manifest HEAD that resolves a record sent without its digest.
 """
 
 from __future__ import annotations

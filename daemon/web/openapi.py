@@ -103,10 +103,18 @@ SCHEMAS: dict[str, Any] = {
         "ratio": {"type": "number", "description": "untagged / created"},
         "untagged_image_bytes": {"type": ["integer", "null"],
                                  "description": "bytes the untagged images reference (from saved manifests)"}}},
+    "ProjectProblem": {"type": "object", "required": ["kind", "message"], "properties": {
+        "kind": {"type": "string", "enum": list(model.PROJECT_PROBLEM_KINDS),
+                 "description": "no_delete_permission: the project's token may not untag"},
+        "message": {"type": "string", "description": "what was found and how to fix it"},
+        "since": TIME, "last_seen_at": TIME}},
     "ProjectStatus": {"allOf": [_ref("Counters"), {"type": "object", "properties": {
         "configured": {"type": "boolean"}, "dry_run_mode": {"type": ["boolean", "null"]},
         "last_events": {"type": "object", "additionalProperties": {"type": "string", "format": "date-time"}},
-        "last_event_at": TIME, "quiet": {"type": "boolean", "description": "no event for over 24 hours"}}}]},
+        "last_event_at": TIME, "quiet": {"type": "boolean", "description": "no event for over 24 hours"},
+        "misconfigured": {"type": "boolean", "description": "the worker found something wrong with its setup"},
+        "problems": {"type": "array", "items": _ref("ProjectProblem"),
+                     "description": "what is wrong, until an untag of the project succeeds"}}}]},
     "Status": {"type": "object", "required": ["projects", "total", "queue"], "properties": {
         "generated_at": TIME,
         "projects": {"type": "object", "additionalProperties": _ref("ProjectStatus")},
@@ -118,7 +126,8 @@ SCHEMAS: dict[str, Any] = {
         "registry_notifications": {"type": "object", "properties": {"last_event_at": TIME}},
         "worker": {"type": "object", "properties": {"heartbeat_age_seconds": {"type": ["number", "null"]},
                                                     "fresh": {"type": "boolean"}}},
-        "dry_run_projects": {"type": "array", "items": {"type": "string"}}}},
+        "dry_run_projects": {"type": "array", "items": {"type": "string"}},
+        "misconfigured_projects": {"type": "array", "items": {"type": "string"}}}},
     "Stored": {"type": "object", "properties": {"status": {"type": "string",
                                                            "enum": ["stored", "duplicate", "ignored"]},
                                                 "kind": {"type": "string"}, "pushes": {"type": "integer"}}},
@@ -192,7 +201,13 @@ def _paths() -> dict[str, Any]:
             "summary": "A CI job records a tag its pipeline pushed", "security": ci_auth,
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("CiImage")}}},
             "responses": {"201": _json(_ref("CiPush"), "recorded"),
-                          "200": _json(_ref("CiPush"), "already recorded"), **ci_errors}}},
+                          "200": _json(_ref("CiPush"), "already recorded"), **ci_errors,
+                          "409": _error("nothing shows this job pushed the tag: the registry holds no such tag"
+                                        " (tag_not_found), or the janitor cannot read its digest: send"
+                                        " \"digest\" (digest_required)"),
+                          "503": {**_error("GitLab or the registry could not be asked; nothing was recorded,"
+                                           " record again after Retry-After"),
+                                  "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}}},
         "/api/v1/ci/untag": {"post": {
             "summary": "A CI job asks to untag one tag a pipeline of its project and ref pushed",
             "security": ci_auth,

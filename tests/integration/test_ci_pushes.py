@@ -1,11 +1,19 @@
 """POST /api/v1/ci/pushes: a CI job records what it pushed. GitLab (the stand-in) vouches for the job;
-the registry is real; the worker resolves digests the job did not send."""
+the registry is real. A digest the job did not send is read from the registry before the job is
+answered (SPEC 14), so what the tag points at then is what the job pushed."""
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
+from flask import Flask, Response
 from support.images import digest_of, push_image, tags
 from support.janitor import SECRET, mr_hook, pipeline_hook, push_hook, registry_section
+from support.servers import ServerThread
+
+from daemon.domain.model import Pipeline
 
 GRACE = 60.0
 SHA = "fade0123" + "0" * 32
@@ -41,10 +49,26 @@ def all_records(janitor):
     return [janitor.store.record(r[0]) for r in rows]
 
 
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def elsewhere(janitor, registry, gitlab, project, registry_url, **entry):
+    """A janitor whose ``registry.url`` is ``registry_url``; images still name the test registry's host."""
+    return janitor([{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token,
+                     "dry_run": False, "tags": PATTERNS, **entry}],
+                   registry={"url": registry_url, "hostnames": [registry.host], "requests_per_second": 0},
+                   gitlab={"url": gitlab.url})
+
+
 # -- answers -----------------------------------------------------------------------------------------
 
 def test_first_record_is_201_and_the_same_again_is_200(janitor, registry, gitlab, project):
     j = build(janitor, registry, gitlab, project)
+    digest = push_image(registry, project.path, ["feat"])
     token = gitlab.add_job(project, pipeline_id=70, ref="feat")
     first = record_push(j, token, {"image": image(registry, project.path, "feat")})
     assert first.status_code == 201, first.get_json()
@@ -54,11 +78,12 @@ def test_first_record_is_201_and_the_same_again_is_200(janitor, registry, gitlab
     assert again.get_json()["push_record_id"] == first.get_json()["push_record_id"]
     (record,) = all_records(j)
     assert (record.pipeline_id, record.ref, record.source, record.state, record.digest) == (
-        70, "feat", "ci", "expected", None)
+        70, "feat", "ci", "confirmed", digest)
 
 
 def test_project_pipeline_and_ref_come_from_gitlab_not_the_body(janitor, registry, gitlab, project):
     j = build(janitor, registry, gitlab, project)
+    push_image(registry, project.path, ["feat"])
     token = gitlab.add_job(project, pipeline_id=71, ref="feat")
     body = {"image": image(registry, project.path, "feat"), "project": "other/project",
             "pipeline_id": 999, "ref": "main", "sha": "0" * 40, "mr_iid": 5}
@@ -139,16 +164,30 @@ def test_a_bad_token_answers_before_a_bad_body(janitor, registry, gitlab, projec
 
 # -- digests -------------------------------------------------------------------------------------------
 
-def test_the_worker_resolves_a_digest_the_job_did_not_send(janitor, registry, gitlab, project):
+def test_a_digest_the_job_did_not_send_is_read_with_one_head_before_the_answer(
+        janitor, registry, gitlab, project):
     j = build(janitor, registry, gitlab, project)
     digest = push_image(registry, project.path, ["feat", "other"])
     token = gitlab.add_job(project, pipeline_id=76, ref="feat")
+    registry.mark()
     assert record_push(j, token, {"image": image(registry, project.path, "feat")}).status_code == 201
-    assert record_push(j, token, {"image": image(registry, project.path, "never-pushed")}).status_code == 201
-    j.tick()
-    by_tag = {r.tag: r for r in all_records(j)}
-    assert (by_tag["feat"].state, by_tag["feat"].digest) == ("confirmed", digest)
-    assert (by_tag["never-pushed"].state, by_tag["never-pushed"].digest) == ("dropped", None)
+    (record,) = all_records(j)  # no worker tick: the answer came with the digest recorded
+    assert (record.state, record.digest, record.source) == ("confirmed", digest, "ci")
+    reads = [(r.method, r.path, r.status) for r in registry.request_log(repo=project.path)]
+    assert [r for r in reads if r[2] != 401] == [("HEAD", f"/v2/{project.path}/manifests/feat", 200)]
+    assert {method for method, _, _ in reads} == {"HEAD"}  # read only: nothing else reached the registry
+
+
+def test_a_tag_the_registry_does_not_hold_is_409_and_nothing_is_recorded(janitor, registry, gitlab, project):
+    """SPEC 7: 409 when nothing shows that this job pushed that tag."""
+    j = build(janitor, registry, gitlab, project)
+    push_image(registry, project.path, ["other"])
+    token = gitlab.add_job(project, pipeline_id=76, ref="feat")
+    response = record_push(j, token, {"image": image(registry, project.path, "never-pushed")})
+    assert response.status_code == 409
+    assert response.get_json()["error"] == "tag_not_found"
+    assert f"{project.path}:never-pushed" in response.get_json()["message"]
+    assert all_records(j) == [] and j.store.get_pipeline(project.path, 76) is None
 
 
 def test_a_digest_sent_by_the_job_is_recorded_as_is(janitor, registry, gitlab, project):
@@ -156,15 +195,134 @@ def test_a_digest_sent_by_the_job_is_recorded_as_is(janitor, registry, gitlab, p
     digest = push_image(registry, project.path, ["feat"])
     token = gitlab.add_job(project, pipeline_id=77, ref="feat")
     body = {"image": image(registry, project.path, "feat"), "digest": digest}
+    registry.mark()
     assert record_push(j, token, body).status_code == 201
     (record,) = all_records(j)
     assert (record.state, record.digest) == ("confirmed", digest)
+    assert registry.request_log(repo=project.path) == []  # the registry is not asked
+
+
+def test_a_digest_sent_by_the_job_needs_no_registry(janitor, registry, gitlab, project):
+    j = elsewhere(janitor, registry, gitlab, project, f"http://127.0.0.1:{closed_port()}")
+    token = gitlab.add_job(project, pipeline_id=77, ref="feat")
+    body = {"image": image(registry, project.path, "feat"), "digest": "sha256:" + "d" * 64}
+    assert record_push(j, token, body).status_code == 201
+    (record,) = all_records(j)
+    assert (record.state, record.digest) == ("confirmed", "sha256:" + "d" * 64)
+
+
+def test_an_unreachable_registry_is_503_with_retry_after_and_nothing_is_recorded(
+        janitor, registry, gitlab, project):
+    j = elsewhere(janitor, registry, gitlab, project, f"http://127.0.0.1:{closed_port()}")
+    token = gitlab.add_job(project, pipeline_id=88, ref="feat")
+    started = time.monotonic()
+    response = record_push(j, token, {"image": image(registry, project.path, "feat")})
+    assert time.monotonic() - started < 10, "one short read, no long retries"
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) > 0
+    assert response.get_json()["error"] == "registry_unavailable" and response.get_json()["message"]
+    assert all_records(j) == [] and j.store.get_pipeline(project.path, 88) is None
+
+
+@pytest.mark.parametrize(("status", "headers"), [(503, {}), (500, {}), (429, {"Retry-After": "120"})])
+def test_a_registry_answering_5xx_or_429_is_503_after_one_short_retry_at_most(
+        janitor, registry, gitlab, project, status, headers):
+    seen: list[str] = []
+    failing = Flask("failing-registry")
+
+    @failing.route("/v2/", defaults={"rest": ""}, methods=["GET", "HEAD"])
+    @failing.route("/v2/<path:rest>", methods=["GET", "HEAD"])
+    def answer(rest: str) -> Response:
+        seen.append(rest)
+        return Response(status=status, headers=headers)
+
+    with ServerThread(failing) as server:
+        j = elsewhere(janitor, registry, gitlab, project, server.url)
+        token = gitlab.add_job(project, pipeline_id=89, ref="feat")
+        response = record_push(j, token, {"image": image(registry, project.path, "feat")})
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert response.get_json()["error"] == "registry_unavailable"
+    assert seen and set(seen) == {f"{project.path}/manifests/feat"} and len(seen) <= 2
+    assert all_records(j) == []
+
+
+def test_without_a_registry_token_the_job_is_told_to_send_the_digest(janitor, registry, gitlab, project):
+    j = janitor([{"path": project.path, "webhook_secret": SECRET, "tags": PATTERNS}],
+                registry=registry_section(registry), gitlab={"url": gitlab.url})
+    digest = push_image(registry, project.path, ["feat"])
+    token = gitlab.add_job(project, pipeline_id=90, ref="feat")
+    response = record_push(j, token, {"image": image(registry, project.path, "feat")})
+    assert response.status_code == 409 and response.get_json()["error"] == "digest_required"
+    message = response.get_json()["message"]
+    assert "registry_token" in message and '"digest"' in message
+    assert all_records(j) == []
+    body = {"image": image(registry, project.path, "feat"), "digest": digest}
+    assert record_push(j, token, body).status_code == 201
+
+
+def test_a_registry_token_the_registry_refuses_tells_the_job_to_send_the_digest(
+        janitor, registry, gitlab, project):
+    j = janitor([{"path": project.path, "webhook_secret": SECRET, "registry_token": "glpat-not-a-token",
+                  "tags": PATTERNS}], registry=registry_section(registry), gitlab={"url": gitlab.url})
+    push_image(registry, project.path, ["feat"])
+    token = gitlab.add_job(project, pipeline_id=91, ref="feat")
+    response = record_push(j, token, {"image": image(registry, project.path, "feat")})
+    assert response.status_code == 409 and response.get_json()["error"] == "digest_required"
+    assert "registry_token" in response.get_json()["message"]
+    assert all_records(j) == []
+
+
+def test_a_record_made_without_a_digest_by_an_older_janitor_is_still_resolved(janitor, registry, gitlab, project):
+    """Records stored before the gate read digests itself may wait in a database: the worker ends them."""
+    j = build(janitor, registry, gitlab, project)
+    digest = push_image(registry, project.path, ["feat"])
+    pipeline = Pipeline(project.path, 92, "feat", SHA, "running", created_at=j.clock())
+    j.store.upsert_pipeline(pipeline, j.clock())
+    for tag in ("feat", "never-pushed"):
+        j.store.add_record(project_path=project.path, pipeline=pipeline, repository=project.path, tag=tag,
+                           digest=None, lifetime="branch", ttl_seconds=None, state="expected", source="ci",
+                           now=j.clock())
+    j.tick()
+    by_tag = {r.tag: r for r in all_records(j)}
+    assert (by_tag["feat"].state, by_tag["feat"].digest) == ("confirmed", digest)
+    assert (by_tag["never-pushed"].state, by_tag["never-pushed"].digest) == ("dropped", None)
+
+
+def test_a_push_after_the_record_is_not_the_jobs_and_stays(janitor, registry, gitlab, project):
+    """Issue 11 (S3 at record time): the job records mr-1 without a digest; one second later another
+    image is pushed to mr-1 by hand; the branch is deleted. The job's record holds the digest the tag had
+    when the job was answered, so the hand-pushed image stays and the untag is ``skipped: superseded``."""
+    j = build(janitor, registry, gitlab, project)
+    repo = project.path
+    j.hook("Merge Request Hook", mr_hook(repo, iid=1, source_branch="feat-1", action="open"))
+    j.tick()
+    pushed = push_image(registry, repo, ["mr-1"])
+    token = gitlab.add_job(project, pipeline_id=93, ref="refs/merge-requests/1/head", sha=SHA)
+    answer = record_push(j, token, {"image": image(registry, repo, "mr-1")})
+    assert answer.status_code == 201, answer.get_json()
+    (record,) = all_records(j)
+    assert (record.tag, record.state, record.digest, record.ref) == ("mr-1", "confirmed", pushed, "feat-1")
+
+    time.sleep(1.0)
+    j.clock.advance(1.0)
+    by_hand = push_image(registry, repo, ["mr-1"])
+    assert by_hand != pushed
+    j.tick()  # the worker's turn: it leaves the job's record as the job was answered
+    assert j.store.record(record.id).digest == pushed
+
+    j.hook("Push Hook", push_hook(repo, ref="feat-1", deleted=True))
+    j.tick()
+    j.tick(advance=GRACE + 1)
+    assert tags(registry, repo) == ["mr-1"] and digest_of(registry, repo, "mr-1") == by_hand
+    (untag,) = [u for u in j.store.list_untags() if u.tag == "mr-1"]
+    assert (untag.outcome, untag.reason, untag.expected_digest) == ("skipped", "superseded", pushed)
 
 
 # -- job verification is cached --------------------------------------------------------------------------
 
 def test_job_verifications_are_cached(janitor, registry, gitlab, project):
     j = build(janitor, registry, gitlab, project)
+    push_image(registry, project.path, ["a", "b", "c", "d"])
     first = gitlab.add_job(project, pipeline_id=78, ref="feat")
     for tag in ("a", "b", "c", "a"):
         assert record_push(j, first, {"image": image(registry, project.path, tag)}).status_code in (200, 201)
@@ -181,6 +339,7 @@ def test_job_verifications_are_cached(janitor, registry, gitlab, project):
 
 def test_lifetime_from_the_matching_pattern_else_default_lifetime(janitor, registry, gitlab, project):
     j = build(janitor, registry, gitlab, project, default_lifetime="branch")
+    push_image(registry, project.path, ["cache-79", "preview-fade0123", "feat", "custom-build"])
     token = gitlab.add_job(project, pipeline_id=79, ref="feat", sha=SHA)
     answers = {}
     for tag in ("cache-79", "preview-fade0123", "feat", "custom-build"):
