@@ -1,5 +1,6 @@
 """The inbox: every authentic event, stored raw before the web answers 2xx (S9), deduplicated (S8), and
-whether (and with what error) the worker has applied it.
+whether (and with what error) the worker has applied it. A delivery may also carry a key of its body,
+so that a resend GitLab sent with new delivery headers is found by its body within a given time.
 
 It must not read what an event says: parsing and applying events is the ingest stage's, and nobody may
 answer 2xx for a delivery this module has not committed.
@@ -22,8 +23,12 @@ from typing import Any
 
 from daemon.store.base import StoreBase
 
-_INSERT = ("INSERT OR IGNORE INTO inbox (delivery_key, source, kind, project_path, headers, body,"
-           " received_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+# Nothing is inserted when the delivery key was stored before, nor when a delivery with the body key to look
+# for was received since the given time (the last three parameters: that body key twice, NULL to not look,
+# and the time).
+_INSERT = ("INSERT OR IGNORE INTO inbox (delivery_key, source, kind, project_path, headers, body, received_at,"
+           " body_key) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE ? IS NULL OR NOT EXISTS"
+           " (SELECT 1 FROM inbox WHERE body_key = ? AND received_at >= ?)")
 
 
 @dataclass(frozen=True)
@@ -64,10 +69,14 @@ class InboxStore(StoreBase):
     _inbox_group: _GroupCommit | None = None
 
     def add_event(self, *, delivery_key: str, source: str, kind: str, project_path: str | None,
-                  headers: Mapping[str, str], body: bytes, received_at: float) -> bool:
+                  headers: Mapping[str, str], body: bytes, received_at: float, body_key: str | None = None,
+                  same_body_since: float | None = None) -> bool:
         """Store one delivery durably (committed before this returns); False when this delivery key was
-        stored before."""
-        row = (delivery_key, source, kind, project_path, json.dumps(dict(headers)), body, received_at)
+        stored before, or when ``same_body_since`` is given and a delivery with the same ``body_key`` was
+        received since then (a resend that came with new delivery headers)."""
+        check = body_key if same_body_since is not None else None
+        row = (delivery_key, source, kind, project_path, json.dumps(dict(headers)), body, received_at, body_key,
+               check, check, same_body_since)
         db = self._db
         if db.conn.in_transaction:  # the caller's own transaction decides
             return db.conn.execute(_INSERT, row).rowcount == 1

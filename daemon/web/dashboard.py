@@ -158,6 +158,24 @@ def _webhook_rows(snapshot: dict[str, Any], current: float) -> list[dict[str, An
     return rows
 
 
+IGNORED_MEANING = {
+    "unconfigured_project": "names a project no entry configures (group or system hooks, a renamed or"
+                            " transferred project, the Test button's sample)",
+    "unused_kind": "an event of a kind the janitor does not use",
+}
+
+
+def _ignored_rows(snapshot: dict[str, Any], current: float) -> list[dict[str, Any]]:
+    """Authentic deliveries answered 200 ignored, per reason, with the last one."""
+    rows = []
+    for reason, row in snapshot["ignored_deliveries"].items():
+        at = row["last_at"]
+        rows.append({"reason": reason, "meaning": IGNORED_MEANING.get(reason, ""), "count": row["count"],
+                     "ago": ago(None if at is None else current - _ts(at)), "at": at,
+                     "project": row["last_project"], "kind": row["last_kind"]})
+    return rows
+
+
 def _ts(text: str) -> float:
     return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
 
@@ -183,7 +201,8 @@ def page() -> ResponseReturnValue:
     html = render_template(
         "dashboard.html", snap=snapshot, held=held, held_untags=held_untags, failures=failures,
         recent=recent, requests=requests, operator_requests=s.recent_requests(10), chart=chart,
-        webhooks=_webhook_rows(snapshot, current), hook_kinds=HOOK_KINDS, csrf=csrf_token(nonce),
+        webhooks=_webhook_rows(snapshot, current), ignored=_ignored_rows(snapshot, current),
+        hook_kinds=HOOK_KINDS, csrf=csrf_token(nonce),
         flash=_read_flash(), now=current, iso=iso, ago=ago, human_bytes=human_bytes, who=admin_name())
     response = make_response(html)
     response.headers["Cache-Control"] = "no-store"

@@ -1,9 +1,10 @@
 """``GET /metrics``: Prometheus text exposition (format 0.0.4), derived from storage on every scrape.
 
-Every number comes from the database, so any gunicorn worker answers the same: events, recorded pushes,
-untags by outcome, plans by state, queue depth, projects whose setup the worker found wrong
-(``janitor_project_misconfigured``), and the registry requests the worker counted and flushed
-(``daemon.registry.stats``). The admin token is required when ``server.metrics_require_token``.
+Every number comes from the database, so any gunicorn worker answers the same: events (stored, and
+ignored by reason), recorded pushes, untags by outcome, plans by state, queue depth, projects whose
+setup the worker found wrong (``janitor_project_misconfigured``), and the registry requests the worker
+counted and flushed (``daemon.registry.stats``). The admin token is required when
+``server.metrics_require_token``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from flask import Blueprint, Response
 from flask.typing import ResponseReturnValue
 
 from daemon.domain.measures import LABELS
+from daemon.domain.model import IGNORED_REASONS
 from daemon.ops.status import PLAN_STATES, worker_heartbeat_age
 from daemon.store import Store
 from daemon.web.auth import refusal
@@ -57,6 +59,11 @@ def render(s: Store, heartbeat_age: float | None) -> str:
     out = Exposition()
     out.family("janitor_events_total", "counter", "Authentic webhook and registry events stored.",
                (("", [("project", p), ("kind", k)], n) for p, k, n in s.event_counts()))
+    ignored = dict.fromkeys(IGNORED_REASONS, 0) | {row.reason: row.count for row in s.ignored_counts()}
+    out.family("janitor_events_ignored_total", "counter",
+               "Authentic GitLab deliveries answered 200 and not stored (reason unconfigured_project: it names a"
+               " project no entry configures; unused_kind: a kind the janitor does not use).",
+               (("", [("reason", reason)], n) for reason, n in sorted(ignored.items())))
     out.family("janitor_pushes_recorded_total", "counter",
                "Pushes the ledger confirmed, by how it learnt of them (pattern, ci, registry).",
                (("", [("project", p), ("source", src)], n) for p, src, n in s.recorded_push_counts()))

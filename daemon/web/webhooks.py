@@ -2,6 +2,13 @@
 
 The hot path does the least that keeps the promise: check the secret in constant time, parse enough to
 reject malformed input with 400, write one row, answer. Everything else happens in the worker.
+
+GitLab counts every answer but 2xx/3xx as a failed delivery and disables a project hook after a few in a
+row (``app/models/concerns/web_hooks/auto_disabling.rb``), so an authentic delivery is never refused for
+being unwanted: one that names a project no entry configures (group and system hooks, renamed or
+transferred projects, the hook settings' Test button) or is of a kind the janitor does not use answers
+``200 {"status": "ignored", "reason"}`` and is counted. Only a token that matches no configured secret,
+or another configured project's secret, gets 401.
 """
 
 from __future__ import annotations
@@ -12,11 +19,12 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from daemon.config import Settings
 from daemon.domain.events import MalformedEvent, event_kind, parse_gitlab, parse_registry, project_path_of
+from daemon.domain.model import IgnoredReason
 from daemon.web.context import janitor, now, settings, store
 from daemon.web.errors import json_error
 
@@ -24,20 +32,27 @@ bp = Blueprint("webhooks", __name__)
 STORED_KINDS = frozenset({"pipeline", "merge_request", "push", "tag_push"})
 _KEPT_HEADERS = ("X-Gitlab-Event", "X-Gitlab-Event-UUID", "X-Gitlab-Instance", "Idempotency-Key",
                  "Content-Type")
+#: ``X-Gitlab-Event`` of every system hook delivery, whatever the event (``WebHookService.hook_to_event``).
+SYSTEM_HOOK = "System Hook"
+#: How long a delivery's body identifies it: before GitLab 17.4 a manual resend carries no
+#: ``Idempotency-Key`` and a new ``X-Gitlab-Event-UUID``, and only its body shows it is the same delivery.
+SAME_BODY_WINDOW = 24 * 3600.0
 
 
 def _same(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
 
 
-def _webhook_secrets(parts: dict[str, Any]) -> tuple[bytes, ...]:
-    """Every project's webhook secret as bytes, computed once per app and settings."""
-    conf = parts["settings"]
+def _webhook_secrets(parts: dict[str, Any]) -> tuple[tuple[bytes, ...], bytes | None]:
+    """Every project's webhook secret and the system hook's as bytes, computed once per app and settings."""
+    conf: Settings = parts["settings"]
     cached = parts.get("webhook_secrets")
     if cached is None or cached[0] is not conf:
+        system = conf.gitlab.system_hook_secret
         cached = parts["webhook_secrets"] = (
-            conf, tuple(p.webhook_secret.get_secret_value().encode() for p in conf.projects))
-    return cached[1]
+            conf, tuple(p.webhook_secret.get_secret_value().encode() for p in conf.projects),
+            None if system is None else system.get_secret_value().encode())
+    return cached[1], cached[2]
 
 
 @lru_cache(maxsize=64)
@@ -48,6 +63,21 @@ def _status_body(status: str, kind: str) -> bytes:
 def _answer(code: int, status: str, kind: str) -> Response:
     """The hot path's answers, without building them through jsonify each time."""
     return Response(_status_body(status, kind), code, mimetype="application/json")
+
+
+@lru_cache(maxsize=64)
+def _ignored_body(kind: str, reason: str) -> bytes:
+    return json.dumps({"status": "ignored", "kind": kind, "reason": reason}).encode()
+
+
+def _ignored(parts: dict[str, Any], reason: IgnoredReason, kind: str, project_path: str | None) -> Response:
+    """200 for an authentic delivery the janitor has no use for, counted for the metrics and the dashboard.
+    A failure to count it must not fail the delivery: GitLab would count that against the hook."""
+    try:
+        parts["store"].count_ignored(reason, project_path, kind, float(parts["clock"]()))
+    except Exception:
+        current_app.logger.warning("could not count an ignored delivery (%s)", reason, exc_info=True)
+    return Response(_ignored_body(kind, reason), 200, mimetype="application/json")
 
 
 def _json_body() -> tuple[Any, ResponseReturnValue | None]:
@@ -69,40 +99,63 @@ def delivery_key(source: str, body: bytes) -> str:
     return f"{source}:sha256:{hashlib.sha256(body).hexdigest()}"
 
 
+def gitlab_delivery_keys(project_path: str, body: bytes, received_at: float) -> tuple[str, str]:
+    """S8 for GitLab, scoped by project: (delivery key, body key). The delivery is its ``Idempotency-Key``
+    (GitLab 17.4+, ``app/services/web_hook_service.rb``: the same on retries and manual resends), else its
+    ``X-Gitlab-Event-UUID``, else its body at this time. The body key finds the same body again within
+    ``SAME_BODY_WINDOW``: before 17.4 a manual resend came with a new ``X-Gitlab-Event-UUID``."""
+    body_key = f"gitlab:{project_path}:sha256:{hashlib.sha256(body).hexdigest()}"
+    for header in ("Idempotency-Key", "X-Gitlab-Event-UUID"):
+        value = request.headers.get(header)
+        if value:
+            return f"gitlab:{project_path}:{header.lower()}:{value}", body_key
+    return f"{body_key}@{received_at!r}", body_key
+
+
 @bp.post("/webhooks/gitlab")
 def gitlab_hook() -> ResponseReturnValue:
     headers = request.headers
     token = headers.get("X-Gitlab-Token")
     parts = janitor()
     conf: Settings = parts["settings"]
+    project_secrets, system_secret = _webhook_secrets(parts)
     # Constant time over every configured secret, before the body is even read.
     given = token.encode() if token is not None else None
-    known = [given is not None and hmac.compare_digest(given, secret) for secret in _webhook_secrets(parts)]
-    if not any(known):
-        return json_error(401, "bad_token", "X-Gitlab-Token does not match any configured webhook_secret")
+    known = [given is not None and hmac.compare_digest(given, secret) for secret in project_secrets]
+    system = given is not None and system_secret is not None and hmac.compare_digest(given, system_secret)
+    if not any(known) and not system:
+        return json_error(401, "bad_token", "X-Gitlab-Token does not match any configured webhook_secret"
+                          " (or gitlab.system_hook_secret)")
     payload, error = _json_body()
     if error is not None:
         return error
-    path = project_path_of(payload)
-    project = conf.project_for(path) if path else None
-    if project is None:
-        return json_error(401, "unknown_project",
-                          f"project {path!r} is not configured; add it under 'projects'")
-    if not _same(token, project.webhook_secret.get_secret_value()):
-        return json_error(401, "bad_token", f"X-Gitlab-Token is not the webhook_secret of {path}")
+    if not isinstance(payload, dict):
+        return json_error(400, "malformed_event", "the body must be a JSON object")
     header = headers.get("X-Gitlab-Event")
     kind = event_kind(header, payload)
+    path = project_path_of(payload)
+    project = conf.project_for(path) if path else None
+    if project is None and path:
+        return _ignored(parts, "unconfigured_project", kind, path)
+    if project is not None and not (_same(token, project.webhook_secret.get_secret_value())
+                                    or (system and header == SYSTEM_HOOK)):
+        return json_error(401, "bad_token", f"X-Gitlab-Token is not the webhook_secret of {path}"
+                          + (" (gitlab.system_hook_secret is only for system hooks)" if system else ""))
     if kind not in STORED_KINDS:
-        return _answer(200, "ignored", kind)
+        return _ignored(parts, "unused_kind", kind, path)
     received_at = float(parts["clock"]())
     try:
         parse_gitlab(header, payload, received_at)
     except MalformedEvent as exc:
         return json_error(400, "malformed_event", f"{kind} event: {exc}")
+    if not path:
+        return json_error(400, "malformed_event", f"{kind} event: 'project.path_with_namespace' is missing")
     body = request.get_data(cache=True)
     kept = {h: v for h in _KEPT_HEADERS if (v := headers.get(h))}
-    stored = parts["store"].add_event(delivery_key=delivery_key("gitlab", body), source="gitlab", kind=kind,
-                                      project_path=path, headers=kept, body=body, received_at=received_at)
+    key, body_key = gitlab_delivery_keys(path, body, received_at)
+    stored = parts["store"].add_event(delivery_key=key, source="gitlab", kind=kind, project_path=path,
+                                      headers=kept, body=body, received_at=received_at, body_key=body_key,
+                                      same_body_since=received_at - SAME_BODY_WINDOW)
     if not stored:
         return _answer(200, "duplicate", kind)
     return _answer(202, "stored", kind)

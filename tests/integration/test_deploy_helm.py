@@ -259,6 +259,7 @@ def secret_fields(config: dict[str, Any]) -> dict[str, Any]:
     """Every config key that holds a credential, by key path."""
     fields = {
         "gitlab.api_token": config.get("gitlab", {}).get("api_token"),
+        "gitlab.system_hook_secret": config.get("gitlab", {}).get("system_hook_secret"),
         "server.admin_token": config.get("server", {}).get("admin_token"),
         "server.registry_notification_token": config.get("server", {}).get("registry_notification_token"),
     }
@@ -558,6 +559,7 @@ def test_secret_change_rolls_the_pod(helm: Any) -> None:
     [
         ("/config/server/admin_token", {"config": {"server": {"admin_token": "hunter2-inline"}}}),
         ("/config/gitlab/api_token", {"config": {"gitlab": {"api_token": "glpat-inline"}}}),
+        ("/config/gitlab/system_hook_secret", {"config": {"gitlab": {"system_hook_secret": "inline-hook-secret"}}}),
         (
             "/config/projects/0/registry_token",
             {"config": {"projects": [{"path": "group/app", "registry_token": "glpat-inline"}]}},

@@ -127,7 +127,9 @@ def test_s5_tag_only(janitor, registry, gitlab, project):
 
 def test_s6_scope(janitor, registry, gitlab, project):
     """A record naming another project's repository is refused before any request, and one project's
-    secret cannot speak for another project."""
+    secret cannot speak for another project: for a configured one it is refused (401); for one no entry
+    configures the delivery is only acknowledged (200 ignored, so GitLab keeps the hook) and changes
+    nothing."""
     other = gitlab.add_project(project.path + "-other")
     push_image(registry, other.path, ["mr-1"])
     j = live(janitor, registry, gitlab, project)
@@ -144,8 +146,17 @@ def test_s6_scope(janitor, registry, gitlab, project):
     assert registry.request_log(repo=other.path) == []
     assert tags(registry, other.path) == ["mr-1"]
     body = mr_hook(other.path, iid=1, source_branch="f", action="merge")
-    assert j.client.post("/webhooks/gitlab", json=body, headers={
+    ignored = j.client.post("/webhooks/gitlab", json=body, headers={
+        "X-Gitlab-Event": "Merge Request Hook", "X-Gitlab-Token": SECRET})
+    assert ignored.status_code == 200 and ignored.json["reason"] == "unconfigured_project"
+    assert j.store.pending_events() == []
+    j.tick(advance=GRACE + 1)
+    assert tags(registry, other.path) == ["mr-1"]
+    both = janitor([{"path": project.path, "webhook_secret": SECRET},
+                    {"path": other.path, "webhook_secret": "other-secret"}], registry=registry_section(registry))
+    assert both.client.post("/webhooks/gitlab", json=body, headers={
         "X-Gitlab-Event": "Merge Request Hook", "X-Gitlab-Token": SECRET}).status_code == 401
+    assert both.store.pending_events() == []
 
 
 def _mr_with_tags(j, registry, project, iid, names):

@@ -55,23 +55,43 @@ def test_idempotency_key_wins_over_a_changed_body(janitor):
     assert len(store.pending_events()) == 1
 
 
-@pytest.mark.parametrize(("token", "path", "error"), [
-    (None, "gitlab-org/gitlab-test", "bad_token"),
-    ("wrong", "gitlab-org/gitlab-test", "bad_token"),
-    (SECRET, "someone/else", "unknown_project"),
+TWO_PROJECTS = [{"path": "gitlab-org/gitlab-test", "webhook_secret": SECRET},
+                {"path": "group/other", "webhook_secret": "other-secret"}]
+
+
+@pytest.mark.parametrize(("token", "path"), [
+    (None, "gitlab-org/gitlab-test"),
+    ("wrong", "gitlab-org/gitlab-test"),
+    ("other-secret", "gitlab-org/gitlab-test"),  # another configured project's secret
+    (SECRET, "group/other"),
 ])
-def test_bad_token_or_unknown_project_is_401(janitor, token, path, error):
-    c, store = web(janitor)
+def test_a_token_of_no_configured_secret_or_of_another_project_is_401(janitor, token, path):
+    c, store = web(janitor, TWO_PROJECTS)
     body = load_payload("pipeline_event")
     body["project"]["path_with_namespace"] = path
     r = post(c, body, token=token)
-    assert r.status_code == 401 and r.json["error"] == error and r.json["message"]
+    assert r.status_code == 401 and r.json["error"] == "bad_token" and r.json["message"]
     assert store.pending_events() == []
+    assert store.ignored_counts() == []
+
+
+@pytest.mark.parametrize("token", [SECRET, "other-secret"])
+def test_a_signed_event_of_an_unconfigured_project_is_ignored_not_refused(janitor, token):
+    c, store = web(janitor, TWO_PROJECTS)
+    body = load_payload("pipeline_event")
+    body["project"]["path_with_namespace"] = "someone/else"
+    r = post(c, body, token=token)
+    assert r.status_code == 200
+    assert r.json == {"status": "ignored", "kind": "pipeline", "reason": "unconfigured_project"}
+    assert store.pending_events() == []
+    [counted] = store.ignored_counts()
+    assert (counted.reason, counted.count, counted.last_project, counted.last_kind) == (
+        "unconfigured_project", 1, "someone/else", "pipeline")
 
 
 @pytest.mark.parametrize(("body", "content_type", "status", "error"), [
     (b"{not json", "application/json", 400, "malformed_json"),
-    (b"[1, 2]", "application/json", 401, "unknown_project"),
+    (b"[1, 2]", "application/json", 400, "malformed_event"),
     (b"{}", "text/plain", 415, "unsupported_media_type"),
 ])
 def test_bad_input_never_500(janitor, body, content_type, status, error):
@@ -96,10 +116,12 @@ def test_oversized_body_is_413(janitor):
 
 
 def test_other_kinds_are_acknowledged_and_ignored(janitor):
-    c, _store = web(janitor)
+    c, store = web(janitor)
     body = {"object_kind": "note", "project": {"path_with_namespace": "gitlab-org/gitlab-test"}}
     r = post(c, body, event="Note Hook")
-    assert r.status_code == 200 and r.json == {"status": "ignored", "kind": "note"}
+    assert r.status_code == 200 and r.json == {"status": "ignored", "kind": "note", "reason": "unused_kind"}
+    assert store.pending_events() == []
+    assert [(i.reason, i.count) for i in store.ignored_counts()] == [("unused_kind", 1)]
 
 
 def test_system_hook_push_is_matched_by_project_path(janitor):

@@ -12,8 +12,9 @@ without an `__init__.py`). The fixtures in `tests/conftest.py` build these; wiri
 Helpers: `support.images` (push_image, push_index, tags, digest_of, blob_exists, untag, ...),
 `support.servers` (ServerThread, Recorder, wait_for), `support.janitor` (Harness, Janitors behind the
 `janitor` fixture, make_settings, webhook payload builders), `support.ops` (the seeded story of the
-operations-surface tests), `support.payloads` (load_payload: GitLab's documented payloads). Nothing here
-imports `tests/conftest.py`.
+operations-surface tests), `support.payloads` (load_payload: GitLab's documented payloads),
+`support.hook_delivery` (how GitLab posts hook deliveries and disables hooks that fail, behind the
+stand-in's `deliver`, `resend` and `test_hook`). Nothing here imports `tests/conftest.py`.
 """
 
 from .gitlab_standin import GitLabStandin

@@ -71,8 +71,8 @@ def test_missing_file_says_what_to_do(tmp_path):
 
 
 def test_example_config_is_valid_with_its_variables_set():
-    env = {k: "x" for k in ("GITLAB_API_TOKEN", "JANITOR_ADMIN_TOKEN", "JANITOR_REGISTRY_TOKEN",
-                            "APP_WEBHOOK_SECRET", "APP_REGISTRY_TOKEN")}
+    env = {k: "x" for k in ("GITLAB_API_TOKEN", "GITLAB_SYSTEM_HOOK_SECRET", "JANITOR_ADMIN_TOKEN",
+                            "JANITOR_REGISTRY_TOKEN", "APP_WEBHOOK_SECRET", "APP_REGISTRY_TOKEN")}
     s = load_settings(Path(__file__).resolve().parents[2] / "config" / "janitor.example.yaml", environ=env)
     assert s.projects[0].repositories("group/app") == ("group/app", "group/app/builder")
     assert s.worker.reconcile_interval == 600

@@ -92,6 +92,7 @@ secret itself and is left alone.
 {{- $found := list }}
 {{- $checks := list }}
 {{- $checks = append $checks (list "gitlab.api_token" (dig "gitlab" "api_token" "" $config)) }}
+{{- $checks = append $checks (list "gitlab.system_hook_secret" (dig "gitlab" "system_hook_secret" "" $config)) }}
 {{- $checks = append $checks (list "server.admin_token" (dig "server" "admin_token" "" $config)) }}
 {{- $checks = append $checks (list "server.registry_notification_token" (dig "server" "registry_notification_token" "" $config)) }}
 {{- range $i, $project := ($config.projects | default list) }}
