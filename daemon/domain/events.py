@@ -8,13 +8,16 @@ system MR hooks fewer attributes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from daemon.domain.model import Pipeline
 
+#: What ``after`` says for a deleted branch in a SHA-1 repository; a SHA-256 one sends 64 zeros.
 ZERO_SHA = "0" * 40
+_MR_REF = re.compile(r"^refs/merge-requests/(\d+)/(?:head|merge|train)$")
 MANIFEST_MEDIA_TYPES = frozenset({
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -31,7 +34,14 @@ class MalformedEvent(ValueError):
 
 @dataclass(frozen=True)
 class PipelineEvent:
+    """A pipeline hook. ``source_branch`` is a merge-request pipeline's source branch, what GitLab puts
+    in ``$CI_COMMIT_REF_NAME`` (``Ci::Pipeline#source_ref``) even where the pipeline's own ref is
+    ``refs/merge-requests/<iid>/head``; ``created_known`` is False when the hook carried no creation
+    time (``pipeline.created_at`` is then the arrival time)."""
+
     pipeline: Pipeline
+    source_branch: str | None = None
+    created_known: bool = True
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,7 @@ class MergeRequestEvent:
 
 @dataclass(frozen=True)
 class PushEvent:
-    """A branch or tag push; ``deleted`` when ``after`` is 40 zeros."""
+    """A branch or tag push; ``deleted`` when ``after`` is all zeros (40, or 64 in a SHA-256 repository)."""
 
     project_path: str
     ref: str
@@ -108,17 +118,34 @@ def _str(value: Any, what: str) -> str:
     return value
 
 
+def is_zero_sha(value: Any) -> bool:
+    """GitLab's blank SHA, of any object format: 40 zeros (SHA-1) or 64 (SHA-256)."""
+    return isinstance(value, str) and bool(value) and value.strip("0") == ""
+
+
+def merge_request_of_ref(ref: str) -> int | None:
+    """The iid in ``refs/merge-requests/<iid>/head`` (or ``/merge``, ``/train``); None for other refs."""
+    match = _MR_REF.match(ref)
+    return int(match.group(1)) if match else None
+
+
 def parse_time(value: Any, default: float) -> float:
     """GitLab writes ``2016-08-12 15:23:28 UTC`` in hooks and ISO 8601 in the API."""
+    parsed = time_or_none(value)
+    return default if parsed is None else parsed
+
+
+def time_or_none(value: Any) -> float | None:
+    """A time as :func:`parse_time` reads it, or None when there is none to read."""
     if not isinstance(value, str) or not value:
-        return default
+        return None
     text = value.strip()
     if text.endswith(" UTC"):
         text = text[:-4].replace(" ", "T") + "+00:00"
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        return default
+        return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
@@ -167,10 +194,17 @@ def _pipeline(payload: dict[str, Any], received_at: float) -> PipelineEvent:
     mr = payload.get("merge_request") if isinstance(payload.get("merge_request"), dict) else None
     mr_iid = _opt_int(mr.get("iid")) if mr else None
     ref = _str(attrs.get("ref"), "object_attributes.ref")
+    if mr_iid is None:
+        mr_iid = merge_request_of_ref(ref)
     # A merge-request pipeline's ref in live GitLab is the MR's source branch; some payloads (and
-    # GitLab's own doc example) show the target instead, so trust the MR block when present.
-    if mr and isinstance(mr.get("source_branch"), str) and mr["source_branch"]:
-        ref = mr["source_branch"]
+    # GitLab's own doc example) show the target instead, and a fork's MR pipeline run in this project
+    # may show ``refs/merge-requests/<iid>/head``: GitLab's variables take the MR block's source branch
+    # (``Ci::Pipeline#source_ref``), and so does the janitor.
+    source_branch = mr.get("source_branch") if mr else None
+    if not isinstance(source_branch, str) or not source_branch:
+        source_branch = None
+    if source_branch is not None:
+        ref = source_branch
     # A fork's MR pipeline run in this (the target) project: its source branch is a branch of the
     # fork, not of this project, and must never be mistaken for this project's branch of the same
     # name (branch_deleted, another MR from it). Here it runs on the MR's own ref.
@@ -178,6 +212,7 @@ def _pipeline(payload: dict[str, Any], received_at: float) -> PipelineEvent:
     here = _opt_int(project.get("id"))
     if mr_iid is not None and source_project is not None and here is not None and source_project != here:
         ref = f"refs/merge-requests/{mr_iid}/head"
+    created = time_or_none(attrs.get("created_at"))
     return PipelineEvent(
         Pipeline(
             project_path=_str(project.get("path_with_namespace"), "project.path_with_namespace"),
@@ -189,8 +224,10 @@ def _pipeline(payload: dict[str, Any], received_at: float) -> PipelineEvent:
             is_tag=bool(attrs.get("tag")),
             mr_iid=mr_iid,
             default_branch=project.get("default_branch") or None,
-            created_at=parse_time(attrs.get("created_at"), received_at),
-        )
+            created_at=received_at if created is None else created,
+        ),
+        source_branch=source_branch if mr_iid is not None else None,
+        created_known=created is not None,
     )
 
 
@@ -226,7 +263,7 @@ def _push(payload: dict[str, Any], kind: str) -> PushEvent:
         project_path=path,
         ref=ref,
         is_tag=is_tag,
-        deleted=payload.get("after") == ZERO_SHA,
+        deleted=is_zero_sha(payload.get("after")),
         default_branch=project.get("default_branch") or None,
     )
 

@@ -61,7 +61,12 @@ def validate_pattern(pattern: str) -> None:
 
 @dataclass(frozen=True)
 class PipelineVars:
-    """What GitLab would put in a pipeline's ``$CI_*`` variables."""
+    """What GitLab would put in a pipeline's ``$CI_*`` variables.
+
+    ``source_branch`` is a merge-request pipeline's source branch: GitLab's ``$CI_COMMIT_REF_NAME`` and
+    ``$CI_COMMIT_REF_SLUG`` name it (``Ci::Pipeline#source_ref``) whatever ref the pipeline runs on, a
+    fork's MR pipeline run in the target project included (its ref is ``refs/merge-requests/<iid>/head``).
+    For such a pipeline whose source branch is not known, both are unknown and expand to nothing."""
 
     ref: str
     sha: str
@@ -69,13 +74,22 @@ class PipelineVars:
     pipeline_iid: int | None = None
     is_tag: bool = False
     mr_iid: int | None = None
+    source_branch: str | None = None
+
+    @property
+    def ref_name(self) -> str:
+        """``$CI_COMMIT_REF_NAME``: the source branch of a merge-request pipeline, else the ref."""
+        if self.mr_iid is not None and self.source_branch:
+            return self.source_branch
+        return "" if self.ref.startswith("refs/merge-requests/") else self.ref
 
     def values(self) -> Mapping[str, str]:
         # Merge request pipelines have no CI_COMMIT_BRANCH; tag pipelines have CI_COMMIT_TAG instead.
+        name = self.ref_name
         return {
-            "CI_COMMIT_REF_SLUG": ref_slug(self.ref),
-            "CI_COMMIT_REF_NAME": self.ref,
-            "CI_COMMIT_BRANCH": "" if self.is_tag or self.mr_iid is not None else self.ref,
+            "CI_COMMIT_REF_SLUG": ref_slug(name),
+            "CI_COMMIT_REF_NAME": name,
+            "CI_COMMIT_BRANCH": "" if self.is_tag or self.mr_iid is not None or not name else self.ref,
             "CI_COMMIT_TAG": self.ref if self.is_tag else "",
             "CI_COMMIT_SHA": self.sha,
             "CI_COMMIT_SHORT_SHA": self.sha[:8],

@@ -51,6 +51,33 @@ def selects(trigger: Trigger, record: PushRecord) -> bool:
     return False  # ci_request plans are built from one named record, not selected
 
 
+def awaiting_resolution(record: PushRecord, pipeline: Pipeline | None) -> bool:
+    """A record still only expected of a pipeline that finished: the tag is resolved (HEAD) and the record
+    confirmed or dropped before any plan takes it, so a tag the pipeline never pushed is never planned."""
+    return record.state == "expected" and pipeline is not None and pipeline.finished
+
+
+#: How far GitLab's clock (a pipeline's ``created_at``) may run ahead of the janitor's (when a branch
+#: deletion was received) without a pipeline created before the deletion passing for one created after.
+DELETION_CLOCK_SLACK = 10.0
+#: How long before a deletion was received the branch may have been deleted (a hook waits in GitLab's
+#: queue): a pipeline created within this window may be either side of the deletion.
+DELETION_DELIVERY_WINDOW = 3600.0
+
+
+def created_after_deletion(created_at: float | None, deleted_at: float) -> bool | None:
+    """Whether a pipeline was created after its branch's deletion (received at ``deleted_at``): True, False,
+    or None when its creation time is unknown or too close to tell (GitLab must say whether the branch
+    exists). Only a pipeline created after the deletion shows the branch came back."""
+    if created_at is None:
+        return None
+    if created_at > deleted_at + DELETION_CLOCK_SLACK:
+        return True
+    if created_at < deleted_at - DELETION_DELIVERY_WINDOW:
+        return False
+    return None
+
+
 def ref_is_live(pipeline: Pipeline | None, ref: str, refs: Mapping[str, bool | None],
                 default_branch: str | None) -> bool:
     """Open MR source branch, existing branch, default branch or git tag. Unknown counts as live."""

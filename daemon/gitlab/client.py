@@ -119,14 +119,16 @@ class GitLab:
         except (KeyError, TypeError, ValueError) as exc:
             raise GitLabError(f"GitLab's job answer lacks {exc}; is gitlab.url right?") from None
 
-    def branch_exists(self, project_path: str, branch: str, token: str | None) -> bool | None:
+    def branch_exists(self, project_path: str, branch: str, token: str | None, *,
+                      fresh: bool = False) -> bool | None:
         """True/False from GitLab, None when it cannot be asked (no token, unreachable, token refused, project
-        hidden from the token): callers treat None as live, the safe side."""
+        hidden from the token): callers treat None as live, the safe side. Answers are kept a while;
+        ``fresh`` asks GitLab again (and keeps the new answer)."""
         token = self.api_token or token
         if not token:
             return None
         key = f"{project_path}\0{branch}"
-        cached = self._refs.get(key)
+        cached = None if fresh else self._refs.get(key)
         if cached is not None:
             return bool(cached)
         client = self._client(private_token=token)

@@ -28,7 +28,7 @@ from daemon.domain.names import is_digest, is_repository, is_tag
 from daemon.domain.patterns import PipelineVars, expand, is_protected
 from daemon.domain.policy import in_scope
 from daemon.errors import RegistryRefused, RegistryUnavailable
-from daemon.ingest.inbox import ReaderFactory
+from daemon.ingest.inbox import ReaderFactory, pipeline_variables
 from daemon.plan.planning import Planner, policy_for
 from daemon.store import Store
 
@@ -142,7 +142,7 @@ class CiGate:
         pipeline = self._pipeline(job)
         self.store.upsert_pipeline(pipeline, self.clock())
         pipeline = self.store.get_pipeline(job.project_path, job.pipeline_id) or pipeline
-        lifetime, ttl = self._lifetime(project, pipeline, image.tag)
+        lifetime, ttl = self._lifetime(project, pipeline_variables(self.store, pipeline), image.tag)
         record_id, created = self.store.add_record(
             project_path=job.project_path, pipeline=pipeline, repository=image.repository, tag=image.tag,
             digest=digest, lifetime=lifetime, ttl_seconds=ttl, state="confirmed", source="ci",
@@ -181,9 +181,7 @@ class CiGate:
         return digest
 
     @staticmethod
-    def _lifetime(project: ProjectSettings, p: Pipeline, tag: str) -> tuple[str, float | None]:
-        variables = PipelineVars(ref=p.ref, sha=p.sha, pipeline_id=p.pipeline_id, pipeline_iid=p.iid,
-                                 is_tag=p.is_tag, mr_iid=p.mr_iid)
+    def _lifetime(project: ProjectSettings, variables: PipelineVars, tag: str) -> tuple[str, float | None]:
         for pattern in project.tags:
             if expand(pattern.pattern, variables) == tag:
                 return ("ttl", pattern.ttl) if pattern.ttl is not None else (str(pattern.lifetime), None)

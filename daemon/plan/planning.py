@@ -11,23 +11,33 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Protocol
 
 from daemon.config import ProjectSettings, Settings
 from daemon.domain.model import PushRecord, Trigger, TriggerKind
-from daemon.domain.planner import decide, selects
+from daemon.domain.planner import awaiting_resolution, decide, selects
 from daemon.domain.policy import ProjectPolicy
 from daemon.store import Store
 
 log = logging.getLogger(__name__)
 
-# Asks GitLab whether a branch exists: True/False, or None when it cannot tell.
-RefLookup = Callable[[str, str, ProjectSettings], bool | None]
+class RefLookup(Protocol):
+    """Asks GitLab whether a branch exists: True/False, or None when it cannot tell. ``fresh`` asks
+    GitLab now rather than trusting an answer kept from a while ago."""
+
+    def __call__(self, project_path: str, ref: str, project: ProjectSettings, *,
+                 fresh: bool = False) -> bool | None: ...
 
 
 def mr_trigger(project_path: str, iid: int, state: str, source_branch: str | None, now: float) -> Trigger:
     """The trigger a merged or closed MR raises; ``source_branch`` None for a fork's MR."""
     kind: TriggerKind = "merge_request_merged" if state == "merged" else "merge_request_closed"
     return Trigger(kind, project_path, f"{kind}:{project_path}:{iid}", now, ref=source_branch, mr_iid=iid)
+
+
+def branch_trigger(project_path: str, ref: str, now: float) -> Trigger:
+    """The trigger a deleted branch raises (one plan per project and branch)."""
+    return Trigger("branch_deleted", project_path, f"branch_deleted:{project_path}:{ref}", now, ref=ref)
 
 
 def policy_for(settings: ProjectSettings, project_path: str, default_branch: str | None) -> ProjectPolicy:
@@ -53,11 +63,20 @@ class LiveRefs:
             return states
         for ref, live in states.items():
             if live is None:
-                found = self.lookup(project_path, ref, project)
+                found = self.branch_exists(project_path, ref, project)
                 if found is not None:
                     self.store.set_ref(project_path, ref, found, self.clock())
                     states[ref] = found
         return states
+
+    def branch_exists(self, project_path: str, ref: str, project: ProjectSettings, *,
+                      fresh: bool = False) -> bool | None:
+        """GitLab's word on whether branch ``ref`` exists now; None when it cannot be asked. A merge
+        request's own ref (``refs/merge-requests/...``) is no branch: the branches API is not asked.
+        ``fresh``: an answer GitLab gave before a deletion the ledger saw must not count."""
+        if self.lookup is None or ref.startswith("refs/"):
+            return None
+        return self.lookup(project_path, ref, project, fresh=fresh)
 
 
 class Planner:
@@ -75,10 +94,22 @@ class Planner:
 
     def plan(self, trigger: Trigger, candidates: Sequence[PushRecord], now: float) -> int | None:
         """Decide on ``candidates`` and store the plan. Records that arrive after the trigger's plan was
-        made join it while it waits, or make a follow-up plan once it has run."""
+        made join it while it waits, or make a follow-up plan once it has run. A record still only
+        expected of a finished pipeline waits for its resolution (which raises the pipeline's triggers
+        again once its tags are known): a tag the pipeline never pushed is never planned. Only where
+        the janitor may not read the registry at all (no credential, or one refused) is it planned as it
+        is, resolved (or failed, saying why) when the plan runs."""
         project = self.settings.project_for(trigger.project_path)
         if project is None or not candidates:
             return None
+        expected = {c.pipeline_id for c in candidates if c.state == "expected"}
+        if expected:
+            finished = self.store.pipelines(trigger.project_path, expected)
+            unreadable = self.store.unresolvable_pipelines(trigger.project_path, expected)
+            candidates = [c for c in candidates if c.pipeline_id in unreadable
+                          or not awaiting_resolution(c, finished.get(c.pipeline_id))]
+            if not candidates:
+                return None
         others = self.store.owners_of((r.repository, r.tag) for r in candidates)
         pipelines = self.store.pipelines(trigger.project_path, {o.pipeline_id for o in others})
         candidate_ids = {c.id for c in candidates}

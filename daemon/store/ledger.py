@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from daemon.domain.model import Pipeline, PushRecord, Trigger
+from daemon.domain.model import FINISHED_STATUSES, Pipeline, PushRecord, Trigger
 from daemon.store.base import StoreBase
 from daemon.store.rows import PIPELINE_COLS, RECORD_COLS, marks, to_pipeline, to_record
 
@@ -22,16 +22,19 @@ from daemon.store.rows import PIPELINE_COLS, RECORD_COLS, marks, to_pipeline, to
 _NOT_PLANNED = "NOT EXISTS (SELECT 1 FROM untags u WHERE u.push_record_id = push_records.id)"
 # ``planned_at IS NULL`` says the same from the record itself (set when a plan's untag takes it), so the
 # TTL queries read partial indexes of unplanned live TTL records instead of every TTL record ever pushed.
+# Plans whose untags have not started: a record found never pushed leaves them.
+_NOT_STARTED = "('scheduled', 'held', 'ready')"
 
 
 class LedgerStore(StoreBase):
     # pipelines -------------------------------------------------------------------------------------
-    def upsert_pipeline(self, p: Pipeline, now: float) -> None:
+    def upsert_pipeline(self, p: Pipeline, now: float, *, source_branch: str | None = None) -> None:
         """Keep the newest status; a late 'running' hook never un-finishes a pipeline. A branch name
-        replaces a ``refs/merge-requests/...`` ref a CI job reported first."""
+        replaces a ``refs/merge-requests/...`` ref a CI job reported first. ``source_branch``: a
+        merge-request pipeline's source branch as its hook named it (GitLab's ``$CI_COMMIT_REF_NAME``)."""
         self._db.execute(
             "INSERT INTO pipelines (project_path, pipeline_id, iid, ref, sha, status, is_tag, mr_iid,"
-            " default_branch, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            " default_branch, created_at, updated_at, source_branch) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT(project_path, pipeline_id) DO UPDATE SET"
             " status = CASE WHEN pipelines.status IN ('success','failed','canceled','skipped')"
             "   THEN pipelines.status ELSE excluded.status END,"
@@ -39,15 +42,40 @@ class LedgerStore(StoreBase):
             "   AND excluded.ref NOT LIKE 'refs/merge-requests/%' THEN excluded.ref ELSE pipelines.ref END,"
             " mr_iid = COALESCE(excluded.mr_iid, pipelines.mr_iid),"
             " default_branch = COALESCE(excluded.default_branch, pipelines.default_branch),"
+            " source_branch = COALESCE(excluded.source_branch, pipelines.source_branch),"
             " updated_at = excluded.updated_at",
             [p.project_path, p.pipeline_id, p.iid, p.ref, p.sha, p.status, int(p.is_tag), p.mr_iid,
-             p.default_branch, p.created_at, now])
+             p.default_branch, p.created_at, now, source_branch])
         if not p.ref.startswith("refs/merge-requests/"):
             # A CI job of a merge-request pipeline may record its pushes before any hook said which
             # branch ``refs/merge-requests/<iid>/head`` stands for; the pipeline hook names it, and the
             # records made under the placeholder ref take the branch (branch_deleted must find them).
             self._db.execute("UPDATE push_records SET ref = ? WHERE project_path = ? AND pipeline_id = ?"
                              " AND ref LIKE 'refs/merge-requests/%'", [p.ref, p.project_path, p.pipeline_id])
+
+    def pipeline_source_branch(self, project_path: str, pipeline_id: int) -> str | None:
+        """A merge-request pipeline's source branch as its hook named it; None when no hook did."""
+        row = self._db.execute("SELECT source_branch FROM pipelines WHERE project_path = ? AND pipeline_id = ?",
+                               [project_path, pipeline_id]).fetchone()
+        return None if row is None or not row[0] else str(row[0])
+
+    def mark_unresolvable(self, project_path: str, pipeline_id: int, now: float) -> None:
+        """The janitor may not read what this finished pipeline pushed (no registry credential, or one
+        the registry refuses): its expected records are planned as they are, resolved when plans run."""
+        self._db.execute("UPDATE pipelines SET unresolvable_at = COALESCE(unresolvable_at, ?) WHERE"
+                         " project_path = ? AND pipeline_id = ?", [now, project_path, pipeline_id])
+
+    def unresolvable_pipelines(self, project_path: str, ids: Iterable[int]) -> set[int]:
+        """Which of these pipelines were marked unresolvable."""
+        ids = sorted(set(ids))
+        out: set[int] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows = self._db.execute(f"SELECT pipeline_id FROM pipelines WHERE project_path = ? AND pipeline_id"
+                                    f" IN ({marks(len(chunk))}) AND unresolvable_at IS NOT NULL",
+                                    [project_path, *chunk])
+            out.update(int(r[0]) for r in rows)
+        return out
 
     def get_pipeline(self, project_path: str, pipeline_id: int) -> Pipeline | None:
         row = self._db.execute(f"SELECT {PIPELINE_COLS} FROM pipelines WHERE project_path = ?"
@@ -63,6 +91,18 @@ class LedgerStore(StoreBase):
                                     f" AND pipeline_id IN ({marks(len(chunk))})", [project_path, *chunk])
             out.update({r[1]: to_pipeline(r) for r in rows})
         return out
+
+    def unfinished_pipelines(self, heard_before: float, limit: int = 50) -> tuple[int, list[tuple[Pipeline, float]]]:
+        """Pipelines not finished whose status the ledger last heard of before ``heard_before``: how many,
+        and the ``limit`` heard of longest ago as (pipeline, when last heard of), oldest first."""
+        finished = sorted(FINISHED_STATUSES)
+        where = f"status NOT IN ({marks(len(finished))}) AND updated_at < ?"
+        count = self._db.execute(f"SELECT COUNT(*) FROM pipelines WHERE {where}",
+                                 [*finished, heard_before]).fetchone()[0]
+        rows = self._db.execute(f"SELECT {PIPELINE_COLS}, updated_at FROM pipelines WHERE {where}"
+                                " ORDER BY updated_at, project_path, pipeline_id LIMIT ?",
+                                [*finished, heard_before, limit]).fetchall()
+        return int(count), [(to_pipeline(r), float(r[-1])) for r in rows]
 
     def default_branch(self, project_path: str) -> str | None:
         row = self._db.execute("SELECT default_branch FROM pipelines WHERE project_path = ? AND"
@@ -140,13 +180,38 @@ class LedgerStore(StoreBase):
         """A plan made while its record was only expected carries no digest to guard (S3), and the
         executor would untag whatever the tag points at when it runs. Once the ledger learns the
         record's digest, its waiting untags guard that digest; once it learns the pipeline never
-        pushed the tag (dropped), they are skipped: the ledger no longer attributes it to anyone (S1)."""
+        pushed the tag (dropped), the ledger no longer attributes it to anyone (S1): a tag that never
+        existed was never going to be untagged, so its waiting untags leave the plans that have not
+        started (a plan left with none goes too), and only a plan already running records it
+        ``skipped: missing``."""
+        db = self._db
         if digest:
-            self._db.execute("UPDATE untags SET expected_digest = ? WHERE push_record_id = ?"
-                             " AND outcome = 'pending'", [digest, record_id])
-        else:
-            self._db.execute("UPDATE untags SET outcome = 'skipped', reason = 'missing', finished_at = ?"
-                             " WHERE push_record_id = ? AND outcome = 'pending'", [now, record_id])
+            db.execute("UPDATE untags SET expected_digest = ? WHERE push_record_id = ?"
+                       " AND outcome = 'pending'", [digest, record_id])
+            return
+        with self.transaction():
+            emptied = {int(r[0]) for r in db.execute(
+                f"DELETE FROM untags WHERE push_record_id = ? AND outcome = 'pending' AND plan_id IN"
+                f" (SELECT id FROM plans WHERE state IN {_NOT_STARTED}) RETURNING plan_id",
+                [record_id]).fetchall()}
+            for plan_id in sorted(emptied):
+                db.execute(f"DELETE FROM plans WHERE id = ? AND state IN {_NOT_STARTED}"
+                           " AND NOT EXISTS (SELECT 1 FROM untags u WHERE u.plan_id = plans.id)", [plan_id])
+            db.execute("UPDATE untags SET outcome = 'skipped', reason = 'missing', finished_at = ?"
+                       " WHERE push_record_id = ? AND outcome = 'pending'", [now, record_id])
+
+    def awaiting_resolution(self, after_id: int, limit: int) -> list[tuple[int, str, int]]:
+        """Records still only expected of pipelines that finished (their resolution failed or was
+        interrupted, and the registry did not refuse it) that no plan took yet, after record
+        ``after_id`` in id order: (record id, project, pipeline id)."""
+        rows = self._db.execute(
+            "SELECT r.id, r.project_path, r.pipeline_id FROM push_records r JOIN pipelines p"
+            " ON p.project_path = r.project_path AND p.pipeline_id = r.pipeline_id"
+            " WHERE r.state = 'expected' AND r.planned_at IS NULL AND r.id > ?"
+            " AND p.status IN ('success', 'failed', 'canceled', 'skipped') AND p.unresolvable_at IS NULL"
+            " ORDER BY r.id LIMIT ?",
+            [after_id, limit])
+        return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
 
     def candidates(self, trigger: Trigger) -> list[PushRecord]:
         """A superset of the records ``trigger`` may end, found through indexes only; the planner

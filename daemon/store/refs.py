@@ -7,10 +7,15 @@ writes here) nor decide what a dead branch means for its tags (the planner does)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from daemon.store.base import StoreBase
 from daemon.store.rows import marks
+
+# A merge request's own refs in its target project: live while the MR is open.
+_MR_REF = re.compile(r"^refs/merge-requests/(\d+)/")
+_OPEN_STATES = ("opened", "reopened", "locked")
 
 
 class RefStore(StoreBase):
@@ -18,12 +23,36 @@ class RefStore(StoreBase):
     def set_merge_request(self, project_path: str, iid: int, source_branch: str, state: str,
                           source_project_id: int | None, target_project_id: int | None,
                           now: float) -> None:
+        """Record an MR's state as a hook or the API gave it. A merged MR stays merged: GitLab never
+        reopens one, so a hook sent before the merge and delivered after it says nothing new."""
         self._db.execute(
             "INSERT INTO merge_requests (project_path, iid, source_branch, source_project_id,"
             " target_project_id, state, updated_at) VALUES (?,?,?,?,?,?,?)"
             " ON CONFLICT(project_path, iid) DO UPDATE SET source_branch = excluded.source_branch,"
-            " state = excluded.state, updated_at = excluded.updated_at",
+            " state = CASE WHEN merge_requests.state = 'merged' THEN 'merged' ELSE excluded.state END,"
+            " updated_at = excluded.updated_at",
             [project_path, iid, source_branch, source_project_id, target_project_id, state, now])
+
+    def merge_request_trigger_raised(self, project_path: str, iid: int) -> str | None:
+        """The state (``merged`` or ``closed``) whose trigger was raised for this MR since it was last
+        open, or None: no merge or close trigger raised yet (or the MR was reopened since)."""
+        row = self._db.execute("SELECT trigger_raised FROM merge_requests WHERE project_path = ? AND iid = ?",
+                               [project_path, iid]).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def set_merge_request_trigger_raised(self, project_path: str, iid: int, state: str | None,
+                                         now: float) -> None:
+        """Note that the trigger of ``state`` was raised for this MR (None: it is open again). The MR
+        must have been recorded first (``set_merge_request``)."""
+        self._db.execute("UPDATE merge_requests SET trigger_raised = ?, updated_at = ? WHERE project_path = ?"
+                         " AND iid = ?", [state, now, project_path, iid])
+
+    def merge_request_branch(self, project_path: str, iid: int) -> str | None:
+        """An MR's source branch as its hooks named it, in whichever project it lives (a fork's too):
+        what GitLab's ``$CI_COMMIT_REF_NAME`` says in the MR's pipelines."""
+        row = self._db.execute("SELECT source_branch FROM merge_requests WHERE project_path = ? AND iid = ?",
+                               [project_path, iid]).fetchone()
+        return None if row is None or not row[0] else str(row[0])
 
     def ended_merge_requests(self, project_path: str, iid: int | None,
                              ref: str) -> list[tuple[int, str, str | None]]:
@@ -50,19 +79,35 @@ class RefStore(StoreBase):
         return None if row is None else str(row[0])
 
     def open_mr_branches(self, project_path: str) -> set[str]:
+        """Branches of this project that an open MR comes from (a fork's MR names a branch of the fork)."""
         rows = self._db.execute("SELECT source_branch FROM merge_requests WHERE project_path = ? AND"
-                                " state IN ('opened', 'reopened', 'locked')", [project_path])
+                                f" state IN ({marks(len(_OPEN_STATES))}) AND (source_project_id IS NULL"
+                                " OR target_project_id IS NULL OR source_project_id = target_project_id)",
+                                [project_path, *_OPEN_STATES])
         return {r[0] for r in rows}
 
     # refs ------------------------------------------------------------------------------------------
-    def set_ref(self, project_path: str, ref: str, live: bool, now: float) -> None:
+    def set_ref(self, project_path: str, ref: str, live: bool, now: float, *,
+                deleted_at: float | None = None) -> None:
+        """Record a ref live or deleted. A deletion keeps when it happened (``deleted_at``, else ``now``):
+        only a pipeline created after it shows the branch came back."""
+        gone = None if live else (now if deleted_at is None else deleted_at)
         self._db.execute(
-            "INSERT INTO refs (project_path, ref, live, updated_at) VALUES (?,?,?,?)"
+            "INSERT INTO refs (project_path, ref, live, updated_at, deleted_at) VALUES (?,?,?,?,?)"
             " ON CONFLICT(project_path, ref) DO UPDATE SET live = excluded.live,"
-            " updated_at = excluded.updated_at", [project_path, ref, int(live), now])
+            " updated_at = excluded.updated_at, deleted_at = excluded.deleted_at",
+            [project_path, ref, int(live), now, gone])
+
+    def ref_deletion(self, project_path: str, ref: str) -> float | None:
+        """When the ref's deletion was seen, if the last the ledger knows of it is a deletion."""
+        row = self._db.execute("SELECT COALESCE(deleted_at, updated_at) FROM refs WHERE project_path = ?"
+                               " AND ref = ? AND live = 0", [project_path, ref]).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def ref_states(self, project_path: str, refs: Iterable[str]) -> dict[str, bool | None]:
-        """Known liveness: an open MR's source branch is live; else the last push/delete seen."""
+        """Known liveness: an open MR's source branch is live; an MR's own ref
+        (``refs/merge-requests/<iid>/...``) lives as long as the MR is open; else the last push/delete
+        seen."""
         wanted = sorted(set(refs))
         known: dict[str, bool | None] = dict.fromkeys(wanted)
         open_branches = self.open_mr_branches(project_path)
@@ -74,6 +119,11 @@ class RefStore(StoreBase):
         for ref in wanted:
             if ref in open_branches:
                 known[ref] = True
+            match = _MR_REF.match(ref)
+            if match:
+                state = self.merge_request_state(project_path, int(match.group(1)))
+                if state is not None:
+                    known[ref] = state in _OPEN_STATES
         return known
 
     def ref_known_live(self, project_path: str, ref: str) -> bool | None:

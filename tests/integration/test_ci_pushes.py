@@ -461,6 +461,22 @@ def test_a_fork_merge_request_job_is_not_the_targets_same_named_branch(janitor, 
     assert tags(registry, repo) == []
 
 
+def test_a_fork_merge_request_jobs_ref_slug_tag_gets_the_patterns_lifetime(janitor, registry, gitlab, project):
+    """In a fork's MR pipeline run in the target project, GitLab's ``$CI_COMMIT_REF_SLUG`` is the source
+    branch's slug (``Ci::Pipeline#source_ref``), so a job recording that tag records it with the
+    pattern's lifetime, not the default one."""
+    j = build(janitor, registry, gitlab, project, default_lifetime="pipeline")
+    repo = project.path
+    fork_open = mr_hook(repo, iid=21, source_branch="Fork/Topic", action="open")
+    fork_open["object_attributes"].update(source_project_id=project.id + 1000, target_project_id=project.id)
+    j.hook("Merge Request Hook", fork_open)
+    j.tick()
+    push_image(registry, repo, ["fork-topic"])
+    token = gitlab.add_job(project, pipeline_id=87, ref="refs/merge-requests/21/head")
+    answer = record_push(j, token, {"image": image(registry, repo, "fork-topic")})
+    assert answer.status_code == 201 and answer.get_json()["lifetime"] == "branch"
+
+
 def test_a_merge_request_job_known_only_by_its_pipeline_hook_may_untag_its_own_tag(janitor, registry, gitlab, project):
     # No MR hook was seen (it went to another janitor, or was lost): the pipeline hook alone names
     # the branch of refs/merge-requests/19/head, and the job's own tag is still its own.

@@ -8,6 +8,7 @@ Time passes only on the harness clock.
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 
 import pytest
 from support.images import digest_of, push_image, tags
@@ -28,6 +29,11 @@ PATTERNS = [
 def project_entry(project, **extra):
     return {"path": project.path, "webhook_secret": SECRET, "registry_token": project.token,
             "dry_run": False, "grace_period": "1m", "tags": PATTERNS, **extra}
+
+
+def gitlab_time(at: float) -> str:
+    """A time as GitLab writes it in hooks (``2016-08-12 15:23:28 UTC``)."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def sha_of(pipeline_id: int) -> str:
@@ -292,8 +298,9 @@ def test_reopen_in_the_grace_period_cancels_and_a_later_close_plans_anew(janitor
     j.tick(advance=GRACE * 3)
     assert "mr-12" in tags(registry, repo), "a reopened MR keeps its tag after the grace period"
 
-    j.hook("Merge Request Hook", mr_hook(repo, iid=12, source_branch="again", action="close"),
-           **{"X-Gitlab-Event-UUID": "second-close"})
+    second_close = mr_hook(repo, iid=12, source_branch="again", action="close")
+    second_close["object_attributes"]["updated_at"] = gitlab_time(j.clock())  # a new event, a new body
+    j.hook("Merge Request Hook", second_close, **{"X-Gitlab-Event-UUID": "second-close"})
     j.tick()
     second = next(p for p in plans_of(j, "merge_request_closed") if p.id != first.id)
     assert second.state == "scheduled"
@@ -313,9 +320,10 @@ def test_a_branch_recreated_in_the_grace_period_keeps_its_tags(janitor, registry
     assert planned_in(j, plan) == sorted(["phoenix", f"sha-{short(701)}"])
 
     j.tick(advance=GRACE / 2)
-    if recreated_by == "pipeline":
-        j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=702, ref="phoenix", sha=sha_of(702),
-                                              status="running"))
+    if recreated_by == "pipeline":  # a pipeline created after the deletion: the branch is back
+        recreated = pipeline_hook(repo, pipeline_id=702, ref="phoenix", sha=sha_of(702), status="running")
+        recreated["object_attributes"]["created_at"] = gitlab_time(j.clock())
+        j.hook("Pipeline Hook", recreated)
     else:
         j.hook("Push Hook", push_hook(repo, ref="phoenix", deleted=False))
     j.tick()

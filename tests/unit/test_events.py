@@ -14,6 +14,8 @@ from daemon.domain.events import (
     PipelineEvent,
     PushEvent,
     event_kind,
+    is_zero_sha,
+    merge_request_of_ref,
     parse_gitlab,
     parse_registry,
     parse_time,
@@ -134,13 +136,53 @@ def test_a_fork_merge_request_pipeline_in_the_target_runs_on_the_mrs_ref(here, s
     assert (p.ref, p.mr_iid) == (ref, 1)
 
 
+@pytest.mark.parametrize("ref", ["test", "refs/merge-requests/1/head"])
+def test_a_fork_merge_request_pipeline_keeps_gitlabs_source_branch_for_its_variables(ref):
+    # Newer GitLab sends Ci::Pipeline#source_ref (the source branch) as the ref, older the pipeline's own
+    # ref; either way $CI_COMMIT_REF_SLUG in its jobs is the source branch's.
+    body = load_payload("pipeline_event")
+    body["project"]["id"] = 14
+    body["object_attributes"]["ref"] = ref
+    body["merge_request"].update(source_project_id=99, target_project_id=14)
+    event = parse_gitlab("Pipeline Hook", body, NOW)
+    assert (event.pipeline.ref, event.pipeline.mr_iid, event.source_branch) == (
+        "refs/merge-requests/1/head", 1, "test")
+
+
+def test_a_merge_request_ref_without_a_merge_request_block_names_the_mr():
+    body = load_payload("pipeline_event")
+    body["merge_request"] = None
+    body["object_attributes"]["ref"] = "refs/merge-requests/12/head"
+    event = parse_gitlab("Pipeline Hook", body, NOW)
+    assert (event.pipeline.ref, event.pipeline.mr_iid, event.source_branch) == (
+        "refs/merge-requests/12/head", 12, None)
+
+
+@pytest.mark.parametrize(("ref", "iid"), [
+    ("refs/merge-requests/7/head", 7), ("refs/merge-requests/7/merge", 7), ("refs/merge-requests/7/train", 7),
+    ("refs/merge-requests/x/head", None), ("feature/refs/merge-requests/7/head", None), ("main", None),
+])
+def test_merge_request_of_ref(ref, iid):
+    assert merge_request_of_ref(ref) == iid
+
+
+def test_a_branch_pipeline_has_no_source_branch_and_knows_its_creation_time():
+    body = load_payload("pipeline_event")
+    body["merge_request"] = None
+    body["object_attributes"].update(ref="feature/x", source="push")
+    event = parse_gitlab("Pipeline Hook", body, NOW)
+    assert (event.source_branch, event.created_known) == (None, True)
+
+
 def test_pipeline_without_created_at_uses_the_arrival_time_and_ids_may_be_strings():
     body = load_payload("pipeline_event")
     del body["object_attributes"]["created_at"]
     body["object_attributes"]["id"] = "77"
     body["project"]["default_branch"] = None
-    p = parse_gitlab("Pipeline Hook", body, NOW).pipeline
+    event = parse_gitlab("Pipeline Hook", body, NOW)
+    p = event.pipeline
     assert (p.created_at, p.pipeline_id, p.default_branch) == (NOW, 77, None)
+    assert event.created_known is False
 
 
 def _without(name, *path):
@@ -249,6 +291,23 @@ def test_system_push_hook_deleting_a_branch_with_slashes():
     body.update(ref="refs/heads/Feature/My_Branch", after=ZERO_SHA, checkout_sha=None, commits=[])
     assert parse_gitlab("System Hook", body, NOW) == PushEvent("mike/diaspora", "Feature/My_Branch", False,
                                                                True, "master")
+
+
+@pytest.mark.parametrize(("after", "deleted"), [
+    ("0" * 40, True),  # SHA-1
+    ("0" * 64, True),  # SHA-256: GitLab's blank SHA has the repository's object format's length
+    ("0" * 39 + "1", False),
+    ("0" * 63 + "a", False),
+    ("a" * 64, False),
+    ("", False),
+    (None, False),
+    (0, False),
+])
+def test_a_branch_is_deleted_when_after_is_all_zeros_of_any_length(after, deleted):
+    body = load_payload("push_event_branch_delete")
+    body["after"] = after
+    assert parse_gitlab("Push Hook", body, NOW).deleted is deleted
+    assert is_zero_sha(after) is deleted
 
 
 def test_tag_deletion_is_a_tag_event():

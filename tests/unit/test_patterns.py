@@ -45,6 +45,33 @@ def test_expand(pattern, pipeline, tag):
     assert expand(pattern, pipeline) == tag
 
 
+# A fork's MR pipeline run in the target project runs on refs/merge-requests/<iid>/head; GitLab's
+# $CI_COMMIT_REF_NAME and $CI_COMMIT_REF_SLUG still name the MR's source branch (Ci::Pipeline#source_ref).
+FORK_MR = PipelineVars(ref="refs/merge-requests/5/head", sha="c" * 40, pipeline_id=60, mr_iid=5,
+                       source_branch="Feature/Fork_Work")
+FORK_MR_UNKNOWN_BRANCH = PipelineVars(ref="refs/merge-requests/5/head", sha="c" * 40, pipeline_id=60, mr_iid=5)
+
+
+@pytest.mark.parametrize(("pattern", "pipeline", "tag"), [
+    ("$CI_COMMIT_REF_SLUG", FORK_MR, "feature-fork-work"),
+    ("$CI_COMMIT_REF_SLUG-$CI_COMMIT_SHORT_SHA", FORK_MR, "feature-fork-work-cccccccc"),
+    ("$CI_COMMIT_REF_NAME", FORK_MR, None),  # '/' is not valid in a tag
+    ("$CI_COMMIT_BRANCH", FORK_MR, None),
+    ("mr-$CI_MERGE_REQUEST_IID", FORK_MR, "mr-5"),
+    # GitLab's value is not known: the pattern expands to nothing, never to the MR ref's slug
+    ("$CI_COMMIT_REF_SLUG", FORK_MR_UNKNOWN_BRANCH, None),
+    ("b-$CI_COMMIT_BRANCH", PipelineVars(ref="refs/merge-requests/5/head", sha="c" * 40, pipeline_id=60), None),
+    ("mr-$CI_MERGE_REQUEST_IID", FORK_MR_UNKNOWN_BRANCH, "mr-5"),
+    # a same-project MR pipeline's ref is its source branch already
+    ("$CI_COMMIT_REF_SLUG", PipelineVars(ref="feature/x", sha="a" * 40, pipeline_id=1, mr_iid=42,
+                                         source_branch="feature/x"), "feature-x"),
+    # a branch pipeline has no source branch to take
+    ("$CI_COMMIT_REF_SLUG", PipelineVars(ref="main", sha="a" * 40, pipeline_id=1, source_branch="other"), "main"),
+])
+def test_merge_request_pipelines_take_gitlabs_source_ref(pattern, pipeline, tag):
+    assert expand(pattern, pipeline) == tag
+
+
 def test_unknown_variable_is_rejected_with_the_known_ones_listed():
     with pytest.raises(ValueError, match=r"\$CI_JOB_ID.*CI_COMMIT_REF_SLUG"):
         validate_pattern("x-$CI_JOB_ID")

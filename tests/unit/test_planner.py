@@ -4,7 +4,18 @@ import pytest
 
 from daemon.config import DEFAULT_PROTECTED
 from daemon.domain.model import Pipeline, PlannedUntag, PushRecord, Trigger
-from daemon.domain.planner import Decision, ProjectPolicy, bulk_guard, decide, in_scope, selects
+from daemon.domain.planner import (
+    DELETION_CLOCK_SLACK,
+    DELETION_DELIVERY_WINDOW,
+    Decision,
+    ProjectPolicy,
+    awaiting_resolution,
+    bulk_guard,
+    created_after_deletion,
+    decide,
+    in_scope,
+    selects,
+)
 
 P = "group/app"
 POLICY = ProjectPolicy(P, DEFAULT_PROTECTED, "main", None, max_tags_per_plan=3, max_repository_fraction=0.5)
@@ -116,3 +127,34 @@ def test_bulk_guard_size_and_fraction():
     assert bulk_guard(_pending(5), {P: 10}, policy) is None  # exactly half is allowed
     assert bulk_guard(_pending(6), {P: 9}, policy) is None  # under 10 tags: fraction not applied
     assert bulk_guard(_pending(6), {}, policy) is None  # unknown count: not judged by fraction
+
+
+@pytest.mark.parametrize(("state", "status", "waits"), [
+    ("expected", "success", True),  # HEAD first: a tag never pushed is never planned
+    ("expected", "failed", True),
+    ("expected", "running", False),  # it may still be pushed: planned, resolved when the plan runs
+    ("confirmed", "success", False),
+    ("dropped", "success", False),
+])
+def test_an_expected_record_of_a_finished_pipeline_waits_for_its_resolution(state, status, waits):
+    pipeline = Pipeline(P, 1, "feature", "s", status)
+    assert awaiting_resolution(rec("mr-7", state=state), pipeline) is waits
+    assert awaiting_resolution(rec("mr-7", state=state), None) is False
+
+
+DELETED_AT = 1_700_000_000.0
+
+
+@pytest.mark.parametrize(("created_at", "after"), [
+    (DELETED_AT + DELETION_CLOCK_SLACK + 1, True),
+    (DELETED_AT + 3600, True),
+    (DELETED_AT + DELETION_CLOCK_SLACK, None),  # GitLab's clock may run a little ahead
+    (DELETED_AT, None),
+    (DELETED_AT - 60, None),  # the deletion's hook may have waited in GitLab's queue
+    (DELETED_AT - DELETION_DELIVERY_WINDOW, None),
+    (DELETED_AT - DELETION_DELIVERY_WINDOW - 1, False),
+    (DELETED_AT - 86400, False),
+    (None, None),  # no creation time: GitLab must say whether the branch exists
+])
+def test_only_a_pipeline_created_after_a_deletion_shows_the_branch_came_back(created_at, after):
+    assert created_after_deletion(created_at, DELETED_AT) is after
