@@ -2,7 +2,7 @@
 
     errors   the one mapping from python-gitlab's and requests' exceptions to the janitor's errors
     client   CI job-token verification and branch lookups, cached (``GitLab``)
-    api      merge requests, branches, group projects, webhooks, project access (``GitLabAPI``)
+    api      merge requests, pipelines, branches, group projects, webhooks, project access (``GitLabAPI``)
     tags     the ``gitlab-api`` untag method's tag delete (``GitLabTagDeleter``)
     hooks    which webhook each project needs, installed and verified through ``api``
 """

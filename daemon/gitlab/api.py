@@ -1,8 +1,9 @@
 """The GitLab API calls of catching up (SPEC 11), webhook management (SPEC 9 ``hooks``) and ``check-config
---online``: merge requests, branches, a group's projects, project webhooks, whether a token can read a
-project, and a token's scopes.
+--online``: merge requests, pipelines, branches, a group's projects, project webhooks, whether a token can
+read a project, and a token's scopes.
 
-Owns: :class:`GitLabAPI` and the values it returns (:class:`MergeRequestInfo`, :class:`HookInfo`).
+Owns: :class:`GitLabAPI` and the values it returns (:class:`MergeRequestInfo`, :class:`PipelineInfo`,
+:class:`HookInfo`).
 Must not: answer "unknown" for a call that failed (these callers report per project, so every failure is
 raised as :class:`GitLabAPIError` through ``daemon.gitlab.errors``), cache (catching up wants today's
 answer), or decide what a hook should look like (``daemon.gitlab.hooks`` does).
@@ -18,7 +19,7 @@ from daemon.gitlab.client import GitLab
 from daemon.gitlab.errors import GitLabAPIError, gitlab_errors
 
 __all__ = ["HOOK_EVENTS", "GitLab", "GitLabAPI", "GitLabAPIError", "HookInfo", "MergeRequestInfo",
-           "insufficient_scope"]
+           "PipelineInfo", "insufficient_scope"]
 
 HOOK_EVENTS = ("push_events", "merge_requests_events", "pipeline_events")
 
@@ -36,6 +37,23 @@ class MergeRequestInfo:
 
 
 @dataclass(frozen=True)
+class PipelineInfo:
+    """One pipeline as the API shows it; times are GitLab's own ISO 8601 strings. The listing does not say
+    whether the ref is a git tag: ``tag`` is None there, and known from the single pipeline's answer."""
+
+    id: int
+    iid: int | None
+    project_id: int | None
+    sha: str
+    ref: str
+    status: str
+    source: str
+    created_at: str
+    updated_at: str
+    tag: bool | None = None
+
+
+@dataclass(frozen=True)
 class HookInfo:
     """A project webhook as GitLab shows it (never its secret token: the API does not return it)."""
 
@@ -45,6 +63,24 @@ class HookInfo:
     enable_ssl_verification: bool
     push_events_branch_filter: str | None
     alert_status: str | None
+
+
+def _merge_request_info(attrs: dict[str, Any]) -> MergeRequestInfo:
+    return MergeRequestInfo(iid=int(attrs["iid"]), state=str(attrs.get("state") or ""),
+                            source_branch=str(attrs.get("source_branch") or ""),
+                            source_project_id=_maybe_int(attrs.get("source_project_id")),
+                            target_project_id=_maybe_int(attrs.get("target_project_id")),
+                            updated_at=str(attrs.get("updated_at") or ""))
+
+
+def _pipeline_info(attrs: dict[str, Any]) -> PipelineInfo:
+    tag = attrs.get("tag")
+    return PipelineInfo(id=int(attrs["id"]), iid=_maybe_int(attrs.get("iid")),
+                        project_id=_maybe_int(attrs.get("project_id")), sha=str(attrs.get("sha") or ""),
+                        ref=str(attrs.get("ref") or ""), status=str(attrs.get("status") or ""),
+                        source=str(attrs.get("source") or ""), created_at=str(attrs.get("created_at") or ""),
+                        updated_at=str(attrs.get("updated_at") or ""),
+                        tag=tag if isinstance(tag, bool) else None)
 
 
 def _hook_info(obj: Any) -> HookInfo:
@@ -111,12 +147,27 @@ class GitLabAPI(GitLab):
                 iterator=True, state="all", updated_after=updated_after, order_by="updated_at", sort="asc",
                 per_page=per_page)
             for mr in listing:
-                a = mr.attributes
-                yield MergeRequestInfo(iid=int(a["iid"]), state=str(a.get("state") or ""),
-                                       source_branch=str(a.get("source_branch") or ""),
-                                       source_project_id=_maybe_int(a.get("source_project_id")),
-                                       target_project_id=_maybe_int(a.get("target_project_id")),
-                                       updated_at=str(a.get("updated_at") or ""))
+                yield _merge_request_info(mr.attributes)
+
+    def merge_request(self, project_path: str, token: str, iid: int) -> MergeRequestInfo:
+        """One MR (``GET /projects/:id/merge_requests/:iid``)."""
+        with gitlab_errors(f"read merge request !{iid} of {project_path}", subject=project_path, url=self.url):
+            return _merge_request_info(self._project(project_path, token).mergerequests.get(iid).attributes)
+
+    def pipelines_since(self, project_path: str, token: str, updated_after: str,
+                        per_page: int = 100) -> Iterator[PipelineInfo]:
+        """Every pipeline (any status; child pipelines excepted, as GitLab lists them) updated at or after
+        ``updated_after``, oldest update first, page by page (stop iterating to stop fetching)."""
+        with gitlab_errors(f"list the pipelines of {project_path}", subject=project_path, url=self.url):
+            listing = self._project(project_path, token).pipelines.list(
+                iterator=True, updated_after=updated_after, order_by="updated_at", sort="asc", per_page=per_page)
+            for pipeline in listing:
+                yield _pipeline_info(pipeline.attributes)
+
+    def pipeline(self, project_path: str, token: str, pipeline_id: int) -> PipelineInfo:
+        """One pipeline (``GET /projects/:id/pipelines/:pipeline_id``), which says whether its ref is a tag."""
+        with gitlab_errors(f"read pipeline {pipeline_id} of {project_path}", subject=project_path, url=self.url):
+            return _pipeline_info(self._project(project_path, token).pipelines.get(pipeline_id).attributes)
 
     def branch_present(self, project_path: str, branch: str, token: str) -> bool:
         """Whether the branch exists now (no cache: catching up wants today's answer). A 404 for the project
@@ -154,3 +205,25 @@ class GitLabAPI(GitLab):
     def delete_hook(self, project_path: str, token: str, hook_id: int) -> None:
         with gitlab_errors(f"delete webhook {hook_id} of {project_path}", subject=project_path, url=self.url):
             self._project(project_path, token).hooks.delete(hook_id)
+
+    def create_mr_note(self, project_path: str, token: str, iid: int, body: str) -> int:
+        """Post a note on merge request !iid (``POST /projects/:id/merge_requests/:iid/notes``); returns
+        GitLab's id of the note. GitLab wants the ``api`` scope (``read_api``: 403 insufficient_scope) and a
+        role that may read the merge request (Reporter); an archived project or a locked discussion the
+        token's user is no member of answers 403, a merge request GitLab does not show 404."""
+        with gitlab_errors(f"post a note on merge request !{iid} of {project_path}",
+                           subject=f"merge request !{iid} of {project_path}", url=self.url):
+            note = self._project(project_path, token).mergerequests.get(iid, lazy=True).notes.create({"body": body})
+        return int(note.get_id())
+
+    def find_mr_note(self, project_path: str, token: str, iid: int, marker: str) -> int | None:
+        """The id of the newest note on merge request !iid whose body holds ``marker``
+        (``GET /projects/:id/merge_requests/:iid/notes``, newest first, page by page until found)."""
+        with gitlab_errors(f"list the notes of merge request !{iid} of {project_path}",
+                           subject=f"merge request !{iid} of {project_path}", url=self.url):
+            listing = self._project(project_path, token).mergerequests.get(iid, lazy=True).notes.list(
+                iterator=True, sort="desc", order_by="created_at", per_page=100)
+            for note in listing:
+                if marker in str(note.attributes.get("body") or ""):
+                    return int(note.get_id())
+        return None

@@ -2,12 +2,18 @@
 
 GitLab does not redeliver a failed webhook and sends no push hook for a push touching more than 3 refs.
 So, per configured project (exact paths; for ``group/*`` the projects below it that the ledger holds),
-this module asks GitLab for the merge requests updated since the project's watermark and whether each
-branch the ledger still holds live tags for exists, then feeds what it learned through the very
-``Ingest`` handlers the webhooks use (which raise triggers through ``daemon.plan``). Trigger keys are
-the same, so a trigger raised by a webhook and by reconcile makes one plan.
+this module asks GitLab for the merge requests and the pipelines updated since the project's watermarks
+and whether each branch the ledger still holds live tags for exists, then feeds what it learned through
+the very ``Ingest`` handlers the webhooks use (which raise triggers through ``daemon.plan``). Trigger keys
+are the same, so a trigger raised by a webhook and by reconcile makes one plan.
 
-Owns: the per-project watermark (``kv``), the bounds of one run, the per-project report. Must not: call
+A merge request is caught up when the trigger of its state was not raised (whatever the ledger stored of
+its state: a lost ``merge`` hook followed by an ``update`` stores ``merged`` and raises nothing). A
+pipeline is caught up when the ledger never heard of it (it is recorded, its tag patterns expanded) or
+has not heard the status GitLab reports (a finish makes its ``pipeline_finished`` trigger and resolves
+its expected tags).
+
+Owns: the per-project watermarks (``kv``), the bounds of one run, the per-project report. Must not: call
 python-gitlab (``daemon.gitlab`` does), untag (plans wait their grace period and run in the worker like
 any other), or let one project's failure stop the others."""
 
@@ -17,29 +23,32 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from daemon.config import ProjectSettings, Settings
-from daemon.domain.events import MergeRequestEvent, PushEvent
-from daemon.domain.model import Plan
+from daemon.domain.events import MergeRequestEvent, PipelineEvent, PushEvent, merge_request_of_ref, time_or_none
+from daemon.domain.model import Pipeline, Plan
 from daemon.errors import GitLabError
+from daemon.gitlab.errors import GitLabAPIError
 from daemon.ingest.inbox import Ingest
 from daemon.store import Store
 
 if TYPE_CHECKING:
-    from daemon.gitlab.api import GitLabAPI, MergeRequestInfo
+    from daemon.gitlab.api import GitLabAPI, MergeRequestInfo, PipelineInfo
 
 log = logging.getLogger(__name__)
 
 WATERMARK_KEY = "reconcile:merge_requests_updated:{project}"
+PIPELINE_WATERMARK_KEY = "reconcile:pipelines_updated:{project}"
 REF_CURSOR_KEY = "reconcile:ref_cursor:{project}"
 # Re-read this much before the watermark: an MR updated just before the last run may have been committed
 # in GitLab just after it. Re-reading is harmless (what the ledger already knows raises nothing).
 OVERLAP_SECONDS = 300.0
 # With no watermark yet, start this long before the project's first pipeline in the ledger: older MRs
-# cannot own anything the janitor knows of.
+# cannot own anything the janitor knows of. (Pipelines start at that first pipeline, less the overlap: one
+# that last changed before the janitor heard of any has nothing left to tell.)
 FIRST_RUN_SLACK = 86400.0
 # MR pipelines' internal refs are not branches: asking for them as branches would say "deleted".
 _NOT_BRANCHES = ("refs/merge-requests/", "refs/pipelines/", "refs/environments/")
@@ -55,11 +64,16 @@ class ProjectReport:
     merged: list[int] = field(default_factory=list)
     closed: list[int] = field(default_factory=list)
     reopened: list[int] = field(default_factory=list)
+    pipelines: int = 0
+    recorded: list[int] = field(default_factory=list)  # pipelines the ledger never heard of
+    finished: list[int] = field(default_factory=list)  # pipelines whose finish it had not heard of
     refs_checked: int = 0
     deleted: list[str] = field(default_factory=list)
     plans: list[Plan] = field(default_factory=list)
     since: str | None = None
     watermark: str | None = None
+    pipelines_since: str | None = None
+    pipelines_watermark: str | None = None
     more: bool = False  # a bound was reached; the next run goes on from here
     skipped: str | None = None
     error: str | None = None
@@ -80,6 +94,11 @@ class ProjectReport:
         for label, items in (("merged", self.merged), ("closed", self.closed), ("reopened", self.reopened)):
             if items:
                 found.append(f"{label} not yet seen: " + ", ".join(f"!{i}" for i in items))
+        if self.pipelines_since is not None:
+            found.append(f"{self.pipelines} pipeline(s) updated since {self.pipelines_since}")
+        for label, ids in (("pipelines never heard of", self.recorded), ("finished not yet seen", self.finished)):
+            if ids:
+                found.append(f"{label}: " + ", ".join(f"#{i}" for i in ids))
         found.append(f"{self.refs_checked} branch(es) checked")
         if self.deleted:
             found.append("deleted: " + ", ".join(self.deleted))
@@ -104,7 +123,7 @@ class Reconciler:
 
     def __init__(self, settings: Settings, store: Store, ingest: Ingest, gitlab: GitLabAPI,
                  clock: Callable[[], float] = time.time, *, lock: contextlib.AbstractContextManager[Any] | None = None,
-                 max_merge_requests: int = 500, max_refs: int = 200) -> None:
+                 max_merge_requests: int = 500, max_pipelines: int = 500, max_refs: int = 200) -> None:
         self.settings = settings
         self.store = store
         self.ingest = ingest
@@ -112,6 +131,7 @@ class Reconciler:
         self.clock = clock
         self.lock = lock if lock is not None else contextlib.nullcontext()
         self.max_merge_requests = max_merge_requests
+        self.max_pipelines = max_pipelines
         self.max_refs = max_refs
 
     # which projects --------------------------------------------------------------------------------
@@ -157,6 +177,10 @@ class Reconciler:
         try:
             self.gitlab.check_access(path, token)
             self.catch_up_merge_requests(path, token, report)
+            try:
+                self.catch_up_pipelines(path, token, report)
+            except GitLabError as exc:  # the branches are asked all the same
+                report.error = str(exc)
             self.check_branches(path, token, report)
         except GitLabError as exc:
             report.error = str(exc)
@@ -201,23 +225,112 @@ class Reconciler:
         report.watermark = _iso(newest) if newest is not None else None
 
     def apply_merge_request(self, path: str, mr: MergeRequestInfo, report: ProjectReport) -> None:
-        """Record the MR's state; raise what the ledger has not seen (merge, close, a reopen)."""
+        """Record the MR's state; raise what the ledger has not raised (a merge or close trigger: the stored
+        state may say ``merged`` already when only a later hook came) or seen (a reopen)."""
         with self._writing(path, report) as now:
             known = self.store.merge_request_state(path, mr.iid)
-            if known == mr.state:
-                return  # the webhook (or an earlier run) told us already: nothing was missed
+            raised = self.store.merge_request_trigger_raised(path, mr.iid)
             if mr.state in _MR_ACTIONS:
+                if raised == mr.state:
+                    return  # its trigger was raised (by a webhook or an earlier run): nothing was missed
                 action = _MR_ACTIONS[mr.state]
                 (report.merged if mr.state == "merged" else report.closed).append(mr.iid)
-            elif known == "closed" and mr.state == "opened":
+            elif mr.state == "opened" and "closed" in (known, raised):
                 action = "reopen"
                 report.reopened.append(mr.iid)
+            elif known == mr.state:
+                return  # the webhook (or an earlier run) told us already: nothing was missed
             else:
                 action = "update"  # opened or locked: who owns which branch, for S4
             self.ingest.on_merge_request(
                 MergeRequestEvent(project_path=path, iid=mr.iid, action=action, state=mr.state,
                                   source_branch=mr.source_branch, source_project_id=mr.source_project_id,
                                   target_project_id=mr.target_project_id, default_branch=None), now)
+
+    # pipelines -------------------------------------------------------------------------------------
+    def catch_up_pipelines(self, path: str, token: str, report: ProjectReport) -> None:
+        """Pipelines updated since the watermark, oldest first, at most ``max_pipelines`` new ones a run.
+        The watermark moves only once the listing finished (or reached its bound)."""
+        key = PIPELINE_WATERMARK_KEY.format(project=path)
+        watermark = self.store.get_value(key)
+        mark: datetime | None = None
+        if watermark is not None:
+            mark = _parse(watermark)
+            start = mark.timestamp()
+        else:
+            earliest = self.store.earliest_pipeline_at(path)
+            if earliest is None:
+                return  # the janitor never heard of this project's pipelines: nothing of theirs to finish
+            start = earliest
+        since = datetime.fromtimestamp(start - OVERLAP_SECONDS, UTC)
+        report.pipelines_since = _iso(since)
+        newest = mark
+        fresh = 0
+        for info in self.gitlab.pipelines_since(path, token, _iso(since)):
+            updated = _parse(info.updated_at) if info.updated_at else None
+            if mark is None or updated is None or updated > mark:
+                if fresh >= self.max_pipelines:
+                    report.more = True
+                    break
+                fresh += 1
+            report.pipelines += 1
+            self.apply_pipeline(path, token, info, report)
+            if updated is not None and (newest is None or updated > newest):
+                newest = updated
+        if newest is not None and newest != mark:
+            self.store.set_value(key, _iso(newest), self.clock())
+        report.pipelines_watermark = _iso(newest) if newest is not None else None
+
+    def apply_pipeline(self, path: str, token: str, info: PipelineInfo, report: ProjectReport) -> None:
+        """Record a pipeline the ledger never heard of, or the status it has not heard yet (a finish
+        raises ``pipeline_finished`` and resolves the expected tags, as the pipeline hook does)."""
+        known = self.store.get_pipeline(path, info.id)
+        if known is not None and (known.finished or known.status == info.status):
+            return  # the webhook (a CI record, or an earlier run) told us already
+        created = time_or_none(info.created_at)  # GitLab's own (the CI gate's record has its arrival)
+        if known is None:
+            pipeline = self._new_pipeline(path, token, info, created, report)
+        else:
+            pipeline = replace(known, status=info.status, created_at=known.created_at if created is None else created)
+        with self._writing(path, report) as now:
+            if self.store.get_pipeline(path, info.id) is None:
+                report.recorded.append(info.id)
+            to_resolve = self.ingest.on_gitlab(PipelineEvent(pipeline, created_known=created is not None), now)
+        if pipeline.finished:
+            report.finished.append(info.id)
+        for project_path, pipeline_id in to_resolve:
+            with self._planning(path, report):
+                self.ingest.resolve_pipeline(project_path, pipeline_id)
+
+    def _new_pipeline(self, path: str, token: str, info: PipelineInfo, created: float | None,
+                      report: ProjectReport) -> Pipeline:
+        """The pipeline as its hook would have described it. The listing names neither a merge request
+        pipeline's MR (its ref does: ``refs/merge-requests/<iid>/head``) nor whether a ref is a tag (the
+        single pipeline's answer does)."""
+        mr_iid = merge_request_of_ref(info.ref)
+        ref, is_tag = info.ref, False
+        if mr_iid is not None:
+            ref = self._merge_request_ref(path, token, mr_iid, report)
+        else:
+            detail = info if info.tag is not None else self.gitlab.pipeline(path, token, info.id)
+            is_tag = bool(detail.tag)
+        return Pipeline(project_path=path, pipeline_id=info.id, iid=info.iid, ref=ref, sha=info.sha,
+                        status=info.status, is_tag=is_tag, mr_iid=mr_iid, default_branch=None,
+                        created_at=self.clock() if created is None else created)
+
+    def _merge_request_ref(self, path: str, token: str, iid: int, report: ProjectReport) -> str:
+        """A merge request pipeline's ref as its hook gives it: the MR's source branch, or for a fork's MR
+        (whose branch is not one of this project's) the MR's own ref. An MR the ledger does not know is
+        asked for and caught up first (it may have ended while the janitor heard nothing)."""
+        if self.store.merge_request_state(path, iid) is None:
+            try:
+                mr = self.gitlab.merge_request(path, token, iid)
+            except GitLabAPIError as exc:
+                if exc.status != 404:
+                    raise
+            else:
+                self.apply_merge_request(path, mr, report)
+        return self.store.mr_source_branch(path, iid) or f"refs/merge-requests/{iid}/head"
 
     # branches --------------------------------------------------------------------------------------
     def check_branches(self, path: str, token: str, report: ProjectReport) -> None:
@@ -253,7 +366,14 @@ class Reconciler:
     def _writing(self, path: str, report: ProjectReport) -> Iterator[float]:
         """What reconcile learned goes through Ingest in one transaction (as an inbox event does):
         the check of what the ledger knows, the handler, and noting the plans it made."""
-        with self.lock, self.store.transaction():
-            before = self.store.last_plan_id()
+        with self._planning(path, report), self.store.transaction():
             yield self.clock()
+
+    @contextlib.contextmanager
+    def _planning(self, path: str, report: ProjectReport) -> Iterator[None]:
+        """Under the lock, noting the plans made meanwhile (a finished pipeline's, once its expected tags
+        are resolved, are made outside the write that recorded it: the registry is asked in between)."""
+        with self.lock:
+            before = self.store.last_plan_id()
+            yield
             report.plans.extend(self.store.plans_after(path, before))
