@@ -21,6 +21,7 @@ from flask import Flask
 
 from daemon.config import ProjectSettings, Settings
 from daemon.execute.executor import Executor, ProjectRegistryLike, RegistryFactory
+from daemon.execute.notes import MrNotes
 from daemon.execute.repair import RaceRepair
 from daemon.gitlab.api import GitLab, GitLabAPI
 from daemon.gitlab.tags import GitLabTagDeleter
@@ -98,9 +99,9 @@ def build_ref_lookup(settings: Settings, gitlab: GitLab | None = None) -> RefLoo
     """S4's question to GitLab for refs the janitor has not seen: does this branch still exist?"""
     client = gitlab or build_gitlab(settings)
 
-    def lookup(project_path: str, ref: str, project: ProjectSettings) -> bool | None:
+    def lookup(project_path: str, ref: str, project: ProjectSettings, *, fresh: bool = False) -> bool | None:
         token = project.registry_token.get_secret_value() if project.registry_token else None
-        return client.branch_exists(project_path, ref, token)
+        return client.branch_exists(project_path, ref, token, fresh=fresh)
 
     return lookup
 
@@ -127,15 +128,18 @@ def build_reconciler(settings: Settings, store: Store, ingest: Ingest, *, clock:
 def build_worker(settings: Settings, store: Store, *, registries: RegistryFactory | None = None,
                  clock: Clock = time.time, ref_lookup: RefLookup | None = None,
                  registry_stats: RegistryStats | None = None, gitlab: GitLabAPI | None = None) -> Worker:
-    """The worker with every stage it schedules: ingest, plan, execute, catch-up."""
+    """The worker with every stage it schedules: ingest, plan, execute (with the notes on merge requests,
+    posted through ``gitlab``), catch-up."""
     registries = registries or build_registries(settings, observer=registry_stats)
     ingest = build_ingest(settings, store, registries=registries, clock=clock, ref_lookup=ref_lookup)
     lock = threading.Lock()
     executor = Executor(settings, store, registries, clock, ingest.planner.live_refs)
+    gitlab = gitlab or build_gitlab(settings)
     reconciler = build_reconciler(settings, store, ingest, clock=clock, gitlab=gitlab, lock=lock)
     return Worker(settings, store, ingest=ingest, executor=executor,
                   repair=RaceRepair(settings, store, registries, clock), reconciler=reconciler,
-                  clock=clock, lock=lock, registry_stats=registry_stats)
+                  clock=clock, lock=lock, registry_stats=registry_stats,
+                  notes=MrNotes(settings, store, gitlab, clock))
 
 
 def build_worker_from_config(settings: Settings) -> Worker:

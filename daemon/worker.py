@@ -1,7 +1,8 @@
 """The worker process's loop: APScheduler 3.x jobs over parts built elsewhere (``daemon.wiring``).
 
 One ``tick`` every ``worker.poll_interval``: heartbeat, inbox -> ledger -> plans, TTL triggers, operator
-requests, due plans, race repairs; catch-up from the GitLab API every ``worker.reconcile_interval``.
+requests, due plans, race repairs, then the notes on merge requests whose plans are done; catch-up from the
+GitLab API every ``worker.reconcile_interval``.
 Each job has ``max_instances=1`` and ``coalesce=True``: a slow tick is never run twice at once.
 Never started inside gunicorn workers (APScheduler's job store cannot be shared between processes).
 Must not: hold a rule of the product; it only says when each stage runs.
@@ -21,6 +22,7 @@ from typing import Any
 from daemon.config import Settings
 from daemon.domain.policy import HEARTBEAT_KEY
 from daemon.execute.executor import Executor
+from daemon.execute.notes import MrNotes
 from daemon.execute.operator import carry_out_requests
 from daemon.execute.repair import RaceRepair
 from daemon.ingest.catchup import Reconciler
@@ -36,7 +38,7 @@ class Worker:
     def __init__(self, settings: Settings, store: Store, *, ingest: Ingest, executor: Executor,
                  repair: RaceRepair, clock: Callable[[], float], reconciler: Reconciler | None = None,
                  lock: contextlib.AbstractContextManager[Any] | None = None,
-                 registry_stats: RegistryStats | None = None) -> None:
+                 registry_stats: RegistryStats | None = None, notes: MrNotes | None = None) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
@@ -45,6 +47,7 @@ class Worker:
         self.repair = repair
         self.reconciler = reconciler
         self.registry_stats = registry_stats
+        self.notes = notes
         # Held around each tick and each of reconcile's writes (never around a GitLab call).
         self._lock = lock if lock is not None else threading.Lock()
 
@@ -61,7 +64,9 @@ class Worker:
             if self.registry_stats is not None:
                 self.registry_stats.flush(self.store)
             self.heartbeat()
-        return {"events": events, "ttl_plans": ttl, "plans": plans}
+        # Posting to GitLab waits on GitLab: outside the lock, which catch-up's writes take too.
+        notes = self.notes.run() if self.notes is not None else 0
+        return {"events": events, "ttl_plans": ttl, "plans": plans, "notes": notes}
 
     def heartbeat(self) -> None:
         self.store.set_value(HEARTBEAT_KEY, str(self.clock()), self.clock())

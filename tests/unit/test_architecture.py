@@ -45,7 +45,7 @@ PURE_STDLIB = {"__future__", "collections", "dataclasses", "datetime", "enum", "
                "math", "re", "typing"}
 # Only the composition root (and the store's own opener inside it) constructs these.
 BUILT_ONLY_IN_WIRING = {"Worker", "create_app", "open_store", "RegistryClient", "Ingest", "Planner", "CiGate",
-                        "Executor", "Reconciler", "RaceRepair"}
+                        "Executor", "Reconciler", "RaceRepair", "MrNotes"}
 
 
 def module_name(path: Path) -> str:
