@@ -56,9 +56,12 @@ class GitLabSettings(_Frozen):
     #: For reconcile and branch lookups in every project (``read_api`` is enough); hooks install needs
     #: ``api`` and the Maintainer role. Writes never use it. Unset: each project's ``registry_token``.
     api_token: SecretStr | None = None
+    #: The secret token of GitLab's system hook (Admin > System hooks), one for the whole instance: it
+    #: authenticates deliveries sent with ``X-Gitlab-Event: System Hook`` for any configured project.
+    system_hook_secret: SecretStr | None = None
     timeout: float = 10.0
 
-    _blank = field_validator("api_token", mode="before")(lambda cls, v: _blank_is_none(v))
+    _blank = field_validator("api_token", "system_hook_secret", mode="before")(lambda cls, v: _blank_is_none(v))
 
 
 class RegistrySettings(_Frozen):
@@ -106,8 +109,9 @@ class ServerSettings(_Frozen):
 class WorkerSettings(_Frozen):
     poll_interval: float = 5.0
     reconcile_interval: float = 600.0
+    stuck_pipeline_after: float = Field(86400.0, gt=0)
 
-    _durations = field_validator("poll_interval", "reconcile_interval", mode="before")(
+    _durations = field_validator("poll_interval", "reconcile_interval", "stuck_pipeline_after", mode="before")(
         lambda cls, v: _duration(v)
     )
 
@@ -143,6 +147,9 @@ class Policy(_Frozen):
     max_untags_per_hour: int = Field(200, ge=1)
     ci_untag_per_pipeline: int = Field(20, ge=0)
     default_lifetime: PatternLifetime = "merge_request"
+    #: One note on a merge request once its plan is done (what was untagged, how to restore it), posted
+    #: with the project's ``registry_token``; never ``gitlab.api_token``.
+    mr_note: bool = False
 
     _grace = field_validator("grace_period", mode="before")(lambda cls, v: _duration(v))
 

@@ -33,6 +33,9 @@ UntagMethod = Literal["auto", "oci", "placeholder", "gitlab-api"]
 NO_DELETE_PERMISSION = "no_delete_permission"
 #: What can be wrong with a project's setup, found while running and shown until it is fixed.
 ProjectProblemKind = Literal["no_delete_permission"]
+#: Why an authentic GitLab delivery was answered ``200 ignored`` (GitLab disables a hook that answers 4xx):
+#: it names a project no entry configures, or it is of a kind the janitor has no use for.
+IgnoredReason = Literal["unconfigured_project", "unused_kind"]
 
 PATTERN_LIFETIMES: tuple[PatternLifetime, ...] = get_args(PatternLifetime)
 LIFETIMES: tuple[Lifetime, ...] = get_args(Lifetime)
@@ -41,6 +44,7 @@ PLAN_STATES: tuple[PlanState, ...] = get_args(PlanState)
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 UNTAG_METHODS: tuple[UntagMethod, ...] = get_args(UntagMethod)
 PROJECT_PROBLEM_KINDS: tuple[ProjectProblemKind, ...] = get_args(ProjectProblemKind)
+IGNORED_REASONS: tuple[IgnoredReason, ...] = get_args(IgnoredReason)
 
 FINISHED_STATUSES = frozenset({"success", "failed", "canceled", "skipped"})
 

@@ -1,8 +1,9 @@
 """What operators see, computed once for the admin API, the dashboard and the admin CLI.
 
 Owns: the status snapshot (per-project and total counters, queue, plans, webhook health, worker
-heartbeat, what is wrong with a project's setup), the JSON shape of plans, untags and operator requests,
-time formatting, and reading a ``since`` filter. Reads storage and settings only: no requests, no registry, no GitLab.
+heartbeat, what is wrong with a project's setup, stuck pipelines), the JSON shape of plans, untags and
+operator requests, time formatting, and reading a ``since`` filter. Reads storage and settings only: no
+requests, no registry, no GitLab.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import datetime as dt
 from typing import Any
 
 from daemon.config import Settings
-from daemon.domain.model import PLAN_STATES, Plan
+from daemon.domain.model import IGNORED_REASONS, PLAN_STATES, Plan
 from daemon.domain.patterns import parse_duration
 from daemon.domain.policy import HEARTBEAT_KEY, heartbeat_fresh
 from daemon.store import OperatorRequest, ProjectProblem, Store, UntagView
 
 QUIET_AFTER = 24 * 3600.0
+STUCK_LISTED = 50
 COUNTERS = ("created", "untagged", "scheduled", "held", "failed", "dry_run", "restored")
 HOOK_KINDS = ("pipeline", "merge_request", "push", "tag_push")
 
@@ -107,6 +109,29 @@ def problem_json(problem: ProjectProblem) -> dict[str, Any]:
             "last_seen_at": iso(problem.updated_at)}
 
 
+def stuck_pipelines(settings: Settings, store: Store, now: float) -> dict[str, Any]:
+    """Pipelines left unfinished (``manual``, ``created``, ``pending``, ``running``, ...) for longer than
+    ``worker.stuck_pipeline_after`` since the janitor last heard of them: their ``pipeline``-lifetime tags
+    wait for a finish that may never come. How many, and the longest waiting first."""
+    after = settings.worker.stuck_pipeline_after
+    count, found = store.unfinished_pipelines(now - after, STUCK_LISTED)
+    return {"after_seconds": after, "count": count,
+            "pipelines": [{"project": p.project_path, "pipeline_id": p.pipeline_id, "ref": p.ref,
+                           "status": p.status, "since": iso(since), "age_seconds": round(now - since, 1)}
+                          for p, since in found]}
+
+
+def ignored_deliveries(store: Store) -> dict[str, dict[str, Any]]:
+    """Per reason (every known one, 0 when none yet): how many authentic GitLab deliveries were answered
+    ``200 ignored``, and the last one's time, project and kind."""
+    out: dict[str, dict[str, Any]] = {reason: {"count": 0, "last_at": None, "last_project": None,
+                                               "last_kind": None} for reason in IGNORED_REASONS}
+    for row in store.ignored_counts():
+        out[row.reason] = {"count": row.count, "last_at": iso(row.last_at), "last_project": row.last_project,
+                           "last_kind": row.last_kind or None}
+    return out
+
+
 def worker_heartbeat_age(settings: Settings, store: Store, now: float) -> tuple[float | None, bool]:
     """(seconds since the worker's last heartbeat or None, fresh?) as /readyz judges it."""
     age = store.value_age(HEARTBEAT_KEY, now)
@@ -161,7 +186,9 @@ def status_snapshot(settings: Settings, store: Store, now: float) -> dict[str, A
         "plans": {state: int(plans.get(state, 0)) for state in PLAN_STATES},
         "operator_requests_open": store.open_request_count(),
         "registry_notifications": {"last_event_at": iso(store.last_registry_event())},
+        "ignored_deliveries": ignored_deliveries(store),
         "worker": {"heartbeat_age_seconds": None if age is None else round(age, 1), "fresh": fresh},
         "dry_run_projects": sorted(n for n, p in projects.items() if p["dry_run_mode"]),
         "misconfigured_projects": sorted(n for n, p in projects.items() if p["misconfigured"]),
+        "stuck_pipelines": stuck_pipelines(settings, store, now),
     }

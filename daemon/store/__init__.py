@@ -3,8 +3,9 @@
 SQLite (WAL) through sqlite-utils is the embedded default. Nothing outside this package may assume
 SQLite: no connection, row or ``sqlite_utils`` object leaves it, and claims are atomic statements.
 ``Store`` is assembled from one part per thing stored (the inbox, the ledger, refs and merge requests,
-plans, untags, race repairs, operator requests, registry request counters, project problems, the
-key-value table) and the counts that read across them; callers see only its methods.
+plans, untags, race repairs, operator requests, registry request counters, project problems, ignored
+deliveries, notes on merge requests, the key-value table) and the counts that read across them; callers
+see only its methods.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import sqlite_utils
 
 from daemon.store.counts import CountStore
 from daemon.store.db import ConnectionPool
+from daemon.store.ignored import IgnoredCount, IgnoredStore
 from daemon.store.inbox import InboxEvent, InboxStore
 from daemon.store.ledger import LedgerStore
+from daemon.store.mr_notes import MrNote, MrNoteStore, MrPlan
 from daemon.store.operator_requests import OperatorRequest, RequestStore
 from daemon.store.plans import PlanStore
 from daemon.store.problems import ProblemStore, ProjectProblem
@@ -25,12 +28,13 @@ from daemon.store.schema import migrate
 from daemon.store.untags import UntagStore, UntagView
 from daemon.store.values import ValueStore
 
-__all__ = ["InboxEvent", "LatencyHistogram", "OperatorRequest", "ProjectProblem", "Store", "UntagView",
-           "open_store"]
+__all__ = ["IgnoredCount", "InboxEvent", "LatencyHistogram", "MrNote", "MrPlan", "OperatorRequest",
+           "ProjectProblem", "Store", "UntagView", "open_store"]
 
 
 class Store(InboxStore, LedgerStore, RefStore, PlanStore, UntagStore, RepairStore, RequestStore,
-            RegistryRequestStore, ProblemStore, ValueStore, CountStore):
+            RegistryRequestStore, ProblemStore, ValueStore, CountStore, IgnoredStore,
+            MrNoteStore):
     """The one storage object the web app and the worker are given."""
 
     @property

@@ -157,9 +157,68 @@ def _v8_project_problems(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v9_delivery_keys(db: sqlite_utils.Database) -> None:
+    # GitLab delivery keys are scoped by project ('gitlab:<project>:<header>:<value>'), and each delivery
+    # keeps a key of its body: before GitLab 17.4 a resend comes with a new X-Gitlab-Event-UUID and no
+    # Idempotency-Key, and is found by its body within a day.
+    db.execute("UPDATE inbox SET delivery_key = 'gitlab:' || project_path || ':' || substr(delivery_key, 8)"
+               " WHERE source = 'gitlab' AND project_path IS NOT NULL AND delivery_key LIKE 'gitlab:%'")
+    db.table("inbox").add_column("body_key", str)
+    db.execute("CREATE INDEX idx_inbox_body_key ON inbox(body_key, received_at) WHERE body_key IS NOT NULL")
+    # Authentic deliveries answered 200 'ignored' (GitLab disables a hook that answers 4xx), per reason.
+    db.table("ignored_deliveries").create(
+        {"reason": str, "count": int, "last_at": float, "last_project": str, "last_kind": str},
+        pk="reason", not_null={"count", "last_at"},
+    )
+
+
+def _v10_mr_notes(db: sqlite_utils.Database) -> None:
+    # At most one note per merge request (mr_note: true), with where its sending stands. No foreign key to
+    # plans: a pruned plan leaves its merge request's note, so that no second one is ever posted.
+    db.table("mr_notes").create(
+        {"id": int, "project_path": str, "mr_iid": int, "plan_id": int, "state": str, "attempts": int,
+         "note_id": int, "detail": str, "created_at": float, "updated_at": float, "due_at": float,
+         "lease_until": float},
+        pk="id", not_null={"project_path", "mr_iid", "plan_id", "state", "created_at", "updated_at", "due_at"},
+    )
+    db.table("mr_notes").create_index(["project_path", "mr_iid"], unique=True)
+    db.execute("CREATE INDEX idx_mr_notes_open ON mr_notes(due_at, id) WHERE state IN ('pending', 'sending')")
+    # When the notes step last looked at a done plan of a merge request (the plan's updated_at then): the
+    # partial index holds only those done since, so each tick reads the few new ones. Plans done before
+    # this migration count as looked at: turning mr_note on never comments on merge requests of the past.
+    db.table("plans").add_column("mr_note_checked", float)
+    db.execute("UPDATE plans SET mr_note_checked = updated_at WHERE state = 'done'")
+    db.execute("CREATE INDEX idx_plans_mr_note ON plans(state, id) WHERE state = 'done' AND trigger_kind IN"
+               " ('merge_request_merged', 'merge_request_closed') AND mr_iid IS NOT NULL"
+               " AND mr_note_checked IS NOT updated_at")
+
+
+def _v11_triggers_from_state(db: sqlite_utils.Database) -> None:
+    # Which merge or close trigger was raised for each merge request (its state alone cannot say: a lost
+    # merge hook followed by an update stored "merged" with no trigger). Where a plan of that trigger
+    # exists, it was raised; otherwise the next hook or catch-up raises it (one plan per trigger key).
+    db.table("merge_requests").add_column("trigger_raised", str)
+    db.execute("UPDATE merge_requests SET trigger_raised = state WHERE state IN ('merged', 'closed') AND EXISTS"
+               " (SELECT 1 FROM plans p WHERE p.project_path = merge_requests.project_path AND p.mr_iid ="
+               " merge_requests.iid AND p.trigger_kind = CASE merge_requests.state WHEN 'merged' THEN"
+               " 'merge_request_merged' ELSE 'merge_request_closed' END)")
+    # When a branch's deletion was received: only a pipeline created after it shows the branch came back.
+    db.table("refs").add_column("deleted_at", float)
+    db.execute("UPDATE refs SET deleted_at = updated_at WHERE live = 0")
+    # A finished pipeline's records still only expected wait for their resolution before any plan takes
+    # them; the worker looks for those whose resolution failed or was interrupted. Where the registry
+    # may not be read at all (no credential, or one refused), the pipeline says so and they do not wait.
+    db.execute("CREATE INDEX idx_push_records_expected ON push_records(id) WHERE state = 'expected'")
+    db.table("pipelines").add_column("unresolvable_at", float)
+    # A merge-request pipeline's source branch, which GitLab's $CI_COMMIT_REF_SLUG names even where the
+    # pipeline runs on refs/merge-requests/<iid>/head (a fork's MR pipeline run in the target project).
+    db.table("pipelines").add_column("source_branch", str)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2_ci_records, _v3_race_repair, _v4_operations, _v5_untags_by_record, _v6_ttl_expiry,
-    _v7_open_merge_requests, _v8_project_problems,
+    _v7_open_merge_requests, _v8_project_problems, _v9_delivery_keys, _v10_mr_notes,
+    _v11_triggers_from_state,
 ]
 
 

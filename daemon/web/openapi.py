@@ -124,13 +124,38 @@ SCHEMAS: dict[str, Any] = {
         "plans": {"type": "object", "additionalProperties": {"type": "integer"}},
         "operator_requests_open": {"type": "integer"},
         "registry_notifications": {"type": "object", "properties": {"last_event_at": TIME}},
+        "ignored_deliveries": {
+            "type": "object", "required": list(model.IGNORED_REASONS),
+            "description": "authentic GitLab deliveries answered 200 ignored, per reason (unconfigured_project:"
+                           " it names a project no entry configures; unused_kind: a kind the janitor does not"
+                           " use); counts only rise",
+            "additionalProperties": {"type": "object", "required": ["count"], "properties": {
+                "count": {"type": "integer", "minimum": 0}, "last_at": TIME, "last_project": STR_OR_NULL,
+                "last_kind": STR_OR_NULL}}},
         "worker": {"type": "object", "properties": {"heartbeat_age_seconds": {"type": ["number", "null"]},
                                                     "fresh": {"type": "boolean"}}},
         "dry_run_projects": {"type": "array", "items": {"type": "string"}},
-        "misconfigured_projects": {"type": "array", "items": {"type": "string"}}}},
+        "misconfigured_projects": {"type": "array", "items": {"type": "string"}},
+        "stuck_pipelines": _ref("StuckPipelines")}},
+    "StuckPipelines": {
+        "type": "object", "required": ["after_seconds", "count", "pipelines"],
+        "description": "pipelines unfinished for longer than worker.stuck_pipeline_after since the janitor last"
+                       " heard of them (their pipeline-lifetime tags wait for a finish)",
+        "properties": {
+            "after_seconds": {"type": "number", "description": "worker.stuck_pipeline_after"},
+            "count": {"type": "integer", "description": "how many there are"},
+            "pipelines": {"type": "array", "description": "the longest waiting first (at most 50)", "items": {
+                "type": "object", "required": ["project", "pipeline_id", "ref", "status", "since"],
+                "properties": {"project": {"type": "string"}, "pipeline_id": {"type": "integer"},
+                               "ref": {"type": "string"},
+                               "status": {"type": "string", "description": "GitLab's: manual, created, ..."},
+                               "since": {**TIME, "description": "when the janitor last heard of it"},
+                               "age_seconds": {"type": "number"}}}}}},
     "Stored": {"type": "object", "properties": {"status": {"type": "string",
                                                            "enum": ["stored", "duplicate", "ignored"]},
-                                                "kind": {"type": "string"}, "pushes": {"type": "integer"}}},
+                                                "kind": {"type": "string"}, "pushes": {"type": "integer"},
+                                                "reason": {"type": "string", "enum": list(model.IGNORED_REASONS),
+                                                           "description": "why a GitLab delivery was ignored"}}},
     "CiImage": {"type": "object", "required": ["image"], "properties": {
         "image": {"type": "string", "description": "<registry host>/<repository>:<tag>",
                   "example": "registry.example.com/group/app:mr-42"},
@@ -185,8 +210,13 @@ def _paths() -> dict[str, Any]:
                            {"name": "X-Gitlab-Event-UUID", "in": "header", "schema": {"type": "string"}}],
             "requestBody": {"required": True, "content": {JSON: {"schema": {"type": "object"}}}},
             "responses": {"202": _json(_ref("Stored"), "stored durably"),
-                          "200": _json(_ref("Stored"), "duplicate delivery, or a kind the janitor ignores"),
-                          "400": _error("malformed event"), "401": _error("bad token or unknown project"),
+                          "200": _json(_ref("Stored"), "duplicate delivery, or an authentic one the janitor"
+                                                         " ignores (a project no entry configures, a kind it"
+                                                         " does not use): GitLab disables a hook that answers"
+                                                         " 4xx"),
+                          "400": _error("malformed event"),
+                          "401": _error("the token matches no configured secret, or is another configured"
+                                        " project's"),
                           "413": _error("body over server.max_body_bytes"), "415": _error("not JSON")}}},
         "/webhooks/registry": {"post": {
             "summary": "Registry notifications (v1 and v2 envelopes)", "security": [{"registryBearer": []}],
@@ -286,7 +316,8 @@ def document() -> dict[str, Any]:
                 "adminBasic": {"type": "http", "scheme": "basic",
                                "description": "any user name, server.admin_token as the password"},
                 "gitlabToken": {"type": "apiKey", "in": "header", "name": "X-Gitlab-Token",
-                                "description": "the project's webhook_secret"},
+                                "description": "the project's webhook_secret, or gitlab.system_hook_secret with"
+                                               " X-Gitlab-Event: System Hook"},
                 "registryBearer": {"type": "http", "scheme": "bearer",
                                    "description": "server.registry_notification_token"},
                 "jobToken": {"type": "apiKey", "in": "header", "name": "JOB-TOKEN",

@@ -1,8 +1,8 @@
 """The stand-in's records and their JSON, shaped as GitLab's REST API docs show them.
 
-Pure: dataclasses in, dicts out. Shapes follow doc/api/{projects,jobs,merge_requests,branches,
-project_webhooks,container_registry,personal_access_tokens}.md. Fields the janitor never reads are kept
-where cheap, so python-gitlab objects look as they do against GitLab.
+Pure: dataclasses in, dicts out. Shapes follow doc/api/{projects,jobs,merge_requests,notes,branches,
+pipelines,project_webhooks,container_registry,personal_access_tokens}.md. Fields the janitor never reads
+are kept where cheap, so python-gitlab objects look as they do against GitLab.
 
 Also GitLab's authorization tables the stand-in enforces, from GitLab's source:
 `SCOPE_ABILITIES` (`lib/gitlab/auth.rb`, `abilities_for_scopes`), `JOB_ABILITIES`
@@ -146,6 +146,37 @@ class MergeRequest:
 
 
 @dataclass
+class Note:
+    """A note (comment) on a merge request; `author` is the user JSON of whoever posted it."""
+
+    id: int
+    mr_iid: int
+    body: str
+    author: JSON
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass
+class Pipeline:
+    """A pipeline: `id` is instance-wide, `iid` counts per project; `ref` is the branch, the tag, or for a
+    merge request pipeline `refs/merge-requests/<iid>/head`."""
+
+    id: int
+    iid: int
+    project_id: int
+    ref: str
+    sha: str
+    status: str
+    source: str
+    tag: bool
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+
+@dataclass
 class Hook:
     id: int
     project_id: int
@@ -157,6 +188,10 @@ class Hook:
     name: str | None = None
     description: str | None = None
     events: dict[str, bool] = field(default_factory=lambda: {"push_events": True})
+    #: WebHooks::AutoDisabling's columns: failed deliveries in a row, and until when the hook is backed off.
+    recent_failures: int = 0
+    disabled_until: dt.datetime | None = None
+    backoff_count: int = 0
 
 
 @dataclass
@@ -194,6 +229,12 @@ class Project:
     branches: dict[str, Branch] = field(default_factory=dict)
     merge_requests: dict[int, MergeRequest] = field(default_factory=dict)
     hooks: dict[int, Hook] = field(default_factory=dict)
+    #: Notes on each merge request (by iid), oldest first; kept apart from the merge request, which
+    #: `set_mr` replaces.
+    notes: dict[int, list[Note]] = field(default_factory=dict)
+    #: Archived (ArchivedAbilities): readable, but no notes, no registry pushes or deletes.
+    archived: bool = False
+    pipelines: dict[int, Pipeline] = field(default_factory=dict)
 
     @property
     def token(self) -> str:
@@ -429,6 +470,93 @@ def merge_request_json(base_url: str, project: Project, mr: MergeRequest) -> JSO
     }
 
 
+def pipeline_json(base_url: str, project: Project, pipeline: Pipeline) -> JSON:
+    """A pipeline as GET /projects/:id/pipelines lists it (Entities::Ci::PipelineBasic)."""
+    return {
+        "id": pipeline.id,
+        "iid": pipeline.iid,
+        "project_id": project.id,
+        "status": pipeline.status,
+        "source": pipeline.source,
+        "ref": pipeline.ref,
+        "sha": pipeline.sha,
+        "name": None,
+        "web_url": f"{base_url}/{project.path}/-/pipelines/{pipeline.id}",
+        "created_at": iso(pipeline.created_at),
+        "updated_at": iso(pipeline.updated_at),
+    }
+
+
+_DETAILED_STATUS = {  # status -> (icon, text, group); GitLab's label and tooltip follow the text
+    "success": ("status_success", "passed", "success"),
+    "failed": ("status_failed", "failed", "failed"),
+    "canceled": ("status_canceled", "canceled", "canceled"),
+    "skipped": ("status_skipped", "skipped", "skipped"),
+    "manual": ("status_manual", "blocked", "manual"),
+    "created": ("status_created", "created", "created"),
+    "pending": ("status_pending", "pending", "pending"),
+    "running": ("status_running", "running", "running"),
+}
+
+
+def pipeline_detail_json(base_url: str, project: Project, pipeline: Pipeline) -> JSON:
+    """GET /projects/:id/pipelines/:pipeline_id (Entities::Ci::PipelineWithMetadata): the listing's
+    fields and `tag`, `before_sha`, `user`, the run's times and `detailed_status`."""
+    icon, text, group = _DETAILED_STATUS.get(pipeline.status, (f"status_{pipeline.status}", pipeline.status,
+                                                              pipeline.status))
+    duration = None
+    if pipeline.started_at is not None and pipeline.finished_at is not None:
+        duration = int((pipeline.finished_at - pipeline.started_at).total_seconds())
+    return {
+        **pipeline_json(base_url, project, pipeline),
+        "before_sha": "0" * 40,
+        "tag": pipeline.tag,
+        "yaml_errors": None,
+        "user": user_json(base_url),
+        "started_at": iso(pipeline.started_at),
+        "finished_at": iso(pipeline.finished_at),
+        "committed_at": None,
+        "duration": duration,
+        "queued_duration": None,
+        "coverage": None,
+        "detailed_status": {
+            "icon": icon,
+            "text": text,
+            "label": text,
+            "group": group,
+            "tooltip": text,
+            "has_details": False,
+            "details_path": f"/{project.path}/-/pipelines/{pipeline.id}",
+            "illustration": None,
+            "favicon": f"/assets/ci_favicons/favicon_{icon}.png",
+        },
+    }
+
+
+def note_json(project: Project, mr: MergeRequest, note: Note) -> JSON:
+    """A merge request note as doc/api/notes.md shows it (Entities::Note)."""
+    return {
+        "id": note.id,
+        "type": None,
+        "body": note.body,
+        "attachment": None,
+        "author": note.author,
+        "created_at": iso(note.created_at),
+        "updated_at": iso(note.updated_at),
+        "system": False,
+        "noteable_id": mr.id,
+        "noteable_type": "MergeRequest",
+        "project_id": project.id,
+        "noteable_iid": mr.iid,
+        "commit_id": None,
+        "resolvable": False,
+        "confidential": False,
+        "internal": False,
+        "imported": False,
+        "imported_from": "none",
+    }
+
+
 def branch_json(base_url: str, project: Project, branch: Branch) -> JSON:
     created = iso(branch.created_at)
     return {
@@ -460,8 +588,9 @@ def branch_json(base_url: str, project: Project, branch: Branch) -> JSON:
     }
 
 
-def hook_json(hook: Hook) -> JSON:
-    """The token is write-only in GitLab: never part of the answer."""
+def hook_json(hook: Hook, alert_status: str = "executable") -> JSON:
+    """The token is write-only in GitLab: never part of the answer. `alert_status` is the hook's
+    (`executable`, `temporarily_disabled`, `disabled`), which depends on GitLab's version and clock."""
     body: JSON = {
         "id": hook.id,
         "url": hook.url,
@@ -471,8 +600,8 @@ def hook_json(hook: Hook) -> JSON:
         "push_events_branch_filter": hook.push_events_branch_filter,
         "branch_filter_strategy": "wildcard",
         "enable_ssl_verification": hook.enable_ssl_verification,
-        "alert_status": "executable",
-        "disabled_until": None,
+        "alert_status": alert_status,
+        "disabled_until": iso(hook.disabled_until),
         "url_variables": [],
         "custom_webhook_template": None,
         "custom_headers": [],

@@ -1,9 +1,10 @@
 """A GitLab stand-in: the routes registry-janitor uses, shaped as GitLab's API docs show them.
 
 Serves `/jwt/auth` (registry tokens), `/api/v4/job`, `/api/v4/personal_access_tokens/self`, projects,
-merge requests, branches, project hooks and registry repositories/tags (the tag delete is performed on
-the real registry, tag only), plus `/registry-relay`, which forwards registry notifications to the
-current test's target. Tests drive it through Python and read `calls`.
+merge requests, branches, pipelines, project hooks and registry repositories/tags (the tag delete is
+performed on the real registry, tag only), plus `/registry-relay`, which forwards registry notifications
+to the current test's target. Tests drive it through Python and read `calls`; pipelines are made with
+`add_pipeline(project, ref=..., status=...)` and moved on with `set_pipeline_status`.
 
 As strict as GitLab about credentials (each rule from GitLab's source):
 
@@ -33,6 +34,24 @@ As strict as GitLab about credentials (each rule from GitLab's source):
   400 `{"message": "400 Bad request"}`. `fail_tag_deletes(n, after_placeholder=False)` makes the next
   `n` tag deletes fail that way: on the first call (nothing changed), or with `after_placeholder=True`
   on the second (the tag is left on the empty manifest, as GitLab leaves it).
+- Merge request notes (lib/api/notes.rb, lib/api/helpers/notes_helpers.rb): `GET` lists them (newest
+  first by default, `order_by` `created_at`/`updated_at`, `sort`), `POST` needs the `api` scope and
+  `create_note` on a merge request the token can read (app/policies/merge_request_policy.rb: Reporter in
+  a private project), else 404; a missing `body` is 400 `{"error": "body is missing"}`, a blank or
+  longer than 1,000,000 characters 400 `{"message": "400 Bad request - Note {...}"}`; 201 with the note.
+  `archive_project(project)` archives a project as GitLab does (app/policies/concerns/archived_abilities.rb):
+  still readable, but notes are 403 and registry pushes and deletes are no longer granted (the API tag
+  delete: 403). `fail_note_posts(n, status=500)` makes the next `n` note posts answer `status`;
+  `mr_notes(project, iid)` reads an MR's notes, `add_note(project, iid, body)` adds one as the admin.
+- Hook deliveries (tests/support/hook_delivery.py has each rule and its GitLab source): `add_hook(project,
+  url, token=..., events=...)` and `add_system_hook(url, token=..., events=...)` make hooks;
+  `deliver(project, "pipeline_hooks", data)` posts an event to the project's executable hooks for that
+  trigger with GitLab's headers (`X-Gitlab-Event`, `X-Gitlab-Token`, `X-Gitlab-Event-UUID`,
+  `Idempotency-Key` since 17.4, ...), `deliver_system(...)` to the system hooks, `resend(delivery)` resends
+  one from the hook's log, `test_hook(hook, "push_events")` is the settings' Test button. Each answer is
+  recorded on the hook as `WebHooks::AutoDisabling` of `version` (default 18.0) records it:
+  `recent_failures`, `disabled_until`, and `alert_status` in the hooks API; a disabled hook is sent
+  nothing. `deliveries` lists every request made.
 
 Deliberately not GitLab: no users or groups (a token's bot user is a member of its project only), no
 rate limits, and every project is private.
@@ -42,6 +61,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import math
 import re
 import secrets
@@ -49,6 +69,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
 
@@ -56,6 +77,7 @@ import requests
 from flask import Flask, Response, jsonify, request
 
 from . import gitlab_json as gj
+from . import hook_delivery as hd
 from . import images
 from .gitlab_json import ROLES, AccessToken, Branch, Hook, Job, MergeRequest, Project
 from .servers import ServerThread
@@ -89,6 +111,22 @@ JWT_ACCESS_DENIED = (
     "incorrect or you're required to use a token instead of a password. If a token was provided, it was "
     "either incorrect, expired, or improperly scoped."
 )
+#: Ci::HasStatus::AVAILABLE_STATUSES and COMPLETED_STATUSES (app/models/concerns/ci/has_status.rb).
+PIPELINE_STATUSES = (
+    "created", "waiting_for_resource", "preparing", "waiting_for_callback", "pending", "running", "success",
+    "failed", "canceling", "canceled", "skipped", "manual", "scheduled",
+)
+PIPELINE_COMPLETED = frozenset({"success", "failed", "canceled", "skipped"})
+#: Ci::Pipeline.sources (app/models/concerns/enums/ci/pipeline.rb), the values `source` accepts.
+PIPELINE_SOURCES = (
+    "unknown", "push", "web", "trigger", "schedule", "api", "external", "pipeline", "chat", "webide",
+    "merge_request_event", "external_pull_request_event", "parent_pipeline", "ondemand_dast_scan",
+    "ondemand_dast_validation", "security_orchestration_policy", "container_registry_push",
+    "duo_workflow", "pipeline_execution_policy_schedule",
+)
+#: ALLOWED_INDEXED_COLUMNS and ALLOWED_SCOPES of app/finders/ci/pipelines_finder.rb.
+PIPELINE_ORDER_BY = ("id", "status", "ref", "updated_at", "user_id")
+PIPELINE_SCOPES = ("running", "pending", "finished", "branches", "tags")
 #: ContainerRegistry::Path#valid? (lib/container_registry/path.rb, Gitlab::Regex container repository names).
 _REPOSITORY_PATH = re.compile(r"\A[a-z0-9]+(?:(?:[._/]|__|-*)[a-z0-9])*\Z")
 _HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
@@ -196,6 +234,7 @@ class GitLabStandin:
             expires_at=None,
         )
         self._tag_delete_failures: deque[bool] = deque()
+        self._note_post_failures: deque[int] = deque()
         self._projects: dict[int, Project] = {}
         self._jobs: dict[str, Job] = {}
         self._calls: Counter[str] = Counter()
@@ -204,6 +243,9 @@ class GitLabStandin:
         self._registry: _RegistryAccess | None = None
         self._repository_ids: dict[str, int] = {}
         self._repository_created: dict[str, dt.datetime] = {}
+        self.version: hd.Version = hd.DEFAULT_VERSION
+        self.system_hooks: dict[int, hd.SystemHook] = {}
+        self.deliveries: list[hd.Delivery] = []
         self.app = self._build_app()
         self._server: ServerThread | None = None
         self.url = ""
@@ -246,7 +288,11 @@ class GitLabStandin:
             self._relay_target = None
             self.token_lifetime = self.default_token_lifetime
             self.now = _utcnow
+            self.version = hd.DEFAULT_VERSION
+            self.system_hooks.clear()
+            self.deliveries.clear()
             self._tag_delete_failures.clear()
+            self._note_post_failures.clear()
             self._admin.last_used_at = None
 
     @property
@@ -457,10 +503,202 @@ class GitLabStandin:
         with self._lock:
             project.branches.pop(name, None)
 
+    def add_pipeline(
+        self,
+        project: Project,
+        *,
+        ref: str,
+        status: str = "created",
+        source: str = "push",
+        tag: bool = False,
+        sha: str | None = None,
+        id: int | None = None,
+        created_at: dt.datetime | None = None,
+        updated_at: dt.datetime | None = None,
+    ) -> gj.Pipeline:
+        """A pipeline of `project` (a merge request pipeline: `ref="refs/merge-requests/<iid>/head"`,
+        `source="merge_request_event"`). Its id is instance-wide (`id` to choose it), its iid the next
+        of the project; both times default to now."""
+        if status not in PIPELINE_STATUSES:
+            raise ValueError(f"unknown pipeline status {status}")
+        if source not in PIPELINE_SOURCES:
+            raise ValueError(f"unknown pipeline source {source}")
+        with self._lock:
+            pipeline_id = id if id is not None else self._next_id()
+            if any(pipeline_id in p.pipelines for p in self._projects.values()):
+                raise ValueError(f"pipeline id {pipeline_id} is taken")
+            created = created_at or self.now()
+            pipeline = gj.Pipeline(
+                id=pipeline_id,
+                iid=max((p.iid for p in project.pipelines.values()), default=0) + 1,
+                project_id=project.id,
+                ref=ref,
+                sha=sha or gj.fake_sha(project.id, ref, pipeline_id),
+                status=status,
+                source=source,
+                tag=tag,
+                created_at=created,
+                updated_at=updated_at or created,
+            )
+            self._stamp_run(pipeline, pipeline.updated_at)
+            project.pipelines[pipeline_id] = pipeline
+            return pipeline
+
+    def set_pipeline_status(
+        self, project: Project, pipeline_id: int, status: str, *, updated_at: dt.datetime | None = None
+    ) -> gj.Pipeline:
+        """Move a pipeline to `status`; GitLab touches its `updated_at` (now unless given)."""
+        if status not in PIPELINE_STATUSES:
+            raise ValueError(f"unknown pipeline status {status}")
+        with self._lock:
+            pipeline = project.pipelines[pipeline_id]
+            pipeline.status = status
+            pipeline.updated_at = updated_at or self.now()
+            self._stamp_run(pipeline, pipeline.updated_at)
+            return pipeline
+
+    @staticmethod
+    def _stamp_run(pipeline: gj.Pipeline, at: dt.datetime) -> None:
+        if pipeline.status not in {"created", "waiting_for_resource", "preparing", "pending", "scheduled"}:
+            pipeline.started_at = pipeline.started_at or at
+        if pipeline.status in PIPELINE_COMPLETED:
+            pipeline.finished_at = at
+
+    def archive_project(self, project: Project, archived: bool = True) -> None:
+        """Archive (or unarchive) a project: GitLab then refuses notes (403) and grants no registry push or
+        delete in it (ArchivedAbilities prevents creating, updating and deleting notes and container images)."""
+        with self._lock:
+            project.archived = archived
+
+    def fail_note_posts(self, count: int = 1, *, status: int = 500) -> None:
+        """Make the next `count` note posts answer `status` (GitLab failing or rate limiting), no note made."""
+        with self._lock:
+            self._note_post_failures.extend([status] * count)
+
+    def mr_notes(self, project: Project, iid: int) -> list[gj.Note]:
+        """The notes on merge request !iid, oldest first."""
+        with self._lock:
+            return list(project.notes.get(iid, []))
+
+    def add_note(self, project: Project, iid: int, body: str) -> gj.Note:
+        """A note on merge request !iid by the administrator (someone commenting on the MR)."""
+        with self._lock:
+            return self._add_note_locked(project, iid, body, gj.user_json(self.url))
+
+    def _add_note_locked(self, project: Project, iid: int, body: str, author: dict[str, Any]) -> gj.Note:
+        now = self.now()
+        note = gj.Note(id=self._next_id(), mr_iid=iid, body=body, author=author, created_at=now, updated_at=now)
+        project.notes.setdefault(iid, []).append(note)
+        return note
+
     def hooks(self, project: Project) -> list[Hook]:
         """The project's hooks, with their secret token (which the API never shows)."""
         with self._lock:
             return list(project.hooks.values())
+
+    # -- hook deliveries (tests/support/hook_delivery.py) -------------------------------------------
+    def add_hook(self, project: Project, url: str, *, token: str | None = None,
+                 events: tuple[str, ...] = ("push_events", "merge_requests_events", "pipeline_events")) -> Hook:
+        """A project hook, as `POST /projects/:id/hooks` makes it."""
+        with self._lock:
+            hook = Hook(id=self._next_id(), project_id=project.id, url=url, created_at=self.now(), token=token,
+                        events={name: name in events for name in gj.HOOK_EVENT_FIELDS})
+            project.hooks[hook.id] = hook
+            return hook
+
+    def add_system_hook(self, url: str, *, token: str | None = None,
+                        events: tuple[str, ...] = ("repository_update_events",)) -> hd.SystemHook:
+        """A system hook (Admin > System hooks); its triggers are only `SystemHook::AVAILABLE_HOOKS`."""
+        allowed = {hd.TRIGGERS[name] for name in hd.SYSTEM_TRIGGERS}
+        if set(events) - allowed:
+            raise ValueError(f"system hooks have no {sorted(set(events) - allowed)}")
+        with self._lock:
+            hook = hd.SystemHook(id=self._next_id(), url=url, token=token, created_at=self.now(),
+                                 events={name: name in events for name in allowed})
+            self.system_hooks[hook.id] = hook
+            return hook
+
+    def hook_alert_status(self, hook: Hook) -> str:
+        with self._lock:
+            return hd.alert_status(hook, self.now(), self.version)
+
+    def _hook_json(self, hook: Hook) -> dict[str, Any]:
+        return gj.hook_json(hook, alert_status=hd.alert_status(hook, self.now(), self.version))
+
+    def deliver(self, project: Project, hook_name: str, data: dict[str, Any], *,
+                url: str | None = None) -> list[hd.Delivery]:
+        """GitLab's `project.execute_hooks(data, hook_name)`: one request to each of the project's hooks
+        with that trigger on (and `url`, when given) that is executable now; a disabled hook gets none."""
+        flag = hd.TRIGGERS[hook_name]
+        with self._lock:
+            hooks = [h for h in project.hooks.values() if h.events.get(flag) and (url is None or h.url == url)
+                     and hd.executable(h, self.now(), self.version)]
+        return [self._send(h, hook_name, data, hd.new_idempotency_key(self.version)) for h in hooks]
+
+    def deliver_system(self, hook_name: str, data: dict[str, Any]) -> list[hd.Delivery]:
+        """`SystemHooksService`: one request to each system hook with that trigger on (system hooks are
+        never auto-disabled)."""
+        if hook_name not in hd.SYSTEM_TRIGGERS:
+            raise ValueError(f"system hooks never send {hook_name}")
+        flag = hd.TRIGGERS[hook_name]
+        with self._lock:
+            hooks = [h for h in self.system_hooks.values() if h.events.get(flag)]
+        return [self._send(h, hook_name, data, hd.new_idempotency_key(self.version)) for h in hooks]
+
+    def resend(self, delivery: hd.Delivery) -> hd.Delivery | None:
+        """"Resend request" on a hook log entry (app/services/web_hooks/events/resend_service.rb): the same
+        data and trigger with the log's `Idempotency-Key` (none before 17.4: then a new request is all it
+        is); refused (None) while the hook is not executable."""
+        with self._lock:
+            hook = self._hook_by_id(delivery.hook_id)
+            if isinstance(hook, Hook) and not hd.executable(hook, self.now(), self.version):
+                return None
+        return self._send(hook, delivery.hook_name, delivery.data, delivery.idempotency_key)
+
+    def test_hook(self, hook: Hook | hd.SystemHook, trigger: str,
+                  data: dict[str, Any] | None = None) -> hd.Delivery:
+        """The hook settings' Test button (app/services/test_hooks/project_service.rb, system_service.rb):
+        sent with `force: true`, even to a disabled hook. Push and tag push: `Push.build_sample` of the
+        project (its SAMPLE_DATA when the repository is empty, and always for a system hook); a system
+        hook's repository update: `Repository::SAMPLE_DATA`. Other triggers send `data` (GitLab builds it
+        from the project's first note, issue, job or pipeline)."""
+        hook_name = hd.TEST_TRIGGERS[trigger]
+        with self._lock:
+            if data is None:
+                if trigger in ("push_events", "tag_push_events"):
+                    if isinstance(hook, Hook):
+                        data = hd.push_sample(self._projects[hook.project_id], self.url, gj.ROOT_USER)
+                    else:
+                        data = json.loads(json.dumps(hd.PUSH_SAMPLE_DATA))
+                elif trigger == "repository_update_events" and isinstance(hook, hd.SystemHook):
+                    data = json.loads(json.dumps(hd.REPOSITORY_UPDATE_SAMPLE_DATA))
+                else:
+                    raise ValueError(f"give the data GitLab would build for a {trigger} test")
+        return self._send(hook, hook_name, data, hd.new_idempotency_key(self.version))
+
+    def _hook_by_id(self, hook_id: int) -> Hook | hd.SystemHook:
+        if hook_id in self.system_hooks:
+            return self.system_hooks[hook_id]
+        for project in self._projects.values():
+            if hook_id in project.hooks:
+                return project.hooks[hook_id]
+        raise KeyError(f"no hook {hook_id}")
+
+    def _send(self, hook: Hook | hd.SystemHook, hook_name: str, data: dict[str, Any],
+              idempotency_key: str | None) -> hd.Delivery:
+        system = isinstance(hook, hd.SystemHook)
+        headers = hd.request_headers(self.version, self.url, hook_name, hook.token, idempotency_key, system=system)
+        status, answer = hd.post(hook.url, data, headers)
+        with self._lock:
+            failures, alert = 0, "executable"
+            if isinstance(hook, Hook):
+                hd.record_answer(hook, status, self.now(), self.version)
+                failures, alert = hook.recent_failures, hd.alert_status(hook, self.now(), self.version)
+            delivery = hd.Delivery(hook_id=hook.id, url=hook.url, hook_name=hook_name, data=data, headers=headers,
+                                   status=status, answer=answer, idempotency_key=idempotency_key,
+                                   recent_failures=failures, alert_status=alert)
+            self.deliveries.append(delivery)
+            return delivery
 
     # -- lookups ----------------------------------------------------------------------------------
     def _project_by_ref(self, ref: str) -> Project | None:
@@ -613,6 +851,8 @@ class GitLabStandin:
     def _can_access(principal: Principal | None, project: Project, action: str) -> bool:
         if principal is None:  # every stand-in project is private
             return False
+        if project.archived and action != "pull":  # ArchivedAbilities: container images read-only
+            return False
         if principal.kind == "admin":
             return action in ACTION_ABILITIES
         if principal.project is None or principal.project.id != project.id:
@@ -716,8 +956,12 @@ class GitLabStandin:
         ("GET", "", "_api_project"),
         ("GET", "merge_requests", "_api_list_mrs"),
         ("GET", "merge_requests/:iid", "_api_get_mr"),
+        ("GET", "merge_requests/:iid/notes", "_api_list_mr_notes"),
+        ("POST", "merge_requests/:iid/notes", "_api_create_mr_note"),
         ("GET", "repository/branches", "_api_list_branches"),
         ("GET", "repository/branches/:branch", "_api_get_branch"),
+        ("GET", "pipelines", "_api_list_pipelines"),
+        ("GET", "pipelines/:pipeline_id", "_api_get_pipeline"),
         ("GET", "hooks", "_api_list_hooks"),
         ("POST", "hooks", "_api_create_hook"),
         ("GET", "hooks/:hook_id", "_api_get_hook"),
@@ -904,6 +1148,117 @@ class GitLabStandin:
                 raise ApiError(404, "404 Branch Not Found")
             return jsonify(gj.branch_json(self.url, project, found))
 
+    # pipelines (lib/api/ci/pipelines.rb, app/finders/ci/pipelines_finder.rb) ----------------------
+    @staticmethod
+    def _choice(name: str, allowed: tuple[str, ...], default: str | None = None) -> str | None:
+        """A parameter Grape checks against `values:`: 400 `<name> does not have a valid value`."""
+        value = request.args.get(name, default)
+        if value is not None and value not in allowed:
+            raise ApiError(400, f"{name} does not have a valid value", key="error")
+        return value
+
+    def _api_list_pipelines(self, principal: Principal, project: Project) -> Response:
+        """GET /projects/:id/pipelines: child pipelines only when `source=parent_pipeline`; `updated_after`
+        and `created_after` are inclusive (`>=`), as are their `_before` pairs (`<=`); `order_by` one of
+        GitLab's indexed columns (default `id`), `sort` `desc` unless `asc`."""
+        scope = self._choice("scope", PIPELINE_SCOPES)
+        status = self._choice("status", PIPELINE_STATUSES)
+        source = self._choice("source", PIPELINE_SOURCES)
+        order = self._choice("order_by", PIPELINE_ORDER_BY, "id")
+        sort = self._choice("sort", ("asc", "desc"), "desc")
+        ref, sha = request.args.get("ref"), request.args.get("sha")
+        updated_after, updated_before = self._time_arg("updated_after"), self._time_arg("updated_before")
+        created_after, created_before = self._time_arg("created_after"), self._time_arg("created_before")
+        with self._lock:
+            found = [
+                p
+                for p in project.pipelines.values()
+                if (source == "parent_pipeline" or p.source != "parent_pipeline")
+                and (scope != "running" or p.status == "running")
+                and (scope != "pending" or p.status == "pending")
+                and (scope != "finished" or p.status in PIPELINE_COMPLETED)
+                and (scope != "branches" or (not p.tag and p.ref in project.branches))
+                and (scope != "tags" or p.tag)
+                and (status is None or p.status == status)
+                and (source is None or p.source == source)
+                and (not ref or p.ref == ref)
+                and (not sha or p.sha == sha)
+                and (updated_after is None or p.updated_at >= updated_after)
+                and (updated_before is None or p.updated_at <= updated_before)
+                and (created_after is None or p.created_at >= created_after)
+                and (created_before is None or p.created_at <= created_before)
+            ]
+            if scope in ("branches", "tags"):  # the latest pipeline of each ref
+                latest: dict[str, gj.Pipeline] = {}
+                for p in found:
+                    if p.ref not in latest or p.id > latest[p.ref].id:
+                        latest[p.ref] = p
+                found = list(latest.values())
+            keys: dict[str | None, Callable[[gj.Pipeline], Any]] = {
+                "status": lambda p: (p.status, p.id),
+                "ref": lambda p: (p.ref, p.id),
+                "updated_at": lambda p: (p.updated_at, p.id),
+            }
+            found.sort(key=keys.get(order, lambda p: p.id), reverse=sort == "desc")
+            return self._paginate([gj.pipeline_json(self.url, project, p) for p in found])
+
+    def _api_get_pipeline(self, principal: Principal, project: Project, pipeline_id: str) -> Response:
+        with self._lock:
+            found = project.pipelines.get(int(pipeline_id)) if pipeline_id.isdigit() else None
+            if found is None:
+                raise ApiError(404, "404 Not found")
+            return jsonify(gj.pipeline_detail_json(self.url, project, found))
+
+    # merge request notes ----------------------------------------------------------------------
+    def _readable_mr(self, principal: Principal, project: Project, iid: str) -> MergeRequest:
+        """find_noteable: the merge request, if the principal may read it (Reporter in a private
+        project), else 404 as for one that does not exist."""
+        mr = project.merge_requests.get(int(iid)) if iid.isdigit() else None
+        if mr is None or not principal.has_role("reporter"):
+            raise ApiError(404, "404 Not found")
+        return mr
+
+    def _api_list_mr_notes(self, principal: Principal, project: Project, iid: str) -> Response:
+        order = request.args.get("order_by", "created_at")
+        sort = request.args.get("sort", "desc")
+        if order not in {"created_at", "updated_at"}:
+            raise ApiError(400, "order_by does not have a valid value", key="error")
+        if sort not in {"asc", "desc"}:
+            raise ApiError(400, "sort does not have a valid value", key="error")
+        with self._lock:
+            mr = self._readable_mr(principal, project, iid)
+            notes = sorted(project.notes.get(mr.iid, []), key=lambda n: (getattr(n, order), n.id),
+                           reverse=sort == "desc")
+            return self._paginate([gj.note_json(project, mr, n) for n in notes])
+
+    def _api_create_mr_note(self, principal: Principal, project: Project, iid: str) -> tuple[Response, int]:
+        """POST .../merge_requests/:iid/notes: `body` (JSON, form or query), the merge request found
+        (404), `create_note` authorized (403: an archived project), the note validated (400), 201."""
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            data = {**request.args.to_dict(), **request.form.to_dict()}
+        body = data.get("body")
+        if body is None:
+            raise ApiError(400, "body is missing", key="error")
+        with self._lock:
+            mr = self._readable_mr(principal, project, iid)
+            if project.archived:
+                raise ApiError(403, "403 Forbidden")
+            failure = self._note_post_failures.popleft() if self._note_post_failures else None
+            if failure is not None:
+                raise ApiError(failure, f"{failure} {HTTPStatus(failure).phrase}")
+            text = str(body)
+            if not text.strip():
+                raise ApiError(400, '400 Bad request - Note {:note=>["can\'t be blank"]}')
+            if len(text) > 1_000_000:
+                raise ApiError(400, '400 Bad request - Note {:note=>["is too long (maximum is 1000000 characters)"]}')
+            if principal.token is not None and principal.kind == "project":
+                author = gj.bot_user_json(self.url, principal.token)
+            else:
+                author = gj.user_json(self.url)
+            note = self._add_note_locked(project, mr.iid, text, author)
+            return jsonify(gj.note_json(project, mr, note)), 201
+
     # hooks ------------------------------------------------------------------------------------
     def _need_role(self, principal: Principal, role: str) -> None:
         if not principal.has_role(role):
@@ -937,7 +1292,7 @@ class GitLabStandin:
     def _api_list_hooks(self, principal: Principal, project: Project) -> Response:
         self._need_role(principal, "maintainer")
         with self._lock:
-            return self._paginate([gj.hook_json(h) for h in project.hooks.values()])
+            return self._paginate([self._hook_json(h) for h in project.hooks.values()])
 
     def _api_create_hook(self, principal: Principal, project: Project) -> tuple[Response, int]:
         self._need_role(principal, "maintainer")
@@ -948,7 +1303,7 @@ class GitLabStandin:
             hook = Hook(id=self._next_id(), project_id=project.id, url=params["url"], created_at=self.now())
             self._apply_hook(hook, params)
             project.hooks[hook.id] = hook
-            return jsonify(gj.hook_json(hook)), 201
+            return jsonify(self._hook_json(hook)), 201
 
     def _find_hook(self, project: Project, hook_id: str) -> Hook:
         hook = project.hooks.get(int(hook_id)) if hook_id.isdigit() else None
@@ -959,7 +1314,7 @@ class GitLabStandin:
     def _api_get_hook(self, principal: Principal, project: Project, hook_id: str) -> Response:
         self._need_role(principal, "maintainer")
         with self._lock:
-            return jsonify(gj.hook_json(self._find_hook(project, hook_id)))
+            return jsonify(self._hook_json(self._find_hook(project, hook_id)))
 
     def _api_update_hook(self, principal: Principal, project: Project, hook_id: str) -> Response:
         self._need_role(principal, "maintainer")
@@ -967,7 +1322,7 @@ class GitLabStandin:
         with self._lock:
             hook = self._find_hook(project, hook_id)
             self._apply_hook(hook, params)
-            return jsonify(gj.hook_json(hook))
+            return jsonify(self._hook_json(hook))
 
     def _api_delete_hook(self, principal: Principal, project: Project, hook_id: str) -> Response:
         self._need_role(principal, "maintainer")
@@ -1061,6 +1416,8 @@ class GitLabStandin:
         """DELETE .../tags/:tag_name needs destroy_container_image (Developer). GitLab moves the tag to an
         empty manifest and deletes that by digest; any failed registry call answers 400."""
         self._need_role(principal, "developer")
+        if project.archived:
+            raise ApiError(403, "403 Forbidden")
         registry = self._registry_access()
         repository = self._repository_by_id(project, repository_id)
         try:
