@@ -45,8 +45,10 @@ def seed_images(registry: Registry, repo: str, count: int) -> list[UntagRequest]
 
 
 def registry_settings(registry: Registry) -> Settings:
-    """The registry as the janitor is configured for it here: rate limit off."""
-    return settings_from_dict({"registry": {"url": registry.url, "requests_per_second": 0}}, environ={})
+    """The registry as the janitor is configured for it here: rate limit off, its token service (the
+    GitLab stand-in's) trusted."""
+    return settings_from_dict({"registry": {"url": registry.url, "requests_per_second": 0,
+                                            "token_realms": [registry.realm]}}, environ={})
 
 
 def janitor_untag(registry: Registry, project: Project, items: list[UntagRequest]) -> None:

@@ -3,9 +3,10 @@
 Import from here. Submodules, each importing only those after it: ``client`` (RegistryClient, builds the
 site and hands out views), ``project`` (ProjectRegistry, one project's requests), ``untag`` (methods,
 guards, restore, written against ``types.ProjectView``), ``site`` (RegistrySite: what every view of one
-registry shares), ``auth`` (tokens), ``transport`` (limiter, retries), ``names`` (well-formed names, S6
-scope), ``placeholder`` (the empty image tags are parked on), ``ratelimit``, ``stats``, ``types`` and
-``errors``. Nothing in this package reads config or storage: the worker wires it.
+registry shares), ``auth`` (tokens), ``realms`` (which token services may be sent a credential),
+``transport`` (limiter, retries), ``names`` (well-formed names, S6 scope), ``placeholder`` (the empty
+image tags are parked on), ``ratelimit``, ``stats``, ``types`` and ``errors``. Nothing in this package
+reads config or storage: the worker wires it.
 """
 
 from daemon.registry.client import RegistryClient, new_session
@@ -18,6 +19,7 @@ from daemon.registry.errors import (
     RestoreConflictError,
     RestoreError,
     TagNotFoundError,
+    TokenRealmRefusedError,
     TransientRegistryError,
 )
 from daemon.registry.names import in_project_path
@@ -39,6 +41,7 @@ __all__ = [
     "RestoreError",
     "TagDeleter",
     "TagNotFoundError",
+    "TokenRealmRefusedError",
     "TransientRegistryError",
     "UntagRequest",
     "UntagResult",

@@ -1,7 +1,8 @@
 """Bearer token auth for the registry: reading the challenge, asking the token service, caching tokens.
 
 Owns: parsing ``WWW-Authenticate``, the GET to the realm with HTTP Basic (the project's
-``registry_token`` as password) and ``scope=repository:<repo>:pull,push,delete``, and a thread-safe
+``registry_token`` as password) and ``scope=repository:<repo>:pull,push,delete`` (only to a realm
+``realms.TokenRealms`` allows, and never following a redirect away from it), and a thread-safe
 cache per (project, repository) that keeps a token until ``margin`` before its lifetime ends. GitLab's
 ``/jwt/auth`` answers only ``{"token": ...}``, so the lifetime comes from ``expires_in`` when a token service
 sends it, else from the JWT itself (``exp - iat``, or ``exp`` against the janitor's wall clock). Must not: decide
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.registry.errors import PermanentRegistryError, RegistryAuthError
+from daemon.registry.realms import TokenRealms
 from daemon.registry.transport import Transport, describe
 
 TOKEN_USERNAME = "registry-janitor"
@@ -168,15 +170,28 @@ class TokenCache:
 
 
 def fetch_token(
-    transport: Transport, challenge: Challenge, project_path: str, repository: str, registry_token: str
+    transport: Transport, challenge: Challenge, project_path: str, repository: str, registry_token: str,
+    *, realms: TokenRealms,
 ) -> tuple[str, float]:
-    """Ask the challenge's realm for a token on one repository; returns (token, lifetime in seconds)."""
+    """Ask the challenge's realm for a token on one repository; returns (token, lifetime in seconds).
+
+    ``TokenRealmRefusedError`` before anything is sent when ``realms`` does not allow the realm; a
+    redirect from the token service is not followed (the credential would go along)."""
     if not challenge.realm:
         raise RegistryAuthError(f"the registry's Bearer challenge names no realm: {challenge.params}")
+    realms.check(challenge.realm)
     params = {"scope": scope_for(repository)}
     if challenge.service:
         params["service"] = challenge.service
-    resp = transport.send("GET", challenge.realm, params=params, auth=(TOKEN_USERNAME, registry_token), limited=False)
+    resp = transport.send("GET", challenge.realm, params=params, auth=(TOKEN_USERNAME, registry_token), limited=False,
+                          follow_redirects=False)
+    if resp.is_redirect:
+        raise RegistryAuthError(
+            f"the token service {challenge.realm} redirected to {resp.headers.get('Location')!r}; the janitor "
+            "sends a project's registry_token only to the realm itself; set the registry's auth.token.realm "
+            "to the address it redirects to",
+            status=resp.status_code,
+        )
     if resp.status_code in (401, 403):
         raise RegistryAuthError(
             f"the token service {challenge.realm} refused project {project_path}'s credential "

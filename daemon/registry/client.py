@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -18,6 +18,7 @@ from requests.adapters import HTTPAdapter
 from daemon.registry.auth import TokenCache
 from daemon.registry.project import ProjectRegistry
 from daemon.registry.ratelimit import RateLimiter
+from daemon.registry.realms import TokenRealms
 from daemon.registry.site import RegistrySite
 from daemon.registry.transport import Observer, RetryPolicy, Transport
 from daemon.registry.types import TagDeleter
@@ -36,13 +37,19 @@ def new_session(pool_size: int = 16, user_agent: str = "registry-janitor") -> re
 
 
 class RegistryClient:
-    """One registry: its session, limiter, retries, challenge and tokens, shared by all threads."""
+    """One registry: its session, limiter, retries, challenge and tokens, shared by all threads.
+
+    A project's ``registry_token`` goes only to a token service on ``gitlab_url``'s origin or on one of
+    ``token_realms`` (``gitlab.url`` and ``registry.token_realms``; there is no default that trusts
+    more), over https unless the realm is loopback."""
 
     def __init__(
         self,
         base_url: str,
         session: requests.Session,
         *,
+        gitlab_url: str,
+        token_realms: Sequence[str] = (),
         limiter: RateLimiter | None = None,
         max_retries: int = 4,
         backoff_base: float = 0.2,
@@ -73,6 +80,7 @@ class RegistryClient:
             base_url,
             transport,
             TokenCache(clock, token_margin),
+            realms=TokenRealms(gitlab_url, token_realms),
             tag_deleter=tag_deleter,
             placeholder_batch=placeholder_batch,
         )

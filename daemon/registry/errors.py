@@ -7,6 +7,7 @@
         ├── PermanentRegistryError            4xx other than 404/429, bad manifests: retrying will not help
         │                                     (also a daemon.errors.RegistryRefused, as OutOfScopeError)
         │   ├── RegistryAuthError             token refused, or a 401 even after one token refresh
+        │   │   └── TokenRealmRefusedError    the challenge names a token service the credential may not go to
         │   └── NoDeletePermissionError       the token may not delete (registry grant or GitLab 403)
         ├── OutOfScopeError                   repository outside the project path; raised before any request
         ├── TagNotFoundError                  a tag deleter (gitlab-api method) found the tag already gone
@@ -44,6 +45,16 @@ class PermanentRegistryError(RegistryError, RegistryRefused):
 
 class RegistryAuthError(PermanentRegistryError):
     """The token service refused the project's credential, or the registry refused the token it gave."""
+
+
+class TokenRealmRefusedError(RegistryAuthError):
+    """The registry's challenge names a token service (realm) that is neither on ``gitlab.url``'s host nor
+    in ``registry.token_realms``, or is plain http to a host that is not loopback. Raised before the
+    project's credential is sent anywhere; the realm is not remembered. ``realm``: the refused one."""
+
+    def __init__(self, message: str, *, realm: str, status: int | None = None) -> None:
+        super().__init__(message, status=status)
+        self.realm = realm
 
 
 class NoDeletePermissionError(PermanentRegistryError):

@@ -1,7 +1,8 @@
 """What every project view of one registry shares: where it is, how to reach it, and what was learnt about it.
 
-Owns: the base URL, the ``Transport`` (session, limiter, retries), the token cache, the remembered Bearer
-challenge, the default tag deleter, the placeholder batch size, and what the janitor has learnt about
+Owns: the base URL, the ``Transport`` (session, limiter, retries), the token cache, the token services a
+credential may go to (``TokenRealms``), the remembered Bearer challenge (only ever one whose realm those
+allow), the default tag deleter, the placeholder batch size, and what the janitor has learnt about
 the registry at run time (it cannot delete a tag, so ``auto`` parks tags on placeholders; it does delete
 manifests, so the placeholder probe is done). Thread safe: every worker thread's view reads and updates
 the same instance. Must not: send requests (the project view does, scoped to its project, S6), hold any
@@ -10,14 +11,18 @@ project's credential, or decide what to untag.
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import requests
 
 from daemon.registry.auth import Challenge, TokenCache, parse_challenge
-from daemon.registry.errors import RegistryAuthError
+from daemon.registry.errors import RegistryAuthError, TokenRealmRefusedError
+from daemon.registry.realms import TokenRealms
 from daemon.registry.transport import Transport
 from daemon.registry.types import TagDeleter
+
+log = logging.getLogger(__name__)
 
 
 class RegistrySite:
@@ -29,12 +34,15 @@ class RegistrySite:
         transport: Transport,
         tokens: TokenCache,
         *,
+        realms: TokenRealms,
         tag_deleter: TagDeleter | None = None,
         placeholder_batch: int = 50,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.transport = transport
         self.tokens = tokens
+        #: Where a project's registry_token may be sent: a challenge naming another realm is refused.
+        self.realms = realms
         self.tag_deleter = tag_deleter
         #: Most tags parked on one placeholder before it is deleted (bounds how long they show an empty
         #: image to someone pulling them).
@@ -85,7 +93,10 @@ class RegistrySite:
             self._serves_without_token = True
 
     def learn_challenge(self, resp: requests.Response) -> None:
-        """Remember the registry's Bearer challenge so later requests send a token upfront."""
+        """Remember the registry's Bearer challenge so later requests send a token upfront.
+
+        A challenge whose realm ``realms`` refuses raises ``TokenRealmRefusedError`` and is not
+        remembered: the challenge known before (if any) stays, and no credential goes to that realm."""
         header = resp.headers.get("WWW-Authenticate")
         found = parse_challenge(header)
         if found is None or found.scheme != "bearer" or not found.realm:
@@ -94,6 +105,11 @@ class RegistrySite:
                 "Bearer token auth (GitLab's registry setup) only",
                 status=401,
             )
+        try:
+            self.realms.check(found.realm, status=401)
+        except TokenRealmRefusedError as exc:
+            log.warning("registry %s: %s", self.base_url, exc)
+            raise
         kept = {k: v for k, v in found.params.items() if k in ("realm", "service")}
         with self._lock:
             self._challenge = Challenge("bearer", kept)

@@ -119,11 +119,13 @@ class Transport:
         params: Mapping[str, str] | None = None,
         auth: tuple[str, str] | None = None,
         limited: bool = True,
+        follow_redirects: bool = True,
     ) -> requests.Response:
         """Send until an answer that is neither 429 nor 5xx, or raise ``TransientRegistryError``.
 
         Every other answer (2xx, 401, 404, other 4xx) is returned for the caller to interpret.
-        ``limited`` is False only for the token service, which is not the registry.
+        ``limited`` is False only for the token service, which is not the registry; so is
+        ``follow_redirects`` (a 3xx is then returned as it came).
         """
         policy = self.policy
         for attempt in range(policy.max_retries + 1):
@@ -140,6 +142,7 @@ class Transport:
                     params=params,
                     auth=auth,
                     timeout=self.timeout,
+                    allow_redirects=follow_redirects,
                 )
             except (
                 requests.ConnectionError,

@@ -19,7 +19,8 @@ from daemon.registry import OutOfScopeError, RegistryAuthError, RegistryClient
 from daemon.registry.auth import TokenCache, granted_actions, parse_challenge, token_lifetime
 
 BASE = "https://registry.test"
-REALM = "https://gitlab.test/jwt/auth"
+GITLAB = "https://gitlab.test"  # gitlab.url: GitLab's /jwt/auth is the registry's token service
+REALM = f"{GITLAB}/jwt/auth"
 DIGEST = "sha256:" + "b" * 64
 CHALLENGE = {"WWW-Authenticate": f'Bearer realm="{REALM}",service="container_registry"'}
 
@@ -37,6 +38,7 @@ class Clock:
 
 
 def client(clock: Clock | None = None, **kw: object) -> RegistryClient:
+    kw.setdefault("gitlab_url", GITLAB)
     return RegistryClient(BASE, requests.Session(), clock=clock or Clock(), sleep=lambda s: None, **kw)  # type: ignore[arg-type]
 
 

@@ -47,6 +47,7 @@ def make(clock: Clock, **kw: object) -> RegistryClient:
     return RegistryClient(
         BASE,
         requests.Session(),
+        gitlab_url="https://gitlab.test",
         sleep=clock.sleep,
         clock=clock.clock,
         rng=random.Random(7),
