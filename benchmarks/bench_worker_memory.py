@@ -40,7 +40,7 @@ from common import EventStream, config_dict, verdict
 
 from daemon.config import ProjectSettings, settings_from_dict
 from daemon.registry.errors import NoDeletePermissionError
-from daemon.registry.types import Manifest, UntagRequest, UntagResult
+from daemon.registry.types import Manifest, OnSaved, UntagRequest, UntagResult
 
 PROJECTS = 20
 TTL = "2h"  # preview tags expire within the run, so TTL triggers fire too
@@ -59,15 +59,16 @@ class RegistryStandIn:
         return self.digest(repository, ref)
 
     def untag(self, requests_: Sequence[UntagRequest], *, method: str = "auto",
-              dry_run: bool = False) -> list[UntagResult]:
+              dry_run: bool = False, on_saved: OnSaved | None = None) -> list[UntagResult]:
         out = []
         for r in requests_:
             if r.expected_digest != self.digest(r.repository, r.tag):
                 out.append(UntagResult(r, "skipped", "superseded"))
-            else:
-                out.append(UntagResult(r, "dry_run" if dry_run else "done", method="placeholder",
-                                       saved=Manifest(r.expected_digest, "application/vnd.oci.image.manifest.v1+json",
-                                                      b"{}")))
+                continue
+            saved = Manifest(r.expected_digest, "application/vnd.oci.image.manifest.v1+json", b"{}")
+            if not dry_run and on_saved is not None:  # kept before the write, as the real client does
+                on_saved(r, saved, "placeholder")
+            out.append(UntagResult(r, "dry_run" if dry_run else "done", method="placeholder", saved=saved))
         return out
 
     def get_manifest(self, repository: str, ref: str) -> Manifest | None:

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from daemon.domain.names import in_project_path
 
 #: How long a worker's claim on a plan or an operator request lasts before another tick may take it over.
-LEASE_SECONDS = 300.0
+#: A plan's holder renews it while it works, so this bounds how long the work of a worker that died waits.
+LEASE_SECONDS = 60.0
+#: How often the holder of a plan renews its lease while it works on it.
+LEASE_RENEW_SECONDS = LEASE_SECONDS / 4
 #: The storage key of the worker's heartbeat (the time of its last sign of life).
 HEARTBEAT_KEY = "worker_heartbeat"
 

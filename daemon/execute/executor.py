@@ -14,6 +14,17 @@ its other due plans fail the same way without a request: each untag is retryable
 fixed, and the next tick asks the token again. A dry run reports the finding on its ``dry_run`` untags
 instead of failing them. The flag is cleared when an untag of the project is done (or a dry run finds
 the token good).
+
+A plan is claimed by this worker process (``lease.Holder``) for ``LEASE_SECONDS`` and its lease is renewed
+while the plan runs (``lease.LeaseKeeper``); a plan found taken over meanwhile is left to its new holder
+with nothing more written. Each manifest is stored with its untag before the registry write that
+removes the tag (the client's ``on_saved``), so the audit survives an interruption at any point. A
+plan run again after an interruption hands each pending untag's stored manifest back to the client
+(``UntagRequest.saved``), which finishes what the interrupted run started: a tag left parked on a
+placeholder, or already gone, is ``done`` with that manifest. When the guards now keep a tag whose
+untag was cut short, the tag is put back. On its first tick a worker takes back at once the plans a dead
+worker process of this machine left running (``Holder.outlived``); any other holder's plan waits for
+its lease.
 """
 
 from __future__ import annotations
@@ -28,9 +39,10 @@ from daemon.domain.model import NO_DELETE_PERMISSION, Plan, Trigger, Untag
 from daemon.domain.patterns import is_protected
 from daemon.domain.planner import Decision, PlannedUntag, bulk_guard, live_owner
 from daemon.domain.policy import LEASE_SECONDS, in_scope
+from daemon.execute.lease import Holder, LeaseKeeper, LeaseLost, this_process
 from daemon.plan.planning import LiveRefs, policy_for
-from daemon.registry.errors import NoDeletePermissionError
-from daemon.registry.types import Manifest, UntagRequest, UntagResult
+from daemon.registry.errors import NoDeletePermissionError, RestoreConflictError
+from daemon.registry.types import Manifest, OnSaved, UntagRequest, UntagResult
 from daemon.store import Store
 
 log = logging.getLogger(__name__)
@@ -39,8 +51,8 @@ log = logging.getLogger(__name__)
 class ProjectRegistryLike(Protocol):
     def head(self, repository: str, ref: str) -> str | None: ...
 
-    def untag(self, requests_: Sequence[UntagRequest], *, method: str = "auto",
-              dry_run: bool = False) -> list[UntagResult]: ...
+    def untag(self, requests_: Sequence[UntagRequest], *, method: str = "auto", dry_run: bool = False,
+              on_saved: OnSaved | None = None) -> list[UntagResult]: ...
 
     def get_manifest(self, repository: str, ref: str) -> Manifest | None: ...
 
@@ -54,29 +66,75 @@ class ProjectRegistryLike(Protocol):
 RegistryFactory = Callable[[str, ProjectSettings], ProjectRegistryLike | None]
 
 
+class ManifestNotKept(Exception):
+    """A manifest could not be stored before its write: the plan stops there, as if interrupted."""
+
+
 def next_hour(now: float) -> float:
     return (now // 3600 + 1) * 3600
 
 
 class Executor:
     def __init__(self, settings: Settings, store: Store, registries: RegistryFactory,
-                 clock: Callable[[], float], live_refs: LiveRefs | None = None) -> None:
+                 clock: Callable[[], float], live_refs: LiveRefs | None = None,
+                 holder: Holder | None = None) -> None:
         self.settings = settings
         self.store = store
         self.registries = registries
         self.clock = clock
         self.live_refs = live_refs or LiveRefs(store, None, clock)
+        self.holder = holder or this_process()
         #: Projects found this tick to hold a token that may not untag, with what was found.
         self._refused: dict[str, NoDeletePermissionError] = {}
+        self._lease: LeaseKeeper | None = None
+        self._started = False
 
     def run_due(self, limit: int = 50) -> int:
         ran = 0
         self._refused = {}
+        if not self._started:
+            self._started = True
+            ran += self._take_back()
         for plan in self.store.due_plans(self.clock(), limit):
-            if self.store.claim_plan(plan.id, self.clock(), LEASE_SECONDS):
-                self.run_plan(plan)
+            claim = self.holder.new_claim()
+            if self.store.claim_plan(plan.id, self.clock(), LEASE_SECONDS, claim):
+                self._run_held(plan, claim)
                 ran += 1
         return ran
+
+    def _take_back(self) -> int:
+        """Run at once the plans a worker process of this machine that is gone left running."""
+        taken = 0
+        for plan_id, held_by in self.store.running_plan_holders():
+            earlier = Holder.parse(held_by)
+            if earlier is None or not self.holder.outlived(earlier):
+                continue
+            claim = self.holder.new_claim()
+            plan = self.store.get_plan(plan_id)
+            if plan is None or not self.store.take_back_plan(plan_id, held_by, claim, self.clock(), LEASE_SECONDS):
+                continue
+            log.warning("plan %s was left running by worker process %s on %s, which is gone; resuming it now",
+                        plan_id, earlier.pid, earlier.host)
+            self._run_held(plan, claim)
+            taken += 1
+        return taken
+
+    def _run_held(self, plan: Plan, claim: str) -> None:
+        with LeaseKeeper(self.store, plan.id, claim, self.clock) as lease:
+            self._lease = lease
+            try:
+                self.run_plan(plan)
+            except LeaseLost as exc:
+                log.warning("%s; leaving it to that worker", exc)
+            except ManifestNotKept:
+                log.exception("plan %s stopped before a write; it resumes when its lease runs out", plan.id)
+            finally:
+                self._lease = None
+
+    def _keep_lease(self) -> None:
+        """Renew the running plan's lease when due; ``LeaseLost`` when another worker holds it now."""
+        if self._lease is not None:
+            self._lease.keep()
 
     def run_plan(self, plan: Plan) -> None:
         now = self.clock()
@@ -92,7 +150,10 @@ class Executor:
         if refused is not None and (not project.dry_run or "pull" not in refused.granted):
             self._not_attempted(plan, project, pending)
             return
-        if plan.state == "scheduled" and not self.store.is_approved(plan.id):
+        # The bulk guard judges a plan before its first untag; a plan taken over from a worker that died
+        # before getting that far (state ``running``, nothing started) is judged too.
+        if not self.store.is_approved(plan.id) and (plan.state == "scheduled"
+                                                    or not self.store.plan_progressed(plan.id)):
             reason = self._bulk_reason(plan, project, pending, registry)
             if reason:
                 log.warning("plan %s held: %s", plan.id, reason)
@@ -105,6 +166,7 @@ class Executor:
             return
         batch, rest = pending[:budget], pending[budget:]
         self._run_untags(plan, project, registry, batch)
+        self._keep_lease()
         if rest:
             self.store.set_plan_state(plan.id, "ready", self.clock(), due_at=next_hour(self.clock()),
                                       note=f"{len(rest)} untag(s) deferred by max_untags_per_hour")
@@ -186,16 +248,24 @@ class Executor:
 
     def _run_untags(self, plan: Plan, project: ProjectSettings, registry: ProjectRegistryLike | None,
                     untags: Sequence[Untag]) -> None:
+        kept = self.store.saved_before_write(plan.id) if untags else {}
+        methods = {untag_id: method for untag_id, (_, method) in kept.items() if method}
         by_repo: dict[str, list[tuple[Untag, UntagRequest]]] = defaultdict(list)
         for untag in untags:
+            self._keep_lease()
+            saved = kept[untag.id][0] if untag.id in kept else None
             reason = self._recheck(plan, project, untag)
             if reason:
-                self._finish(untag, "skipped", reason, None, None)
+                if saved is not None and registry is not None and not project.dry_run:
+                    self._put_back(untag, reason, registry, saved)
+                else:
+                    self._finish(untag, "skipped", reason, None, None)
                 continue
             if registry is None:
                 self._finish(untag, "failed", "no registry_token configured for this project", None, None)
                 continue
-            digest = untag.expected_digest
+            # resumed: the tag was guarded at the digest of the manifest the interrupted run kept
+            digest = untag.expected_digest or (saved.digest if saved is not None else "")
             if not digest:  # expected but never confirmed: resolve now
                 try:
                     digest = registry.head(untag.repository, untag.tag) or ""
@@ -205,25 +275,63 @@ class Executor:
                 if not digest:
                     self._finish(untag, "skipped", "missing", None, None)
                     continue
-            by_repo[untag.repository].append((untag, UntagRequest(untag.repository, untag.tag, digest)))
+            by_repo[untag.repository].append((untag, UntagRequest(untag.repository, untag.tag, digest, saved)))
         method = self.settings.registry.untag_method
         for repo, items in sorted(by_repo.items()):
             if plan.project_path in self._refused:  # GitLab's API refused the delete in an earlier repository
                 for untag, _ in items:
                     self._finish(untag, "failed", NO_DELETE_PERMISSION, None, None)
                 continue
+            self._keep_lease()
             self.store.mark_started([untag.id for untag, _ in items], self.clock())
             try:
                 results = registry.untag([req for _, req in items], method=method,  # type: ignore[union-attr]
-                                         dry_run=project.dry_run)
+                                         dry_run=project.dry_run, on_saved=self._saver(items, methods))
+            except (LeaseLost, ManifestNotKept):
+                raise
             except Exception as exc:
                 log.exception("untag batch in %s failed", repo)
+                self._keep_lease()
                 for untag, _ in items:
                     self._finish(untag, "failed", str(exc)[:300], None, None)
                 continue
+            self._keep_lease()
             for (untag, _), result in zip(items, results, strict=True):
-                self._finish(untag, result.outcome, result.reason, result.method, result.saved)
+                # a resumed untag finished without a write of its own was done by the method that wrote
+                written_by = result.method or (methods.get(untag.id) if result.outcome == "done" else None)
+                self._finish(untag, result.outcome, result.reason, written_by, result.saved)
             self._judge_token(plan.project_path, project, results)
+
+    def _saver(self, items: Sequence[tuple[Untag, UntagRequest]], methods: dict[int, str]) -> OnSaved:
+        """The client's ``on_saved``: each manifest is stored with its untag before the write is sent."""
+        untags = {(untag.repository, untag.tag): untag for untag, _ in items}
+
+        def on_saved(request: UntagRequest, manifest: Manifest, method: str) -> None:
+            self._keep_lease()
+            untag = untags[(request.repository, request.tag)]
+            try:
+                stored = self.store.save_untag_manifest(untag.id, manifest, method)
+            except Exception as exc:
+                raise ManifestNotKept(f"could not store the manifest of {untag.repository}:{untag.tag} before "
+                                      f"untagging it: {exc}") from exc
+            if not stored:
+                raise ManifestNotKept(f"untag {untag.id} of plan {untag.plan_id} is not pending any more")
+            methods[untag.id] = method
+
+        return on_saved
+
+    def _put_back(self, untag: Untag, reason: str, registry: ProjectRegistryLike, saved: Manifest) -> None:
+        """An interrupted untag whose tag the guards keep now: the tag goes back to the kept manifest
+        (unless it was pushed again since), and the untag is skipped for ``reason``."""
+        try:
+            registry.restore(untag.repository, untag.tag, saved)
+        except RestoreConflictError:
+            pass  # pushed again since: that image holds the tag
+        except Exception as exc:
+            self._finish(untag, "failed", f"{reason}, but putting back the tag an interrupted untag had "
+                                          f"removed failed: {exc}"[:300], None, None)
+            return
+        self._finish(untag, "skipped", reason, None, None)
 
     def _judge_token(self, project_path: str, project: ProjectSettings, results: Sequence[UntagResult]) -> None:
         """Flag the project when its token may not untag; clear the flag once an untag proves it can."""

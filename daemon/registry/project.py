@@ -30,6 +30,7 @@ from daemon.registry.transport import raise_for_status
 from daemon.registry.types import (
     MANIFEST_MEDIA_TYPES,
     Manifest,
+    OnSaved,
     TagDeleter,
     UntagRequest,
     UntagResult,
@@ -161,10 +162,16 @@ class ProjectRegistry:
         _untag.restore(self, repository, tag, manifest)
 
     def untag(
-        self, requests_: Sequence[UntagRequest], *, method: str = "auto", dry_run: bool = False
+        self,
+        requests_: Sequence[UntagRequest],
+        *,
+        method: str = "auto",
+        dry_run: bool = False,
+        on_saved: OnSaved | None = None,
     ) -> list[UntagResult]:
-        """Untag each request's tag, guarded by S3/S5/S6; one result per request, in order."""
-        return _untag.untag(self, requests_, method=method, dry_run=dry_run)
+        """Untag each request's tag, guarded by S3/S5/S6; one result per request, in order. ``on_saved``
+        is given each manifest before its write (``types.OnSaved``)."""
+        return _untag.untag(self, requests_, method=method, dry_run=dry_run, on_saved=on_saved)
 
     def untag_refusal(self, repository: str, method: str = "auto") -> NoDeletePermissionError | None:
         """Why this project's token may not untag in ``repository`` by ``method`` (it was not granted
@@ -249,9 +256,9 @@ class ProjectRegistry:
                 if token is None and site.challenge is None:
                     site.remember_serves_without_token()
                 return resp
-            site.learn_challenge(resp)
             if token is not None:
                 site.tokens.invalidate(key, token)
+            site.learn_challenge(resp)
             if refreshed or fresh:
                 break
             token, fresh = self._token(repository)
@@ -289,7 +296,8 @@ class ProjectRegistry:
             return None, False
         return self.site.tokens.get(
             (self.project_path, repository),
-            lambda: fetch_token(self.site.transport, challenge, self.project_path, repository, self._registry_token),
+            lambda: fetch_token(self.site.transport, challenge, self.project_path, repository, self._registry_token,
+                                realms=self.site.realms),
         )
 
 

@@ -1,9 +1,10 @@
-"""Values crossing the registry client's boundary: manifests, untag requests and results, and two Protocols.
+"""Values crossing the registry client's boundary: manifests, untag requests and results, and three Protocols.
 
-Frozen dataclasses, media type names, ``TagDeleter`` (the ``gitlab-api`` method's way out) and
+Frozen dataclasses, media type names, ``TagDeleter`` (the ``gitlab-api`` method's way out),
 ``ProjectView`` (what ``untag`` needs from ``ProjectRegistry``, so the untag methods depend on operations,
-not on the class); no HTTP, no I/O, no decisions. The worker turns ``UntagResult`` into audit rows;
-``Manifest`` is what it stores so that ``restore`` can put a tag back.
+not on the class) and ``OnSaved`` (how the caller keeps each manifest before its write); no HTTP, no I/O,
+no decisions. The worker turns ``UntagResult`` into audit rows; ``Manifest`` is what it stores so that
+``restore`` can put a tag back.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 #: Sent as ``Accept`` on every manifest read, so indexes come back as stored and nothing is converted.
 MANIFEST_MEDIA_TYPES = (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX)
 
-__all__ = ["MANIFEST_MEDIA_TYPES", "UNTAG_METHODS", "Manifest", "ProjectView", "TagDeleter", "UntagMethod",
-           "UntagOutcome", "UntagRequest", "UntagResult", "sha256_digest"]
+__all__ = ["MANIFEST_MEDIA_TYPES", "UNTAG_METHODS", "Manifest", "OnSaved", "ProjectView", "TagDeleter",
+           "UntagMethod", "UntagOutcome", "UntagRequest", "UntagResult", "sha256_digest"]
 
 
 def sha256_digest(body: bytes) -> str:
@@ -33,11 +34,17 @@ def sha256_digest(body: bytes) -> str:
 
 @dataclass(frozen=True)
 class UntagRequest:
-    """Remove ``tag`` from ``repository``, but only while it still points at ``expected_digest`` (S3)."""
+    """Remove ``tag`` from ``repository``, but only while it still points at ``expected_digest`` (S3).
+
+    ``saved``: the manifest an earlier, interrupted attempt kept (``OnSaved``) right before its write. The
+    tag parked on a placeholder of the janitor's, or gone, is then that attempt's work: it is finished
+    and reported ``done`` with this manifest.
+    """
 
     repository: str
     tag: str
     expected_digest: str
+    saved: Manifest | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,17 @@ class UntagResult:
     saved: Manifest | None = None
     method: str | None = None
     detail: str | None = None
+
+
+class OnSaved(Protocol):
+    """Called by ``untag`` with each manifest it is about to untag, after the S3 guard read it and before
+    the write (``method``: the method about to write), so the manifest is kept before the tag can change:
+    an untag interrupted at any point after the call still has it. Must return only once it is kept. An
+    exception stops the whole call there, as an interruption would: it propagates, and nothing more is
+    written.
+    """
+
+    def __call__(self, request: UntagRequest, manifest: Manifest, method: str) -> None: ...
 
 
 class TagDeleter(Protocol):

@@ -2,8 +2,13 @@
 
 Owns the order of requests around each write: the S3 guard immediately before it, the saved manifest,
 and what a write's answer means (404 is ``skipped: missing``, S8). The guard is a GET of the tag: one
-request that both re-checks the digest and reads the manifest to save, so the gap between the check and
-the write is a single round trip. Before the first write of a repository's batch it reads what the
+request that both re-checks the digest and reads the manifest to save. The caller's ``on_saved`` keeps
+that manifest before the write is sent (the executor stores it with the untag), so the gap between the
+check and the write is one round trip and one local store write, and an untag interrupted after the
+call, at any point, still has its manifest. A request carrying such a manifest (``UntagRequest.saved``,
+from an interrupted attempt) is resumed: its tag parked on a placeholder is finished by deleting that
+placeholder, and its tag found gone was removed by that attempt; both are ``done`` with the manifest,
+never ``skipped: missing``. Before the first write of a repository's batch it reads what the
 project's token was granted (``granted_actions``, from the token itself): when the method needs an action
 the token lacks (GitLab leaves ``delete`` out of tokens without the ``api`` scope and the Maintainer role),
 nothing is written and every untag of the batch fails ``no_delete_permission``, so no tag is ever parked
@@ -34,7 +39,15 @@ from daemon.registry.errors import (
 )
 from daemon.registry.names import checked_ref
 from daemon.registry.placeholder import Placeholder, candidate_config, is_placeholder_config, new_placeholder
-from daemon.registry.types import UNTAG_METHODS, Manifest, ProjectView, UntagRequest, UntagResult, sha256_digest
+from daemon.registry.types import (
+    UNTAG_METHODS,
+    Manifest,
+    OnSaved,
+    ProjectView,
+    UntagRequest,
+    UntagResult,
+    sha256_digest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +66,8 @@ class _Leftover:
     digest: str
 
 
-def untag(reg: ProjectView, items: Sequence[UntagRequest], *, method: str, dry_run: bool) -> list[UntagResult]:
+def untag(reg: ProjectView, items: Sequence[UntagRequest], *, method: str, dry_run: bool,
+          on_saved: OnSaved | None = None) -> list[UntagResult]:
     if method not in UNTAG_METHODS:
         raise ValueError(f"unknown untag method {method!r}; expected one of {', '.join(UNTAG_METHODS)}")
     if method == "gitlab-api" and reg.tag_deleter is None and not dry_run:
@@ -73,7 +87,7 @@ def untag(reg: ProjectView, items: Sequence[UntagRequest], *, method: str, dry_r
             continue
         batches.setdefault(item.repository, []).append((i, item))
     for batch in batches.values():
-        results.update(_untag_repository(reg, batch, method, dry_run))
+        results.update(_untag_repository(reg, batch, method, dry_run, on_saved))
     for result in results.values():
         log.info(
             "untag %s %s:%s expected %s -> %s%s%s",
@@ -89,7 +103,7 @@ def untag(reg: ProjectView, items: Sequence[UntagRequest], *, method: str, dry_r
 
 
 def _untag_repository(
-    reg: ProjectView, batch: Batch, method: str, dry_run: bool
+    reg: ProjectView, batch: Batch, method: str, dry_run: bool, on_saved: OnSaved | None
 ) -> Iterator[tuple[int, UntagResult]]:
     if dry_run:
         yield from _dry_run(reg, batch, method)
@@ -102,24 +116,24 @@ def _untag_repository(
             yield i, _failed(item, refused)
         return
     if method == "placeholder":
-        yield from _placeholder(reg, batch)
+        yield from _placeholder(reg, batch, on_saved)
     elif method == "gitlab-api":
         denied: UntagResult | None = None
         for i, item in batch:
             if denied is not None:  # GitLab refused this token the delete: the rest is not asked
                 yield i, replace(denied, request=item)
                 continue
-            deleted = _via_gitlab(reg, item)
+            deleted = _via_gitlab(reg, item, on_saved)
             if deleted.reason == NO_DELETE_PERMISSION:
                 denied = deleted
             yield i, deleted
     else:
         for n, (i, item) in enumerate(batch):
-            result = _oci(reg, item, fallback=method == "auto")
+            result = _oci(reg, item, on_saved, fallback=method == "auto")
             if result is None:  # the registry cannot delete a tag: remember, and park the rest instead
                 log.info("registry %s cannot delete tags; using the placeholder method", reg.base_url)
                 reg.remember_tag_delete_unsupported()
-                yield from _placeholder(reg, batch[n:])
+                yield from _placeholder(reg, batch[n:], on_saved)
                 return
             yield i, result
 
@@ -190,6 +204,22 @@ def _guard(reg: ProjectView, item: UntagRequest) -> UntagResult | Manifest | _Le
     return UntagResult(item, "skipped", "superseded")
 
 
+def _write_guard(reg: ProjectView, item: UntagRequest) -> UntagResult | Manifest | _Leftover:
+    """``_guard`` before a write. A tag found gone that an interrupted attempt saved (``item.saved``)
+    was removed by that attempt's write: that untag is done, with the manifest it saved."""
+    guard = _guard(reg, item)
+    if isinstance(guard, UntagResult) and (guard.outcome, guard.reason) == ("skipped", "missing") \
+            and item.saved is not None:
+        return UntagResult(item, "done", None, item.saved)
+    return guard
+
+
+def _keep(on_saved: OnSaved | None, item: UntagRequest, manifest: Manifest, method: str) -> None:
+    """Hand the manifest about to be untagged to the caller, who keeps it before the write is sent."""
+    if on_saved is not None:
+        on_saved(item, manifest, method)
+
+
 def _is_leftover(reg: ProjectView, repository: str, manifest: Manifest) -> bool:
     config_digest = candidate_config(manifest)
     if config_digest is None:
@@ -198,24 +228,36 @@ def _is_leftover(reg: ProjectView, repository: str, manifest: Manifest) -> bool:
     return config is not None and is_placeholder_config(config)
 
 
-def _finish_leftover(reg: ProjectView, item: UntagRequest, leftover: _Leftover) -> UntagResult:
+def _finish_leftover(
+    reg: ProjectView, item: UntagRequest, leftover: _Leftover, on_saved: OnSaved | None
+) -> UntagResult:
+    """Delete the placeholder an interrupted run parked the tag on. The manifest is the one that run saved
+    (``item.saved``), or else read by the digest the tag was guarded at (the image stays: only tags go)
+    and kept before the delete."""
+    saved = item.saved
     try:
-        saved = reg.get_manifest(item.repository, item.expected_digest)
+        if saved is None:
+            saved = reg.get_manifest(item.repository, item.expected_digest)
+            if saved is not None:
+                _keep(on_saved, item, saved, "placeholder")
         reg.delete_placeholder(item.repository, leftover.digest)
     except RegistryError as exc:
-        if exc.status == 404:
+        if exc.status != 404:
+            return _failed(item, exc)
+        if item.saved is None:
             return UntagResult(item, "skipped", "missing")
-        return _failed(item, exc)
+        # deleted already (by a run that recorded nothing): the tags parked on it went with it
     return UntagResult(item, "done", None, saved, "placeholder")
 
 
-def _oci(reg: ProjectView, item: UntagRequest, *, fallback: bool) -> UntagResult | None:
+def _oci(reg: ProjectView, item: UntagRequest, on_saved: OnSaved | None, *, fallback: bool) -> UntagResult | None:
     """``DELETE /v2/<repo>/manifests/<tag>``; None when ``fallback`` and the registry cannot do that."""
-    guard = _guard(reg, item)
+    guard = _write_guard(reg, item)
     if isinstance(guard, UntagResult):
         return guard
     if isinstance(guard, _Leftover):
-        return _finish_leftover(reg, item, guard)
+        return _finish_leftover(reg, item, guard, on_saved)
+    _keep(on_saved, item, guard, "oci")
     try:
         reg.delete_tag(item.repository, item.tag)
     except RegistryError as exc:
@@ -228,13 +270,14 @@ def _oci(reg: ProjectView, item: UntagRequest, *, fallback: bool) -> UntagResult
     return UntagResult(item, "done", None, guard, "oci")
 
 
-def _via_gitlab(reg: ProjectView, item: UntagRequest) -> UntagResult:
-    guard = _guard(reg, item)
+def _via_gitlab(reg: ProjectView, item: UntagRequest, on_saved: OnSaved | None) -> UntagResult:
+    guard = _write_guard(reg, item)
     if isinstance(guard, UntagResult):
         return guard
     if isinstance(guard, _Leftover):
-        return _finish_leftover(reg, item, guard)
+        return _finish_leftover(reg, item, guard, on_saved)
     assert reg.tag_deleter is not None
+    _keep(on_saved, item, guard, "gitlab-api")
     try:
         reg.tag_deleter.delete_tag(reg.project_path, item.repository, item.tag)
     except TagNotFoundError:
@@ -244,14 +287,17 @@ def _via_gitlab(reg: ProjectView, item: UntagRequest) -> UntagResult:
     return UntagResult(item, "done", None, guard, "gitlab-api")
 
 
-def _placeholder(reg: ProjectView, batch: Batch) -> Iterator[tuple[int, UntagResult]]:
+def _placeholder(reg: ProjectView, batch: Batch, on_saved: OnSaved | None) -> Iterator[tuple[int, UntagResult]]:
     size = reg.placeholder_batch
     for start in range(0, len(batch), size):
-        yield from _placeholder_chunk(reg, batch[start : start + size])
+        yield from _placeholder_chunk(reg, batch[start : start + size], on_saved)
 
 
-def _placeholder_chunk(reg: ProjectView, chunk: Batch) -> Iterator[tuple[int, UntagResult]]:
-    """Park each guarded tag on one fresh placeholder, then delete that one digest."""
+def _placeholder_chunk(
+    reg: ProjectView, chunk: Batch, on_saved: OnSaved | None
+) -> Iterator[tuple[int, UntagResult]]:
+    """Park each guarded tag on one fresh placeholder, its manifest kept first, then delete that one
+    digest."""
     repository = chunk[0][1].repository
     placeholder = new_placeholder()
     try:  # before any guard, so each guard is followed directly by its PUT
@@ -264,13 +310,14 @@ def _placeholder_chunk(reg: ProjectView, chunk: Batch) -> Iterator[tuple[int, Un
         return
     parked: list[tuple[int, UntagRequest, Manifest]] = []
     for i, item in chunk:
-        guard = _guard(reg, item)
+        guard = _write_guard(reg, item)
         if isinstance(guard, UntagResult):
             yield i, guard
             continue
         if isinstance(guard, _Leftover):
-            yield i, _finish_leftover(reg, item, guard)
+            yield i, _finish_leftover(reg, item, guard, on_saved)
             continue
+        _keep(on_saved, item, guard, "placeholder")
         try:
             reg.put_manifest(repository, item.tag, placeholder.manifest)
         except RegistryError as exc:

@@ -23,6 +23,11 @@ class StoreBase:
         """This thread's connection."""
         return self._pool.get()
 
+    def release_connection(self) -> None:
+        """Close the calling thread's connection: a short-lived thread that used the store calls this
+        before it ends (the next call from that thread would open a new one)."""
+        self._pool.release()
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """One write transaction (taking the write lock up front); nested, a savepoint: what a failing

@@ -73,6 +73,17 @@ class ConnectionPool:
                 self._all.append(db)
         return db
 
+    def release(self) -> None:
+        """Close the calling thread's connection, if it has one (a thread that ends calls this)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            return
+        self._local.db = None
+        with self._lock:
+            self._all = [other for other in self._all if other is not db]
+        with contextlib.suppress(sqlite3.Error):
+            db.close()
+
     def close(self) -> None:
         with self._lock:
             for db in self._all:

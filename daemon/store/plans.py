@@ -1,8 +1,10 @@
 """Plans: one per trigger, with its state, due time, lease and approval, created in one transaction
 with the untags the planner decided on (and joined by those of records that arrived later).
 
-Claims are single atomic UPDATEs, never read-then-write, so two workers never run one plan. It must not
-decide what a plan holds (the planner does) or carry one out (the executor does).
+Claims are single atomic UPDATEs, never read-then-write, so two workers never run one plan. A claim
+names its holder; the holder renews its lease while it works (``renew_plan_lease``), and takes back what
+an earlier holder left (``take_back_plan``), each only while the plan is still held as it was. It must not
+decide what a plan holds (the planner does), carry one out (the executor does), or judge a holder.
 """
 
 from __future__ import annotations
@@ -103,17 +105,40 @@ class PlanStore(StoreBase):
             " OR (state = 'running' AND lease_until < ?) ORDER BY due_at, id LIMIT ?", [now, now, limit])
         return [to_plan(r) for r in rows]
 
-    def claim_plan(self, plan_id: int, now: float, lease_seconds: float) -> bool:
+    def claim_plan(self, plan_id: int, now: float, lease_seconds: float, holder: str | None = None) -> bool:
+        """Take a due plan (or one whose lease ran out) for ``lease_seconds``, held by ``holder``."""
         cur = self._db.execute(
-            "UPDATE plans SET state = 'running', lease_until = ?, updated_at = ? WHERE id = ? AND"
-            " ((state IN ('scheduled', 'ready') AND due_at <= ?) OR (state = 'running' AND lease_until < ?))",
-            [now + lease_seconds, now, plan_id, now, now])
+            "UPDATE plans SET state = 'running', lease_until = ?, lease_holder = ?, updated_at = ? WHERE id = ?"
+            " AND ((state IN ('scheduled', 'ready') AND due_at <= ?) OR (state = 'running' AND lease_until < ?))",
+            [now + lease_seconds, holder, now, plan_id, now, now])
+        return cur.rowcount == 1
+
+    def renew_plan_lease(self, plan_id: int, holder: str, now: float, lease_seconds: float) -> bool:
+        """Extend the lease of a plan ``holder`` runs; False when the plan is no longer held by it (another
+        worker took it over, or it is not running any more)."""
+        cur = self._db.execute(
+            "UPDATE plans SET lease_until = MAX(COALESCE(lease_until, 0), ?) WHERE id = ? AND state = 'running'"
+            " AND lease_holder = ?", [now + lease_seconds, plan_id, holder])
+        return cur.rowcount == 1
+
+    def running_plan_holders(self) -> list[tuple[int, str]]:
+        """(plan id, holder) of every running plan whose holder is known."""
+        rows = self._db.execute("SELECT id, lease_holder FROM plans WHERE state = 'running'"
+                                " AND lease_holder IS NOT NULL ORDER BY id")
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def take_back_plan(self, plan_id: int, held_by: str, holder: str, now: float, lease_seconds: float) -> bool:
+        """Hand a running plan from ``held_by`` (a holder found gone) to ``holder``, lease or not; False
+        when it is not held by ``held_by`` any more."""
+        cur = self._db.execute(
+            "UPDATE plans SET lease_until = ?, lease_holder = ?, updated_at = ? WHERE id = ? AND state = 'running'"
+            " AND lease_holder = ?", [now + lease_seconds, holder, now, plan_id, held_by])
         return cur.rowcount == 1
 
     def set_plan_state(self, plan_id: int, state: str, now: float, *, note: str | None = None,
                        due_at: float | None = None) -> None:
         self._db.execute("UPDATE plans SET state = ?, updated_at = ?, note = COALESCE(?, note),"
-                         " due_at = COALESCE(?, due_at), lease_until = NULL WHERE id = ?",
+                         " due_at = COALESCE(?, due_at), lease_until = NULL, lease_holder = NULL WHERE id = ?",
                          [state, now, note, due_at, plan_id])
 
     def get_plan(self, plan_id: int) -> Plan | None:

@@ -82,6 +82,30 @@ class UntagStore(StoreBase):
             [outcome, reason, method, now, saved.digest if saved else None,
              saved.media_type if saved else None, saved.body if saved else None, untag_id])
 
+    def save_untag_manifest(self, untag_id: int, manifest: Manifest, method: str) -> bool:
+        """Keep the manifest a pending untag is about to remove, and the method about to write, before the
+        write is sent: an untag interrupted after this still has them. False when the untag is not
+        pending (nothing is kept)."""
+        cur = self._db.execute(
+            "UPDATE untags SET manifest_digest = ?, manifest_media_type = ?, manifest_body = ?, method = ?"
+            " WHERE id = ? AND outcome = 'pending'",
+            [manifest.digest, manifest.media_type, manifest.body, method, untag_id])
+        return cur.rowcount == 1
+
+    def saved_before_write(self, plan_id: int) -> dict[int, tuple[Manifest, str | None]]:
+        """The plan's pending untags that kept a manifest before a write an interruption cut short:
+        untag id -> (that manifest, the method that was about to write)."""
+        rows = self._db.execute("SELECT id, manifest_digest, manifest_media_type, manifest_body, method FROM untags"
+                                " WHERE plan_id = ? AND outcome = 'pending' AND manifest_body IS NOT NULL",
+                                [plan_id])
+        return {int(r[0]): (Manifest(r[1], r[2], bytes(r[3])), r[4]) for r in rows}
+
+    def plan_progressed(self, plan_id: int) -> bool:
+        """Whether any untag of the plan was started or settled: the plan got past its bulk guard once."""
+        row = self._db.execute("SELECT EXISTS (SELECT 1 FROM untags WHERE plan_id = ? AND"
+                               " (outcome != 'pending' OR started_at IS NOT NULL))", [plan_id]).fetchone()
+        return bool(row[0])
+
     def mark_started(self, untag_ids: Sequence[int], now: float) -> None:
         for untag_id in untag_ids:
             self._db.execute("UPDATE untags SET started_at = ? WHERE id = ?", [now, untag_id])

@@ -93,10 +93,11 @@ def test_s4_live_owner_asks_gitlab_about_refs_never_seen(janitor, registry, gitl
     j = live(janitor, registry, gitlab, project,
              tags_=[MR_TAG, {"pattern": "shared-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"},
                     {"pattern": "other-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"}])
-    push_image(registry, project.path, ["mr-3", "shared-3", "other-3"])
     gitlab.add_branch(project, "release")
+    jobs = {ref: gitlab.add_job(project, pipeline_id=900 + len(ref), ref=ref) for ref in ("release", "gone")}
+    push_image(registry, project.path, ["mr-3", "shared-3", "other-3"])  # after the jobs started
     for ref, tag in (("release", "shared-3"), ("gone", "other-3")):
-        job = gitlab.add_job(project, pipeline_id=900 + len(ref), ref=ref)
+        job = jobs[ref]
         r = j.client.post("/api/v1/ci/pushes", json={"image": f"{registry.host}/{project.path}:{tag}"},
                           headers={"JOB-TOKEN": job})
         assert r.status_code == 201, r.get_json()
@@ -180,6 +181,22 @@ def test_s7_bulk_guard_holds_big_plans_until_approved(janitor, registry, gitlab,
     assert tags(registry, project.path) == []
 
 
+def test_s7_bulk_guard_judges_a_plan_taken_over_before_its_first_untag(janitor, registry, gitlab, project):
+    """A worker that claimed a big plan and died before judging it leaves it ``running``; the worker that
+    takes it over after the lease judges it all the same: held, nothing untagged."""
+    from daemon.domain.policy import LEASE_SECONDS
+
+    j = live(janitor, registry, gitlab, project, tags_=SUFFIXES, max_tags_per_plan=2)
+    _mr_with_tags(j, registry, project, 8, ["mr-8-a", "mr-8-b", "mr-8-c"])
+    j.clock.advance(GRACE + 1)
+    (plan,) = j.store.list_plans()
+    assert j.store.claim_plan(plan.id, j.clock(), LEASE_SECONDS, "a worker that dies now")
+    j.tick(advance=LEASE_SECONDS + 1)
+    (plan,) = j.store.list_plans()
+    assert plan.state == "held" and "max_tags_per_plan" in plan.note
+    assert len(tags(registry, project.path)) == 3
+
+
 def test_s7_bulk_guard_fraction_of_repository(janitor, registry, gitlab, project):
     j = live(janitor, registry, gitlab, project, tags_=SUFFIXES)
     push_image(registry, project.path, [f"keep-{n}" for n in range(7)])
@@ -210,7 +227,8 @@ def test_s7_hourly_budget_defers_never_drops(janitor, registry, gitlab, project)
 
 def test_s7_dry_run_is_the_default_and_sends_no_write(janitor, registry, gitlab, project):
     j = janitor([{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token,
-                  "grace_period": "1s", "tags": [MR_TAG]}], registry={"url": registry.url})
+                  "grace_period": "1s", "tags": [MR_TAG]}],
+                registry={"url": registry.url, "token_realms": [registry.realm]})
     push_image(registry, project.path, ["mr-1"])
     merged(j, project.path, iid=1, ref="f", pipeline_id=1)
     registry.mark()

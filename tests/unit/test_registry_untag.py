@@ -40,7 +40,8 @@ from daemon.registry.types import (
 )
 
 BASE = "https://registry.test"
-REALM = "https://gitlab.test/jwt/auth"
+GITLAB = "https://gitlab.test"  # gitlab.url: GitLab's /jwt/auth is the registry's token service
+REALM = f"{GITLAB}/jwt/auth"
 CHALLENGE = f'Bearer realm="{REALM}",service="container_registry"'
 _PATH = re.compile(r"/v2/(?P<repo>.+?)/(?P<kind>manifests|blobs/uploads|blobs)/?(?P<ref>[^/]*)$")
 
@@ -211,7 +212,7 @@ def fake() -> FakeRegistry:
 
 
 def make_client(**kw: object) -> RegistryClient:
-    return RegistryClient(BASE, requests.Session(), sleep=lambda s: None, **kw)  # type: ignore[arg-type]
+    return RegistryClient(BASE, requests.Session(), gitlab_url=GITLAB, sleep=lambda s: None, **kw)  # type: ignore[arg-type]
 
 
 def project(client: RegistryClient | None = None, **kw: object):  # type: ignore[no-untyped-def]
@@ -620,3 +621,102 @@ def test_tag_and_placeholder_deletes_refuse_the_other_kind_of_reference_before_a
         reg.delete_placeholder("group/app", "mr-1")
     assert fake.log == []
     assert fake.tags[("group/app", "mr-1")] == digest
+
+
+# --- the manifest is handed over before each write, and an interrupted batch is finished from it --------
+
+
+def park(fake: FakeRegistry, repo: str, tags_: list[str]) -> str:
+    """Tags parked on a placeholder of the janitor's, as a run interrupted before deleting it leaves them."""
+    leftover = new_placeholder()
+    fake.blobs[(repo, leftover.config_digest)] = leftover.config
+    fake.manifests[(repo, leftover.manifest.digest)] = (leftover.manifest.media_type, leftover.manifest.body)
+    for tag in tags_:
+        fake.tags[(repo, tag)] = leftover.manifest.digest
+    return leftover.manifest.digest
+
+
+def saved_of(fake: FakeRegistry, repo: str, digest: str) -> Manifest:
+    media_type, body = fake.manifests[(repo, digest)]
+    return Manifest(digest, media_type, body)
+
+
+@pytest.mark.parametrize("method", ["oci", "placeholder", "gitlab-api"])
+def test_each_manifest_is_handed_to_on_saved_after_its_guard_and_before_its_write(
+    fake: FakeRegistry, method: str
+) -> None:
+    fake.tag_delete = True
+    digests = [fake.push("group/app", [f"mr-{n}"], seed=str(n)) for n in range(3)]
+    seen: list[tuple[str, str, str, int]] = []
+    deleter = FakeDeleter(fake) if method == "gitlab-api" else None
+
+    def on_saved(request: UntagRequest, manifest: Manifest, used: str) -> None:
+        assert fake.tags[(request.repository, request.tag)] == request.expected_digest  # nothing written yet
+        seen.append((request.tag, manifest.digest, used, len(fake.writes()) + len(deleter.calls if deleter else [])))
+
+    items = [UntagRequest("group/app", f"mr-{n}", d) for n, d in enumerate(digests)]
+    results = project(tag_deleter=deleter).untag(items, method=method, on_saved=on_saved)
+    assert [(r.outcome, r.method) for r in results] == [("done", method)] * 3
+    assert [(tag, digest, used) for tag, digest, used, _ in seen] == [
+        (f"mr-{n}", d, method) for n, d in enumerate(digests)]
+    assert [r.saved for r in results] == [saved_of(fake, "group/app", d) for d in digests]
+    writes_before = [n for *_, n in seen]
+    assert writes_before == sorted(writes_before) and len(set(writes_before)) == 3  # one write after each
+
+
+def test_an_exception_from_on_saved_stops_the_batch_before_that_write(fake: FakeRegistry) -> None:
+    digests = [fake.push("group/app", [f"mr-{n}"], seed=str(n)) for n in range(3)]
+
+    class Interrupted(Exception):
+        pass
+
+    def on_saved(request: UntagRequest, manifest: Manifest, used: str) -> None:
+        if request.tag == "mr-1":
+            raise Interrupted("storage is away")
+
+    items = [UntagRequest("group/app", f"mr-{n}", d) for n, d in enumerate(digests)]
+    with pytest.raises(Interrupted):
+        project().untag(items, method="placeholder", on_saved=on_saved)
+    assert fake.tags[("group/app", "mr-1")] == digests[1] and fake.tags[("group/app", "mr-2")] == digests[2]
+    assert ("PUT", "mr-1") not in fake.log and ("PUT", "mr-2") not in fake.log
+
+
+def test_a_resumed_batch_parked_on_one_placeholder_is_finished_by_one_delete_and_all_of_it_is_done(
+    fake: FakeRegistry,
+) -> None:
+    digests = [fake.push("group/app", [f"mr-{n}"], seed=str(n)) for n in range(3)]
+    fake.push("group/app", ["keep"], seed="keep")
+    saved = [saved_of(fake, "group/app", d) for d in digests]
+    leftover = park(fake, "group/app", ["mr-0", "mr-1", "mr-2"])
+    items = [UntagRequest("group/app", f"mr-{n}", d, saved[n]) for n, d in enumerate(digests)]
+    client = make_client()
+    client.site.remember_placeholder_delete_works()
+    results = project(client).untag(items, method="placeholder", on_saved=lambda *a: pytest.fail("saved already"))
+    assert [(r.outcome, r.reason, r.saved) for r in results] == [("done", None, s) for s in saved]
+    assert [ref for m, ref in fake.log if m == "DELETE"] == [leftover]  # S5: the placeholder, and only it
+    assert all(("GET", d) not in fake.log for d in digests)  # the saved manifests are not read again
+    assert set(fake.tags) == {("group/app", "keep")}
+    assert all(("group/app", d) in fake.manifests for d in digests)
+
+
+def test_a_resumed_untag_whose_tag_is_gone_is_done_without_a_write_but_a_dry_run_says_missing(
+    fake: FakeRegistry,
+) -> None:
+    digest = fake.push("group/app", [], seed="gone")
+    saved = saved_of(fake, "group/app", digest)
+    item = UntagRequest("group/app", "mr-1", digest, saved)
+    client = make_client()
+    client.site.remember_placeholder_delete_works()
+    (result,) = project(client).untag([item], method="placeholder")
+    assert (result.outcome, result.reason, result.saved) == ("done", None, saved)
+    (dry,) = project(client).untag([item], method="placeholder", dry_run=True)
+    assert (dry.outcome, dry.reason) == ("skipped", "missing")
+    assert [w for w in fake.writes() if not w[1].startswith("blobs/")] == []
+
+
+def test_a_resumed_untag_interrupted_before_its_write_is_untagged_as_usual(fake: FakeRegistry) -> None:
+    digest = fake.push("group/app", ["mr-1", "keep"])
+    item = UntagRequest("group/app", "mr-1", digest, saved_of(fake, "group/app", digest))
+    (result,) = project().untag([item], method="placeholder")
+    assert (result.outcome, result.method) == ("done", "placeholder")
+    assert set(fake.tags) == {("group/app", "keep")}
