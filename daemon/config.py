@@ -8,12 +8,13 @@ Must not open sockets, databases or files other than the config file and ``*_fil
 
 from __future__ import annotations
 
-import fnmatch
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -27,6 +28,7 @@ from pydantic import (
 )
 
 from daemon.domain.model import PatternLifetime, UntagMethod
+from daemon.domain.names import is_namespace_path, is_project_path
 from daemon.domain.patterns import parse_duration, validate_pattern
 from daemon.errors import ConfigError
 
@@ -51,6 +53,32 @@ def _blank_is_none(value: Any) -> Any:
     return None if isinstance(value, str) and not value.strip() else value
 
 
+def _realm_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a token service a registry credential is sent to; None when it can."""
+    try:
+        parts = urlsplit(url)
+        if parts.port == 0:
+            return "names port 0"
+    except ValueError:
+        return "is not a URL (its port must be a number up to 65535)"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "is not an http(s) URL such as https://gitlab.example.com"
+    if "@" in parts.netloc or any(ch.isspace() or ch == "\\" for ch in url):
+        return "must be a plain URL (no user info, backslash or white space)"
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        return "must use https (plain http only to a loopback address: 127.0.0.1, ::1, localhost)"
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class GitLabSettings(_Frozen):
     url: str = "https://gitlab.example.com"
     #: For reconcile and branch lookups in every project (``read_api`` is enough); hooks install needs
@@ -70,6 +98,18 @@ class RegistrySettings(_Frozen):
     untag_method: UntagMethod = "auto"
     requests_per_second: float = Field(10.0, ge=0)
     burst: int = Field(20, ge=1)
+    #: Token services (URLs or origins) besides ``gitlab.url``'s host that may be sent a project's
+    #: ``registry_token`` when the registry's challenge names them; https unless loopback.
+    token_realms: tuple[str, ...] = ()
+
+    @field_validator("token_realms")
+    @classmethod
+    def _token_realms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for realm in value:
+            why = _realm_problem(realm)
+            if why is not None:
+                raise ValueError(f"{realm!r} {why}")
+        return value
 
     @model_validator(mode="after")
     def _default_hostnames(self) -> RegistrySettings:
@@ -181,13 +221,30 @@ class ProjectSettings(Policy):
         value = value.strip("/")
         if not value:
             raise ValueError("a project path such as group/app is required")
+        if not (is_namespace_path(value[:-2]) if value.endswith("/*") else is_project_path(value)):
+            raise ValueError(
+                f"{value!r} is no GitLab project path (group/app, group/sub/app) nor a group wildcard (group/*):"
+                " GitLab paths are letters, digits, '_', '-' and '.', no segment starts or ends with '-' or"
+                " '.', holds '..' or ends in '.git' or '.atom'")
         return value
 
+    @property
+    def is_wildcard(self) -> bool:
+        """``group/*``: every project below the group that no more specific entry owns."""
+        return self.path.endswith("/*")
+
+    @property
+    def base(self) -> str:
+        """The entry's project path, or for ``group/*`` its group's, in lower case as GitLab compares them."""
+        return (self.path[:-2] if self.is_wildcard else self.path).lower()
+
     def matches(self, project_path: str) -> bool:
-        """Exact path, or ``group/*`` for every project below group."""
-        if self.path.endswith("/*"):
-            return fnmatch.fnmatchcase(project_path, self.path) or project_path.startswith(self.path[:-1])
-        return project_path == self.path
+        """A valid GitLab project path that is this entry's own path (in any case), or for ``group/*`` is
+        below the group. Which entry a path belongs to when several match: ``Settings.project_for``."""
+        if not isinstance(project_path, str) or not is_project_path(project_path):
+            return False
+        path = project_path.lower()
+        return path.startswith(self.base + "/") if self.is_wildcard else path == self.base
 
     def repositories(self, project_path: str) -> tuple[str, ...] | None:
         """Registry repositories this project entry covers; None means any below the project path."""
@@ -207,12 +264,27 @@ class Settings(_Frozen):
     projects: tuple[ProjectSettings, ...] = ()
 
     def project_for(self, project_path: str) -> ProjectSettings | None:
-        """The configured entry for a GitLab project path: exact entries win over ``group/*`` ones."""
-        exact = [p for p in self.projects if p.path == project_path]
-        if exact:
-            return exact[0]
-        wildcard = [p for p in self.projects if p.matches(project_path)]
-        return max(wildcard, key=lambda p: len(p.path)) if wildcard else None
+        """The configured entry a GitLab project path belongs to (secrets, tokens and scope all follow it),
+        or None. Paths compare in any case, as GitLab's do. An exact entry owns its path; else the longest
+        ``group/*`` above it. None for a path GitLab could not hold (no valid project path), for one below an
+        exact entry's path (GitLab holds no project inside a project: that path names the project's
+        registry images), and for a group a more specific entry is configured in (it is no project)."""
+        if not isinstance(project_path, str) or not is_project_path(project_path):
+            return None
+        path = project_path.lower()
+        best: ProjectSettings | None = None
+        for entry in self.projects:
+            base = entry.base
+            if not entry.is_wildcard and path == base:
+                return entry
+            if base.startswith(path + "/") or (entry.is_wildcard and base == path):
+                return None  # path is a group that holds a configured entry
+            if path.startswith(base + "/"):
+                if not entry.is_wildcard:
+                    return None
+                if best is None or len(base) > len(best.base):
+                    best = entry
+        return best
 
     def api_token_for(self, project: ProjectSettings) -> str | None:
         """The token for GitLab API calls about ``project``: ``gitlab.api_token``, else the project's
@@ -293,9 +365,105 @@ def settings_from_dict(raw: Mapping[str, Any] | None, environ: Mapping[str, str]
                 msg = "unknown key"
             errors.append(f"{_format_loc(tuple(err['loc']))}: {msg}")
         raise ConfigError(errors) from None
+    errors.extend(_path_conflicts(settings.projects))
+    errors.extend(_placeholder_problems(settings, raw or {}))
     if errors:
         raise ConfigError(errors)
     return settings
+
+
+def _path_conflicts(projects: tuple[ProjectSettings, ...]) -> list[str]:
+    """Entries GitLab could not hold together, each reported once at the later entry: the same path twice
+    (GitLab paths ignore case), or a path at or below an exact entry's project (GitLab holds no project or
+    group inside a project; such a path names that project's registry images)."""
+    problems: list[str] = []
+    for j, later in enumerate(projects):
+        for i, earlier in enumerate(projects[:j]):
+            if earlier.base == later.base and earlier.is_wildcard == later.is_wildcard:
+                problems.append(f"projects[{j}].path: {later.path!r} is projects[{i}]'s path again"
+                                " (GitLab paths ignore case): keep one entry")
+                break
+            inside = [(o, n) for o, n in ((earlier, later), (later, earlier)) if _inside_project(o, n)]
+            if inside:
+                outer, inner = inside[0]
+                inner_at, outer_at = (i, j) if inner is earlier else (j, i)
+                problems.append(f"projects[{j}].path: {inner.path!r} (projects[{inner_at}]) lies inside the"
+                                f" project {outer.path!r} (projects[{outer_at}]); GitLab holds no project or"
+                                " group inside a project: such a path names that project's registry images (list"
+                                " them in its 'images')")
+                break
+    return problems
+
+
+def _inside_project(outer: ProjectSettings, inner: ProjectSettings) -> bool:
+    return not outer.is_wildcard and (inner.base == outer.base or inner.base.startswith(outer.base + "/"))
+
+
+#: Secrets that ship in this repository (``config/janitor.yaml``'s fallbacks, the README's walkthrough):
+#: anyone who has read them knows them.
+PLACEHOLDER_PREFIXES = ("change-me", "changeme", "change_me")
+
+
+def is_placeholder_secret(value: str) -> bool:
+    return value.strip().lower().startswith(PLACEHOLDER_PREFIXES)
+
+
+def loopback_bind(bind: str) -> bool:
+    """Whether ``server.bind`` (``host:port``) listens on a loopback address only."""
+    host, sep, _ = bind.rpartition(":")
+    return bool(sep) and not bind.startswith(("unix:", "fd://")) and _is_loopback(host.strip("[]"))
+
+
+def _secrets(settings: Settings) -> list[tuple[str, SecretStr | None]]:
+    found: list[tuple[str, SecretStr | None]] = [
+        ("gitlab.api_token", settings.gitlab.api_token),
+        ("gitlab.system_hook_secret", settings.gitlab.system_hook_secret),
+        ("server.admin_token", settings.server.admin_token),
+        ("server.registry_notification_token", settings.server.registry_notification_token),
+    ]
+    for i, project in enumerate(settings.projects):
+        found += [(f"projects[{i}].webhook_secret", project.webhook_secret),
+                  (f"projects[{i}].registry_token", project.registry_token)]
+    return found
+
+
+def _raw_at(raw: Any, key_path: str) -> tuple[Any, Any]:
+    """(the mapping holding the last key, the value there) of ``a.b[0].c`` in the unresolved config."""
+    parent: Any = None
+    node: Any = raw
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", key_path):
+        parent = node
+        if part.startswith("["):
+            index = int(part[1:-1])
+            node = node[index] if isinstance(node, list) and index < len(node) else None
+        else:
+            node = node.get(part) if isinstance(node, dict) else None
+    return parent, node
+
+
+def _placeholder_problems(settings: Settings, raw: Mapping[str, Any]) -> list[str]:
+    """A secret this repository ships (``change-me...``) is refused once the server listens beyond
+    loopback: the README's walkthrough and the demo listen on 127.0.0.1 and keep working."""
+    bind = settings.server.bind
+    if loopback_bind(bind):
+        return []
+    problems: list[str] = []
+    for key, secret in _secrets(settings):
+        if secret is None or not is_placeholder_secret(secret.get_secret_value()):
+            continue
+        name = key.rsplit(".", 1)[-1]
+        parent, value = _raw_at(raw, key)
+        variables = _ENV_REF.findall(value) if isinstance(value, str) else []
+        if isinstance(parent, dict) and f"{name}_file" in parent:
+            where = f"write a secret of your own into the file {name}_file names"
+        elif variables:
+            where = f"set {' or '.join(var for var, _ in variables)} to a secret of your own"
+        else:
+            where = "give it a secret of your own (through ${VAR} or a *_file)"
+        problems.append(f"{key}: a placeholder secret (a change-me... value this repository ships) while"
+                        f" server.bind {bind} is not a loopback address: {where} (python3 -c 'import secrets;"
+                        " print(secrets.token_urlsafe(32))' makes one), or bind to 127.0.0.1")
+    return problems
 
 
 def load_settings(path: str | os.PathLike[str] | None = None,

@@ -22,8 +22,9 @@ import gitlab
 import requests
 
 from daemon.config import GitLabSettings
+from daemon.domain.events import time_or_none
 from daemon.domain.model import Job
-from daemon.errors import GitLabError
+from daemon.errors import GitLabError, JobTokenError
 from daemon.gitlab.errors import GitLabAPIError, gitlab_errors, job_token_errors
 
 
@@ -75,12 +76,15 @@ class GitLab:
 
     def __init__(self, url: str, *, api_token: str | None = None, timeout: float = 10.0,
                  session: requests.Session | None = None, job_cache_ttl: float = 60.0,
-                 ref_cache_ttl: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 job_refusal_ttl: float = 60.0, ref_cache_ttl: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.url = url.rstrip("/")
         self.api_token = api_token
         self.timeout = timeout
         self.session = session or requests.Session()
         self._jobs = TTLCache(job_cache_ttl, 4096, clock)
+        #: Tokens GitLab refused, by hash, with what it said: asked again only once ``job_refusal_ttl`` passed.
+        self._refused_jobs = TTLCache(job_refusal_ttl, 4096, clock)
         self._refs = TTLCache(ref_cache_ttl, 8192, clock)
 
     @classmethod
@@ -95,13 +99,21 @@ class GitLab:
 
     def verify_job(self, job_token: str) -> Job:
         """The job this token belongs to, as GitLab says; JobTokenError if GitLab refuses it, GitLabError
-        if GitLab cannot say."""
+        if GitLab cannot say. Answers are kept: a job for ``job_cache_ttl``, a refusal for
+        ``job_refusal_ttl`` (the same wrong token again costs GitLab nothing)."""
         key = hashlib.sha256(job_token.encode()).hexdigest()
         cached = self._jobs.get(key)
         if cached is not None:
             return cached
-        with job_token_errors(self.url):
-            data = self._client(job_token=job_token).http_get("/job")
+        refused = self._refused_jobs.get(key)
+        if refused is not None:
+            raise JobTokenError(refused)
+        try:
+            with job_token_errors(self.url):
+                data = self._client(job_token=job_token).http_get("/job")
+        except JobTokenError as exc:
+            self._refused_jobs.put(key, str(exc))
+            raise
         job = self._job(data)
         self._jobs.put(key, job)
         return job
@@ -115,7 +127,7 @@ class GitLab:
             return Job(id=int(data["id"]), project_id=int(pipeline["project_id"]), project_path=path,
                        pipeline_id=int(pipeline["id"]), ref=str(pipeline.get("ref") or data["ref"]),
                        sha=str(pipeline.get("sha") or ""), is_tag=bool(data.get("tag")),
-                       status=str(data.get("status") or ""))
+                       status=str(data.get("status") or ""), started_at=time_or_none(data.get("started_at")))
         except (KeyError, TypeError, ValueError) as exc:
             raise GitLabError(f"GitLab's job answer lacks {exc}; is gitlab.url right?") from None
 
