@@ -179,3 +179,17 @@ class Job:
     sha: str
     is_tag: bool
     status: str
+    #: When the job started, as GitLab says (epoch seconds; None when GitLab does not say): a CI record
+    #: needs evidence of a push after it (SPEC 14).
+    started_at: float | None = None
+
+
+@dataclass(frozen=True)
+class TagDetails:
+    """A registry tag as GitLab's container registry API details it: the manifest ``digest`` and
+    ``created_at`` (epoch seconds): the image's creation time as its config says (GitLab's docs: "the time
+    of the manifest creation, not the time of tag push"), or as GitLab's own registry database keeps it.
+    Either is None when GitLab does not say."""
+
+    digest: str | None
+    created_at: float | None

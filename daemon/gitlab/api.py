@@ -1,6 +1,6 @@
-"""The GitLab API calls of catching up (SPEC 11), webhook management (SPEC 9 ``hooks``) and ``check-config
---online``: merge requests, pipelines, branches, a group's projects, project webhooks, whether a token can
-read a project, and a token's scopes.
+"""The GitLab API calls of catching up (SPEC 11), webhook management (SPEC 9 ``hooks``), ``check-config
+--online`` and the CI gate's evidence (SPEC 14): merge requests, pipelines, branches, a group's projects,
+project webhooks, whether a token can read a project, a token's scopes, and a registry tag's details.
 
 Owns: :class:`GitLabAPI` and the values it returns (:class:`MergeRequestInfo`, :class:`PipelineInfo`,
 :class:`HookInfo`).
@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from daemon.domain.events import time_or_none
+from daemon.domain.model import TagDetails
 from daemon.gitlab.client import GitLab
 from daemon.gitlab.errors import GitLabAPIError, gitlab_errors
 
@@ -168,6 +170,28 @@ class GitLabAPI(GitLab):
         """One pipeline (``GET /projects/:id/pipelines/:pipeline_id``), which says whether its ref is a tag."""
         with gitlab_errors(f"read pipeline {pipeline_id} of {project_path}", subject=project_path, url=self.url):
             return _pipeline_info(self._project(project_path, token).pipelines.get(pipeline_id).attributes)
+
+    def registry_tag(self, project_path: str, token: str, repository: str, tag: str) -> TagDetails | None:
+        """GitLab's details of ``repository:tag`` (``GET /projects/:id/registry/repositories/:repository_id/
+        tags/:tag_name``, the repository's id found in ``GET /projects/:id/registry/repositories``): its digest
+        and ``created_at``. None when GitLab lists no such repository or tag in the project. GitLab wants
+        ``read_container_image``: a token with the ``api`` or ``read_api`` scope and the Reporter role."""
+        with gitlab_errors(f"list the registry repositories of {project_path}", subject=project_path,
+                           url=self.url):
+            found = next((r for r in self._project(project_path, token).repositories.list(iterator=True)
+                          if r.attributes.get("path") == repository), None)
+        if found is None:
+            return None
+        try:
+            with gitlab_errors(f"read tag {repository}:{tag}", subject=f"tag {repository}:{tag}", url=self.url):
+                attrs = found.tags.get(tag).attributes
+        except GitLabAPIError as exc:
+            if exc.status == 404:  # the project is visible (its repositories were listed): the tag is gone
+                return None
+            raise
+        digest = attrs.get("digest")
+        return TagDetails(digest=digest if isinstance(digest, str) and digest else None,
+                          created_at=time_or_none(attrs.get("created_at")))
 
     def branch_present(self, project_path: str, branch: str, token: str) -> bool:
         """Whether the branch exists now (no cache: catching up wants today's answer). A 404 for the project

@@ -285,3 +285,16 @@ class LedgerStore(StoreBase):
                                " AND seen_at >= ? ORDER BY seen_at DESC, id DESC LIMIT 1",
                                [repository, tag, since]).fetchone()
         return None if row is None else str(row[0])
+
+    def observed_since(self, repository: str, tag: str, digest: str, since: float) -> bool:
+        """Whether a push of ``repository:tag`` at ``digest`` was observed at or after ``since``."""
+        row = self._db.execute("SELECT 1 FROM observations WHERE repository = ? AND tag = ? AND seen_at >= ?"
+                               " AND digest = ? LIMIT 1", [repository, tag, since, digest]).fetchone()
+        return row is not None
+
+    def observation_before(self, repository: str, tag: str, before: float) -> tuple[str, float] | None:
+        """The newest observed push of ``repository:tag`` before ``before``: (digest, seen_at)."""
+        row = self._db.execute("SELECT digest, seen_at FROM observations WHERE repository = ? AND tag = ?"
+                               " AND seen_at < ? ORDER BY seen_at DESC, id DESC LIMIT 1",
+                               [repository, tag, before]).fetchone()
+        return None if row is None else (str(row[0]), float(row[1]))

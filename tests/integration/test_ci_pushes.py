@@ -1,17 +1,23 @@
 """POST /api/v1/ci/pushes: a CI job records what it pushed. GitLab (the stand-in) vouches for the job;
 the registry is real. A digest the job did not send is read from the registry before the job is
-answered (SPEC 14), so what the tag points at then is what the job pushed."""
+answered (SPEC 14), so what the tag points at then is what the job pushed. Every record needs evidence
+that the job pushed it (test_ci_evidence.py has each kind): here jobs start before their pushes, and
+GitLab's created_at of the image, or the registry's notification of the push, shows it."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from flask import Flask, Response
 from support.images import digest_of, push_image, tags
-from support.janitor import SECRET, mr_hook, pipeline_hook, push_hook, registry_section
-from support.servers import ServerThread
+from support.janitor import REGISTRY_NOTIFY, SECRET, mr_hook, pipeline_hook, push_hook, registry_section
+from support.servers import ServerThread, wait_for
 
 from daemon.domain.model import Pipeline
 
@@ -26,10 +32,37 @@ PATTERNS = [
 
 
 def build(janitor, registry, gitlab, project, **extra):
-    """From the ``janitor`` factory: ``project`` on the real registry, GitLab vouching for its jobs."""
+    """From the ``janitor`` factory: ``project`` on the real registry, GitLab vouching for its jobs, the
+    registry's notifications accepted (``relayed`` brings them)."""
     return janitor([{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token,
                      "dry_run": False, "grace_period": "1m", "tags": PATTERNS, **extra}],
-                   registry=registry_section(registry), gitlab={"url": gitlab.url})
+                   registry=registry_section(registry), gitlab={"url": gitlab.url},
+                   server={"registry_notification_token": registry.notification_token})
+
+
+@contextmanager
+def relayed(j, gitlab) -> Iterator[None]:
+    """The janitor served over HTTP, the registry's notifications relayed to it by the stand-in."""
+    with ServerThread(j.app, name="janitor") as server:
+        gitlab.set_relay(f"{server.url}/webhooks/registry")
+        try:
+            yield
+        finally:
+            gitlab.set_relay(None)
+
+
+def wait_notified(j, repo, tag, digest):
+    """Wait (for I/O, not for time to pass) until the registry's notification of repo:tag at digest is stored."""
+
+    def arrived():
+        for (body,) in j.store.db.execute("SELECT body FROM inbox WHERE source = 'registry'").fetchall():
+            for event in json.loads(body)["events"]:
+                target = event.get("target", {})
+                if (target.get("repository"), target.get("tag"), target.get("digest")) == (repo, tag, digest):
+                    return True
+        return False
+
+    wait_for(arrived, timeout=10, message=f"the registry's notification of {repo}:{tag}")
 
 
 def record_push(janitor, token, body):
@@ -68,8 +101,8 @@ def elsewhere(janitor, registry, gitlab, project, registry_url, **entry):
 
 def test_first_record_is_201_and_the_same_again_is_200(janitor, registry, gitlab, project):
     j = build(janitor, registry, gitlab, project)
-    digest = push_image(registry, project.path, ["feat"])
     token = gitlab.add_job(project, pipeline_id=70, ref="feat")
+    digest = push_image(registry, project.path, ["feat"])
     first = record_push(j, token, {"image": image(registry, project.path, "feat")})
     assert first.status_code == 201, first.get_json()
     assert first.get_json()["status"] == "recorded" and first.get_json()["lifetime"] == "branch"
@@ -83,8 +116,8 @@ def test_first_record_is_201_and_the_same_again_is_200(janitor, registry, gitlab
 
 def test_project_pipeline_and_ref_come_from_gitlab_not_the_body(janitor, registry, gitlab, project):
     j = build(janitor, registry, gitlab, project)
-    push_image(registry, project.path, ["feat"])
     token = gitlab.add_job(project, pipeline_id=71, ref="feat")
+    push_image(registry, project.path, ["feat"])
     body = {"image": image(registry, project.path, "feat"), "project": "other/project",
             "pipeline_id": 999, "ref": "main", "sha": "0" * 40, "mr_iid": 5}
     assert record_push(j, token, body).status_code == 201
@@ -167,8 +200,10 @@ def test_a_bad_token_answers_before_a_bad_body(janitor, registry, gitlab, projec
 def test_a_digest_the_job_did_not_send_is_read_with_one_head_before_the_answer(
         janitor, registry, gitlab, project):
     j = build(janitor, registry, gitlab, project)
-    digest = push_image(registry, project.path, ["feat", "other"])
     token = gitlab.add_job(project, pipeline_id=76, ref="feat")
+    with relayed(j, gitlab):  # the evidence: the registry's notification of the job's push
+        digest = push_image(registry, project.path, ["feat", "other"])
+        wait_notified(j, project.path, "feat", digest)
     registry.mark()
     assert record_push(j, token, {"image": image(registry, project.path, "feat")}).status_code == 201
     (record,) = all_records(j)  # no worker tick: the answer came with the digest recorded
@@ -192,8 +227,10 @@ def test_a_tag_the_registry_does_not_hold_is_409_and_nothing_is_recorded(janitor
 
 def test_a_digest_sent_by_the_job_is_recorded_as_is(janitor, registry, gitlab, project):
     j = build(janitor, registry, gitlab, project)
-    digest = push_image(registry, project.path, ["feat"])
     token = gitlab.add_job(project, pipeline_id=77, ref="feat")
+    with relayed(j, gitlab):  # the evidence: the registry's notification of the job's push
+        digest = push_image(registry, project.path, ["feat"])
+        wait_notified(j, project.path, "feat", digest)
     body = {"image": image(registry, project.path, "feat"), "digest": digest}
     registry.mark()
     assert record_push(j, token, body).status_code == 201
@@ -202,9 +239,17 @@ def test_a_digest_sent_by_the_job_is_recorded_as_is(janitor, registry, gitlab, p
     assert registry.request_log(repo=project.path) == []  # the registry is not asked
 
 
-def test_a_digest_sent_by_the_job_needs_no_registry(janitor, registry, gitlab, project):
+def test_a_digest_sent_by_the_job_needs_no_registry(janitor, registry, gitlab, project, payload):
     j = elsewhere(janitor, registry, gitlab, project, f"http://127.0.0.1:{closed_port()}")
     token = gitlab.add_job(project, pipeline_id=77, ref="feat")
+    # the evidence: the registry notified the janitor of the job's push, as it sends it
+    envelope = payload("registry_notification_push_v2")
+    envelope["events"] = envelope["events"][:1]
+    envelope["events"][0]["timestamp"] = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+    envelope["events"][0]["target"].update(repository=project.path, tag="feat", digest="sha256:" + "d" * 64)
+    notified = j.client.post("/webhooks/registry", json=envelope,
+                             headers={"Authorization": f"Bearer {REGISTRY_NOTIFY}"})
+    assert notified.status_code == 202, notified.get_json()
     body = {"image": image(registry, project.path, "feat"), "digest": "sha256:" + "d" * 64}
     assert record_push(j, token, body).status_code == 201
     (record,) = all_records(j)
@@ -248,9 +293,12 @@ def test_a_registry_answering_5xx_or_429_is_503_after_one_short_retry_at_most(
 
 def test_without_a_registry_token_the_job_is_told_to_send_the_digest(janitor, registry, gitlab, project):
     j = janitor([{"path": project.path, "webhook_secret": SECRET, "tags": PATTERNS}],
-                registry=registry_section(registry), gitlab={"url": gitlab.url})
-    digest = push_image(registry, project.path, ["feat"])
+                registry=registry_section(registry), gitlab={"url": gitlab.url},
+                server={"registry_notification_token": registry.notification_token})
     token = gitlab.add_job(project, pipeline_id=90, ref="feat")
+    with relayed(j, gitlab):  # the evidence: without a token for GitLab, the registry's notification
+        digest = push_image(registry, project.path, ["feat"])
+        wait_notified(j, project.path, "feat", digest)
     response = record_push(j, token, {"image": image(registry, project.path, "feat")})
     assert response.status_code == 409 and response.get_json()["error"] == "digest_required"
     message = response.get_json()["message"]
@@ -296,8 +344,8 @@ def test_a_push_after_the_record_is_not_the_jobs_and_stays(janitor, registry, gi
     repo = project.path
     j.hook("Merge Request Hook", mr_hook(repo, iid=1, source_branch="feat-1", action="open"))
     j.tick()
-    pushed = push_image(registry, repo, ["mr-1"])
     token = gitlab.add_job(project, pipeline_id=93, ref="refs/merge-requests/1/head", sha=SHA)
+    pushed = push_image(registry, repo, ["mr-1"])
     answer = record_push(j, token, {"image": image(registry, repo, "mr-1")})
     assert answer.status_code == 201, answer.get_json()
     (record,) = all_records(j)
@@ -322,25 +370,26 @@ def test_a_push_after_the_record_is_not_the_jobs_and_stays(janitor, registry, gi
 
 def test_job_verifications_are_cached(janitor, registry, gitlab, project):
     j = build(janitor, registry, gitlab, project)
-    push_image(registry, project.path, ["a", "b", "c", "d"])
     first = gitlab.add_job(project, pipeline_id=78, ref="feat")
+    push_image(registry, project.path, ["a", "b", "c"])
     for tag in ("a", "b", "c", "a"):
         assert record_push(j, first, {"image": image(registry, project.path, tag)}).status_code in (200, 201)
     assert gitlab.calls["GET /api/v4/job"] == 1
     second = gitlab.add_job(project, pipeline_id=78, ref="feat", name="test")
+    push_image(registry, project.path, ["d"])
     assert record_push(j, second, {"image": image(registry, project.path, "d")}).status_code == 201
     assert gitlab.calls["GET /api/v4/job"] == 2
-    for _ in range(3):  # refusals are not cached as successes
+    for _ in range(3):  # refusals are not cached as successes; they are kept as refusals (asked once)
         assert record_push(j, "glcbt-nobody", {"image": image(registry, project.path, "e")}).status_code == 401
-    assert gitlab.calls["GET /api/v4/job"] == 5
+    assert gitlab.calls["GET /api/v4/job"] == 3
 
 
 # -- lifetimes ---------------------------------------------------------------------------------------------
 
 def test_lifetime_from_the_matching_pattern_else_default_lifetime(janitor, registry, gitlab, project):
     j = build(janitor, registry, gitlab, project, default_lifetime="branch")
-    push_image(registry, project.path, ["cache-79", "preview-fade0123", "feat", "custom-build"])
     token = gitlab.add_job(project, pipeline_id=79, ref="feat", sha=SHA)
+    push_image(registry, project.path, ["cache-79", "preview-fade0123", "feat", "custom-build"])
     answers = {}
     for tag in ("cache-79", "preview-fade0123", "feat", "custom-build"):
         response = record_push(j, token, {"image": image(registry, project.path, tag)})
@@ -356,9 +405,9 @@ def test_a_ci_push_matching_no_pattern_goes_with_its_default_lifetime(janitor, r
     # default_lifetime is merge_request: the MR's end (by source branch here) removes it
     j = build(janitor, registry, gitlab, project)
     repo = project.path
-    push_image(registry, repo, ["custom-build"])
     keep = push_image(registry, repo, ["keep"])
     token = gitlab.add_job(project, pipeline_id=80, ref="feat")
+    push_image(registry, repo, ["custom-build"])
     assert record_push(j, token, {"image": image(registry, repo, "custom-build")}).status_code == 201
     j.tick()
     j.hook("Merge Request Hook", mr_hook(repo, iid=15, source_branch="feat", action="merge"))
@@ -370,8 +419,9 @@ def test_a_ci_push_matching_no_pattern_goes_with_its_default_lifetime(janitor, r
 def test_a_ci_recorded_branch_tag_goes_when_the_branch_is_deleted(janitor, registry, gitlab, project):
     j = build(janitor, registry, gitlab, project, default_lifetime="branch")
     repo = project.path
-    push_image(registry, repo, ["custom-build", "feat", "stays"])
+    push_image(registry, repo, ["stays"])
     token = gitlab.add_job(project, pipeline_id=81, ref="feat")
+    push_image(registry, repo, ["custom-build", "feat"])
     for tag in ("custom-build", "feat"):
         assert record_push(j, token, {"image": image(registry, repo, tag)}).status_code == 201
     j.tick()
@@ -384,8 +434,8 @@ def test_a_ci_recorded_branch_tag_goes_when_the_branch_is_deleted(janitor, regis
 def test_a_ci_record_and_a_pattern_of_the_same_pipeline_are_one_record(janitor, registry, gitlab, project):
     j = build(janitor, registry, gitlab, project)
     repo = project.path
-    digest = push_image(registry, repo, ["feat"])
     token = gitlab.add_job(project, pipeline_id=82, ref="feat", sha=SHA)
+    digest = push_image(registry, repo, ["feat"])
     assert record_push(j, token, {"image": image(registry, repo, "feat"), "digest": digest}).status_code == 201
     j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=82, ref="feat", sha=SHA, status="running"))
     j.tick()
@@ -400,8 +450,8 @@ def test_a_job_on_refs_merge_requests_head_is_the_mrs(janitor, registry, gitlab,
     repo = project.path
     j.hook("Merge Request Hook", mr_hook(repo, iid=16, source_branch="feat16", action="open"))
     j.tick()
-    push_image(registry, repo, ["mr-16", "custom-16"])
     token = gitlab.add_job(project, pipeline_id=83, ref="refs/merge-requests/16/head")
+    push_image(registry, repo, ["mr-16", "custom-16"])
     for tag in ("mr-16", "custom-16"):
         assert record_push(j, token, {"image": image(registry, repo, tag)}).status_code == 201
     assert {(r.tag, r.ref, r.mr_iid, r.lifetime) for r in all_records(j)} == {
@@ -416,8 +466,9 @@ def test_a_merge_request_job_recorded_before_any_hook_is_joined_by_the_pipeline_
         janitor, registry, gitlab, project):
     j = build(janitor, registry, gitlab, project)
     repo = project.path
-    push_image(registry, repo, ["mr-17", "feat17", "keep"])
+    push_image(registry, repo, ["feat17", "keep"])
     token = gitlab.add_job(project, pipeline_id=84, ref="refs/merge-requests/17/head", sha=SHA)
+    push_image(registry, repo, ["mr-17"])
     assert record_push(j, token, {"image": image(registry, repo, "mr-17")}).status_code == 201
     (record,) = all_records(j)
     assert record.mr_iid == 17 and record.lifetime == "merge_request"
@@ -444,8 +495,8 @@ def test_a_fork_merge_request_job_is_not_the_targets_same_named_branch(janitor, 
     fork_open["object_attributes"].update(source_project_id=project.id + 1000, target_project_id=project.id)
     j.hook("Merge Request Hook", fork_open)
     j.tick()
-    push_image(registry, repo, ["mr-18"])
     token = gitlab.add_job(project, pipeline_id=85, ref="refs/merge-requests/18/head")
+    push_image(registry, repo, ["mr-18"])
     assert record_push(j, token, {"image": image(registry, repo, "mr-18")}).status_code == 201
 
     j.hook("Push Hook", push_hook(repo, ref="feature", deleted=True))  # the target's own branch
@@ -471,8 +522,8 @@ def test_a_fork_merge_request_jobs_ref_slug_tag_gets_the_patterns_lifetime(janit
     fork_open["object_attributes"].update(source_project_id=project.id + 1000, target_project_id=project.id)
     j.hook("Merge Request Hook", fork_open)
     j.tick()
-    push_image(registry, repo, ["fork-topic"])
     token = gitlab.add_job(project, pipeline_id=87, ref="refs/merge-requests/21/head")
+    push_image(registry, repo, ["fork-topic"])
     answer = record_push(j, token, {"image": image(registry, repo, "fork-topic")})
     assert answer.status_code == 201 and answer.get_json()["lifetime"] == "branch"
 
@@ -485,8 +536,9 @@ def test_a_merge_request_job_known_only_by_its_pipeline_hook_may_untag_its_own_t
     j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=86, ref="feat19", mr_iid=19, sha=SHA,
                                           status="running"))
     j.tick()
-    digest = push_image(registry, repo, ["mr-19", "keep"])
+    push_image(registry, repo, ["keep"])
     token = gitlab.add_job(project, pipeline_id=86, ref="refs/merge-requests/19/head", sha=SHA)
+    digest = push_image(registry, repo, ["mr-19"])
     assert record_push(j, token, {"image": image(registry, repo, "mr-19"), "digest": digest}).status_code == 200
     answer = j.client.post("/api/v1/ci/untag", json={"image": image(registry, repo, "mr-19")},
                            headers={"JOB-TOKEN": token})

@@ -1,6 +1,10 @@
-"""POST /api/v1/ci/untag: SPEC 7's checks in order, first failure answers, then the untag runs at once."""
+"""POST /api/v1/ci/untag: SPEC 7's checks in order, first failure answers, then the untag runs at once.
+Jobs record their tags after pushing them (the job starts first: GitLab's created_at of the image shows
+the push was the job's, SPEC 14)."""
 
-from support.images import push_image, tags
+import datetime as dt
+
+from support.images import digest_of, push_image, tags
 from support.janitor import SECRET, registry_section
 
 SLUG = {"pattern": "$CI_COMMIT_REF_SLUG", "lifetime": "branch"}
@@ -24,9 +28,9 @@ def image(registry, repo, tag):
 
 def test_checks_in_order_and_the_answer_of_each(janitor, registry, gitlab, project):
     j, repo = broker(janitor, registry, gitlab, project), project.path
-    push_image(registry, repo, ["feature-a", "feature-b", "latest", "other-ref"])
     job = gitlab.add_job(project, pipeline_id=10, ref="feature-a")
     other_job = gitlab.add_job(project, pipeline_id=11, ref="other-ref")
+    push_image(registry, repo, ["feature-a", "feature-b", "latest", "other-ref"])
     assert call(j, "pushes", other_job, image(registry, repo, "other-ref")).status_code == 201
     for tag in ("feature-a", "feature-b", "latest"):
         assert call(j, "pushes", job, image(registry, repo, tag)).status_code == 201
@@ -62,11 +66,27 @@ def test_checks_in_order_and_the_answer_of_each(janitor, registry, gitlab, proje
 def test_a_branch_cleans_up_after_its_earlier_pipelines(janitor, registry, gitlab, project):
     """Every pipeline of the job's ref counts as its own: an older pipeline's record is no live owner."""
     j, repo = broker(janitor, registry, gitlab, project), project.path
-    push_image(registry, repo, ["feature-c"])
     old = gitlab.add_job(project, pipeline_id=20, ref="feature-c")
+    push_image(registry, repo, ["feature-c"])
     assert call(j, "pushes", old, image(registry, repo, "feature-c")).status_code == 201
     new = gitlab.add_job(project, pipeline_id=21, ref="feature-c")
     r = call(j, "untag", new, image(registry, repo, "feature-c"))
     assert r.status_code == 202 and r.get_json()["outcome"] == "pending"
     j.tick()
     assert tags(registry, repo) == []
+
+
+def test_a_tag_the_job_never_pushed_is_never_its_own(janitor, registry, gitlab, project):
+    """Issue 13: a job on feature/evil claims release-candidate, pushed an hour before it started by
+    someone else. Nothing shows the job pushed it, so the record is 409 and the untag 403 ``not_owned``;
+    the image stays."""
+    j, repo = broker(janitor, registry, gitlab, project), project.path
+    released = push_image(registry, repo, ["release-candidate"],
+                          created=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+    evil = gitlab.add_job(project, pipeline_id=30, ref="feature/evil")
+    claimed = call(j, "pushes", evil, image(registry, repo, "release-candidate"))
+    assert (claimed.status_code, claimed.get_json()["error"]) == (409, "no_evidence")
+    refused = call(j, "untag", evil, image(registry, repo, "release-candidate"))
+    assert (refused.status_code, refused.get_json()["error"]) == (403, "not_owned")
+    j.tick()
+    assert tags(registry, repo) == ["release-candidate"] and digest_of(registry, repo, "release-candidate") == released

@@ -16,8 +16,9 @@ def test_a_job_records_its_push_and_untags_it(janitor, registry, gitlab, project
     j = janitor([{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token, "dry_run": False,
                   "tags": [{"pattern": "$CI_COMMIT_REF_SLUG", "lifetime": "branch"}]}],
                 registry=registry_section(registry), gitlab={"url": gitlab.url})
-    push_image(registry, project.path, ["feature-a", "keep"])
+    push_image(registry, project.path, ["keep"])
     token = gitlab.add_job(project, pipeline_id=77, ref="feature-a")
+    push_image(registry, project.path, ["feature-a"])  # the job's push, after it started
     image = f"{registry.host}/{project.path}:feature-a"
     runner = CliRunner()
     with ServerThread(j.app) as server:

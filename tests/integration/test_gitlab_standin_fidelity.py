@@ -338,3 +338,63 @@ def test_the_tag_delete_answers_400_when_the_registry_is_unreachable(
         gitlab.attach_registry(registry.url)
     assert (response.status_code, response.json()) == (400, BAD_REQUEST)
     assert tags(registry, repo) == ["mr-1"]
+
+
+# --- registry tag details and job start times (what the CI gate's evidence reads) ----------------------
+
+
+def test_tag_details_created_at_is_the_image_configs_creation_time(
+    gitlab: GitLabStandin, registry: Registry, project: Project, repo: str
+) -> None:
+    """lib/container_registry/tag.rb: `created_at` is `DateTime.rfc3339(config['created'])` (doc/api/
+    container_registry.md: "the time of the manifest creation, not the time of tag push"), rendered as
+    `2019-01-06T16:49:51.272+00:00`; an index has no config, so null. `revision` is the config's digest."""
+    built = dt.datetime(2031, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    image = push_image(registry, repo, ["mr-1"], created=built)
+    images.push_index(registry, repo, ["multi"])
+    repo_id = repository_id(gitlab, project, repo)
+    details = api("GET", gitlab, tag_url(project, repo_id, "mr-1"), project.token)
+    assert details.status_code == 200, details.text
+    body = details.json()
+    assert list(body) == ["name", "path", "location", "revision", "short_revision", "digest", "created_at",
+                          "total_size"]
+    assert (body["name"], body["digest"], body["created_at"]) == ("mr-1", image, "2031-01-02T03:04:05.678+00:00")
+    manifest = images.get_manifest(registry, repo, image)
+    assert manifest is not None
+    config_digest = images.json.loads(manifest[0])["config"]["digest"]
+    assert body["revision"] == config_digest.split(":", 1)[1] and body["short_revision"] == body["revision"][:9]
+    index = api("GET", gitlab, tag_url(project, repo_id, "multi"), project.token)
+    assert index.status_code == 200 and index.json()["created_at"] is None
+    missing = api("GET", gitlab, tag_url(project, repo_id, "nothing"), project.token)
+    assert (missing.status_code, missing.json()) == (404, {"message": "404 Tag Not Found"})
+
+
+def test_tag_details_need_read_container_image_through_the_api(
+    gitlab: GitLabStandin, registry: Registry, project: Project, repo: str
+) -> None:
+    """lib/api/project_container_repositories.rb `authorize_read_container_image!` behind the API guard:
+    `api` or `read_api` (Reporter is enough), or the project's own running job's token (doc/api/
+    container_registry.md); a registry-only scope is 403 insufficient_scope, another project's token 404."""
+    push_image(registry, repo, ["mr-1"])
+    repo_id = repository_id(gitlab, project, repo)
+    url = f"{gitlab.api_url}{tag_url(project, repo_id, 'mr-1')}"
+    reporter = gitlab.add_token(project, role="reporter", scopes=("read_api",))
+    assert api("GET", gitlab, tag_url(project, repo_id, "mr-1"), reporter).status_code == 200
+    registry_only = gitlab.add_token(project, scopes=("read_registry",))
+    refused = api("GET", gitlab, tag_url(project, repo_id, "mr-1"), registry_only)
+    assert (refused.status_code, refused.json()) == (403, INSUFFICIENT_SCOPE)
+    job = gitlab.add_job(project, pipeline_id=12, ref="main")
+    assert requests.get(url, headers={"JOB-TOKEN": job}, timeout=10).status_code == 200
+    other = gitlab.add_project(f"{project.path}-other")
+    assert api("GET", gitlab, tag_url(project, repo_id, "mr-1"), other.token).status_code == 404
+
+
+def test_the_job_answer_carries_started_at(gitlab: GitLabStandin, project: Project) -> None:
+    """doc/api/jobs.md (`GET /job`): `started_at` beside `created_at`, in the API's timestamp form."""
+    started = dt.datetime(2030, 5, 6, 7, 8, 9, 123456, tzinfo=dt.UTC)
+    job = gitlab.add_job(project, pipeline_id=13, ref="main", started_at=started)
+    body = requests.get(f"{gitlab.api_url}/job", headers={"JOB-TOKEN": job}, timeout=5).json()
+    assert body["started_at"] == "2030-05-06T07:08:09.123Z"
+    now = gitlab.add_job(project, pipeline_id=14, ref="main")
+    answer = requests.get(f"{gitlab.api_url}/job", headers={"JOB-TOKEN": now}, timeout=5).json()
+    assert answer["started_at"] == answer["created_at"]

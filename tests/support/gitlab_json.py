@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 JSON = dict[str, Any]
+#: RFC 3339 date-time: date and time, optional fraction, and `Z` or an offset.
+_RFC3339 = re.compile(r"\A(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z")
 
 #: Token scope -> authentication abilities (lib/gitlab/auth.rb, `abilities_for_scopes`); scopes not listed
 #: (read_user, sudo, ...) give none.
@@ -274,6 +277,8 @@ class Job:
     name: str
     stage: str
     created_at: dt.datetime
+    #: When a runner picked the job up (`GET /job`'s `started_at`).
+    started_at: dt.datetime | None = None
 
 
 ROOT_USER: JSON = {
@@ -384,7 +389,7 @@ def job_json(base_url: str, project: Project, job: Job) -> JSON:
         "coverage": None,
         "allow_failure": False,
         "created_at": iso(job.created_at),
-        "started_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
         "finished_at": None,
         "erased_at": None,
         "duration": None,
@@ -629,3 +634,29 @@ def registry_repository_json(
 
 def registry_tag_json(repository: str, tag: str, registry_host: str) -> JSON:
     return {"name": tag, "path": f"{repository}:{tag}", "location": f"{registry_host}/{repository}:{tag}"}
+
+
+def config_created(config: Any) -> dt.datetime | None:
+    """`ContainerRegistry::Tag#created_at` (lib/container_registry/tag.rb): the image config's `created`,
+    read as RFC 3339 (`DateTime.rfc3339`); None when it has none or it does not parse."""
+    value = config.get("created") if isinstance(config, dict) else None
+    if not isinstance(value, str):
+        return None
+    match = _RFC3339.match(value)
+    if match is None:
+        return None
+    date, fraction, zone = match.groups()
+    offset = "+00:00" if zone in ("Z", "z") else zone
+    try:
+        return dt.datetime.fromisoformat(date + (fraction or "")[:7] + offset)
+    except ValueError:
+        return None
+
+
+def datetime_json(moment: dt.datetime | None) -> str | None:
+    """A DateTime as GitLab's API renders it (ActiveSupport, 3 fraction digits, the value's own offset):
+    `2019-01-06T16:49:51.272+00:00` (doc/api/container_registry.md, tag details' `created_at`)."""
+    if moment is None:
+        return None
+    text = moment.isoformat(timespec="milliseconds")
+    return text if moment.utcoffset() is not None else text + "+00:00"

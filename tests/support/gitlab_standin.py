@@ -28,6 +28,12 @@ As strict as GitLab about credentials (each rule from GitLab's source):
   403 `{"error": "insufficient_scope", "error_description": ..., "scope": "api read_api"}`.
   `/personal_access_tokens/self` takes any scope. Revoked or expired tokens get 401 `invalid_token`.
   Roles gate as GitLab does: hooks need Maintainer, the tag delete Developer.
+- Registry tag details (`GET .../registry/repositories/:repository_id/tags/:tag_name`, lib/api/
+  project_container_repositories.rb) need read_container_image (`api` or `read_api`, Reporter; a job's
+  token on its own project); `created_at` is `ContainerRegistry::Tag#created_at`, the image config's
+  `created` (null for an index), rendered as GitLab renders a DateTime (`2019-01-06T16:49:51.272+00:00`).
+- Jobs: `add_job(project, pipeline_id=..., ref=..., started_at=...)`; `GET /job` answers `started_at`
+  (now unless given).
 - The tag delete (lib/api/project_container_repositories.rb,
   app/services/projects/container_repository/third_party/delete_tags_service.rb) moves the tag to an
   empty manifest, then deletes that manifest by digest; when either registry call fails it answers
@@ -424,10 +430,13 @@ class GitLabStandin:
         sha: str | None = None,
         name: str = "build",
         stage: str = "build",
+        started_at: dt.datetime | None = None,
     ) -> str:
-        """A CI job of `project`'s pipeline; returns its CI_JOB_TOKEN."""
+        """A CI job of `project`'s pipeline, started (`GET /job`'s `started_at`) at `started_at`, now unless
+        given; returns its CI_JOB_TOKEN."""
         with self._lock:
             token = "glcbt-" + secrets.token_urlsafe(20)
+            created = self.now()
             self._jobs[token] = Job(
                 id=self._next_id(),
                 token=token,
@@ -439,7 +448,8 @@ class GitLabStandin:
                 sha=sha or gj.fake_sha(project.id, pipeline_id, ref),
                 name=name,
                 stage=stage,
-                created_at=self.now(),
+                created_at=created,
+                started_at=started_at or created,
             )
             return token
 
@@ -1399,13 +1409,16 @@ class GitLabStandin:
             config.get("size", 0)
         )
         revision = str(config.get("digest", digest)).split(":", 1)[-1]
+        # ContainerRegistry::Tag#created_at: the config blob's `created` (an index has no config: null).
+        blob = images.get_blob(registry, repository, config["digest"]) if config.get("digest") else None
+        created = gj.config_created(images.json.loads(blob)) if blob else None
         return jsonify(
             {
                 **gj.registry_tag_json(repository, tag_name, registry.host),
                 "revision": revision,
                 "short_revision": revision[:9],
                 "digest": digest,
-                "created_at": gj.iso(self._repository_created.get(repository)),
+                "created_at": gj.datetime_json(created),
                 "total_size": size,
             }
         )

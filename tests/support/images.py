@@ -7,6 +7,7 @@ headers a registry needs to answer for every manifest kind). It talks to anythin
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -26,6 +27,8 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER_V2 = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 ACCEPT_MANIFESTS = ", ".join([MANIFEST_V2, OCI_MANIFEST, OCI_INDEX, MANIFEST_LIST])
+#: The build time of a seeded image (the same seed gives the same digest).
+SEEDED_CREATED = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
 _CONFIG_FOR = {MANIFEST_V2: CONFIG_V2, OCI_MANIFEST: OCI_CONFIG}
 _LAYER_FOR = {MANIFEST_V2: LAYER_V2, OCI_MANIFEST: OCI_LAYER}
@@ -111,13 +114,23 @@ def get_manifest(reg: RegistryLike, repo: str, reference: str) -> tuple[bytes, s
     return response.content, response.headers["Content-Type"], response.headers["Docker-Content-Digest"]
 
 
+def get_blob(reg: RegistryLike, repo: str, digest: str) -> bytes | None:
+    """A blob's bytes (GET /v2/<repo>/blobs/<digest>), or None when the registry holds no such blob."""
+    response = reg.session.get(f"{reg.url}/v2/{repo}/blobs/{digest}")
+    if _check(response, 200, 404).status_code == 404:
+        return None
+    return response.content
+
+
 def delete_manifest(reg: RegistryLike, repo: str, reference: str) -> requests.Response:
     """DELETE /v2/<repo>/manifests/<reference>, unchecked: tests look at what the registry answers."""
     return reg.session.delete(f"{reg.url}/v2/{repo}/manifests/{reference}")
 
 
-def _image_parts(size: int, seed: int | None, media_type: str) -> tuple[bytes, bytes, bytes]:
-    """(layer, config, manifest) bytes of a one-layer image; the same seed gives the same image."""
+def _image_parts(size: int, seed: int | None, media_type: str,
+                 created: str) -> tuple[bytes, bytes, bytes]:
+    """(layer, config, manifest) bytes of a one-layer image; the same seed (and `created`) gives the same
+    image."""
     if media_type not in _CONFIG_FOR:
         raise ValueError(f"push_image builds {sorted(_CONFIG_FOR)}, not {media_type}")
     layer = os.urandom(size) if seed is None else random.Random(seed).randbytes(size)
@@ -125,7 +138,7 @@ def _image_parts(size: int, seed: int | None, media_type: str) -> tuple[bytes, b
         {
             "architecture": "amd64",
             "os": "linux",
-            "created": "2024-01-01T00:00:00Z",
+            "created": created,
             "config": {"Labels": {"test.image": str(uuid.uuid4()) if seed is None else f"seed-{seed}"}},
             "rootfs": {"type": "layers", "diff_ids": [sha256_digest(layer)]},
         }
@@ -155,14 +168,21 @@ def push_image(
     size: int = 1024,
     seed: int | None = None,
     media_type: str = MANIFEST_V2,
+    created: dt.datetime | None = None,
 ) -> str:
     """Push a one-layer image and point every tag at it; returns the manifest digest.
 
-    `seed=None` makes a new, unique image each call; a given seed always gives the same digest.
-    `tags` may be empty: the image is then pushed by digest only (untagged).
+    `seed=None` makes a new, unique image each call, built now (its config's `created`, which GitLab shows
+    as the tag's `created_at`); a given seed always gives the same digest (built at `SEEDED_CREATED`, as a
+    reproducible build is). `created` sets the build time. `tags` may be empty: the image is then pushed
+    by digest only (untagged).
     """
     tag_list = [tags] if isinstance(tags, str) else list(tags)
-    layer, config, manifest = _image_parts(size, seed, media_type)
+    if created is None:
+        created = dt.datetime.now(dt.UTC) if seed is None else SEEDED_CREATED
+    spec = "microseconds" if created.microsecond else "seconds"
+    stamp = created.astimezone(dt.UTC).isoformat(timespec=spec).replace("+00:00", "Z")
+    layer, config, manifest = _image_parts(size, seed, media_type, stamp)
     upload_blob(reg, repo, layer)
     upload_blob(reg, repo, config)
     digest = sha256_digest(manifest)
