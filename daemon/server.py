@@ -46,6 +46,10 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "graceful_timeout": 10,
         "accesslog": "-" if os.environ.get("JANITOR_ACCESS_LOG") else None,
         "errorlog": "-",
+        # No per-field limit of gunicorn's own (its 431 is an HTML page): the app answers a header field over
+        # daemon.web.MAX_HEADER_BYTES with a JSON 431. Gunicorn still bounds the whole header block to
+        # limit_request_fields (100) fields of 8190 bytes.
+        "limit_request_field_size": 0,
     }
 
 

@@ -26,7 +26,7 @@ from daemon.execute.repair import RaceRepair
 from daemon.gitlab.api import GitLab, GitLabAPI
 from daemon.gitlab.tags import GitLabTagDeleter
 from daemon.ingest.catchup import Reconciler
-from daemon.ingest.ci_gate import CiGate, JobVerifier
+from daemon.ingest.ci_gate import CiGate, JobVerifier, TagDetailsReader
 from daemon.ingest.inbox import Ingest, ReaderFactory
 from daemon.plan.planning import LiveRefs, Planner, RefLookup
 from daemon.registry.client import RegistryClient, new_session
@@ -57,10 +57,12 @@ def build_gitlab(settings: Settings) -> GitLabAPI:
 
 def build_registry_client(settings: Settings, session: requests.Session | None = None,
                           observer: Observer | None = None, **options: Any) -> RegistryClient:
-    """One client for the configured registry: one keep-alive session, one rate limiter."""
+    """One client for the configured registry: one keep-alive session, one rate limiter; project tokens
+    go only to a token service on ``gitlab.url``'s host or in ``registry.token_realms``."""
     reg = settings.registry
     options.setdefault("limiter", RateLimiter(reg.requests_per_second, reg.burst))
-    return RegistryClient(reg.url, session or new_session(), observer=observer, **options)
+    return RegistryClient(reg.url, session or new_session(), gitlab_url=settings.gitlab.url,
+                          token_realms=reg.token_realms, observer=observer, **options)
 
 
 def build_registries(settings: Settings, session: requests.Session | None = None,
@@ -151,11 +153,13 @@ def build_worker_from_config(settings: Settings) -> Worker:
 
 
 def build_app(settings: Settings, store: Store | None = None, *, clock: Clock = time.time,
-              verifier: JobVerifier | None = None) -> Flask:
-    """The web app; ``verifier`` checks CI job tokens (GitLab as configured unless given); the CI gate
-    reads digests from the configured registry (read-only, ``build_ci_readers``)."""
+              verifier: JobVerifier | None = None, tag_details: TagDetailsReader | None = None) -> Flask:
+    """The web app; ``verifier`` checks CI job tokens and ``tag_details`` reads a tag's ``created_at`` for
+    the CI gate's evidence (GitLab as configured unless given); the CI gate reads digests from the
+    configured registry (read-only, ``build_ci_readers``)."""
     store = store if store is not None else build_store(settings)
     planner = build_planner(settings, store, clock=clock)
-    gate = CiGate(settings, store, planner, verifier or build_gitlab(settings),
-                  build_ci_readers(settings), clock)
+    gitlab = build_gitlab(settings)
+    gate = CiGate(settings, store, planner, verifier or gitlab, build_ci_readers(settings), clock,
+                  tags=tag_details or gitlab)
     return create_app(settings, store, clock=clock, ci_gate=gate)

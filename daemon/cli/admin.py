@@ -39,7 +39,7 @@ from daemon.ops.status import (
     untag_json,
     worker_heartbeat_age,
 )
-from daemon.registry.errors import RegistryAuthError, RegistryError
+from daemon.registry.errors import RegistryAuthError, RegistryError, TokenRealmRefusedError
 from daemon.registry.project import ProjectRegistry
 from daemon.store import Store
 from daemon.wiring import build_gitlab, build_registry_client, build_store
@@ -301,6 +301,8 @@ def _registry_check(echo: Callable[[str], None], view: ProjectRegistry, project_
         if granted is not None and missing_actions(granted, method):
             return _line(echo, "registry", False, registry_fix(project_path, repository, granted))
         count = len(view.list_tags(repository))
+    except TokenRealmRefusedError as exc:  # about the registry's setup, not this repository
+        return _line(echo, "registry", False, f"{exc}; the registry at {view.base_url} names it in its challenge")
     except RegistryError as exc:
         fix = f"; {REGISTRY_FIX}" if isinstance(exc, RegistryAuthError) and exc.status == 403 else ""
         return _line(echo, "registry", False, f"{repository}: {exc}{fix}")

@@ -4,6 +4,11 @@ Pure: takes parsed JSON (and the ``X-Gitlab-Event`` header), returns values, rai
 :class:`MalformedEvent` for input it cannot use. Knows where project hooks, group hooks and system hooks
 differ (SOURCES.md in the payload folder): system push hooks carry no ``object_kind`` and no project id,
 system MR hooks fewer attributes.
+
+What it returns is safe to store (SPEC 14): ids and iids are integers (never booleans or floats) from 1 to
+``MAX_ID``, what it reads as text is a string of at most ``MAX_TEXT`` characters without control
+characters, nested objects are objects, and a payload nested deeper than ``MAX_DEPTH`` levels is refused
+whole. A value GitLab (or the registry) never sends is a :class:`MalformedEvent` naming its field.
 """
 
 from __future__ import annotations
@@ -17,7 +22,17 @@ from daemon.domain.model import Pipeline
 
 #: What ``after`` says for a deleted branch in a SHA-1 repository; a SHA-256 one sends 64 zeros.
 ZERO_SHA = "0" * 40
-_MR_REF = re.compile(r"^refs/merge-requests/(\d+)/(?:head|merge|train)$")
+_MR_REF = re.compile(r"^refs/merge-requests/([0-9]{1,19})/(?:head|merge|train)$")
+#: The largest id storage keeps (a signed 64-bit integer); GitLab's ids and iids never come near it.
+MAX_ID = 2**63 - 1
+#: The longest text (ref, path, SHA, status, repository, tag) read from a payload.
+MAX_TEXT = 4096
+#: How deep objects and lists may nest in a payload; GitLab's and the registry's reach 5.
+MAX_DEPTH = 20
+#: The longest ``object_kind`` (or ``event_name``) read as a kind; GitLab's are short identifiers.
+MAX_KIND = 64
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTAINERS = (dict, list)
 MANIFEST_MEDIA_TYPES = frozenset({
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -89,6 +104,22 @@ class RegistryPush:
 GitLabEvent = PipelineEvent | MergeRequestEvent | PushEvent | IgnoredEvent
 
 
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether objects and lists nest more than ``limit`` levels in ``value`` (a JSON value)."""
+    level = [value] if isinstance(value, _CONTAINERS) else []
+    for _ in range(limit):
+        level = [child for node in level for child in (node.values() if type(node) is dict else node)
+                 if isinstance(child, _CONTAINERS)]
+        if not level:
+            return False
+    return True
+
+
+def _check_depth(payload: Any) -> None:
+    if too_deep(payload):
+        raise MalformedEvent(f"the body nests objects and lists deeper than {MAX_DEPTH} levels")
+
+
 def _obj(payload: Any, key: str) -> dict[str, Any]:
     value = payload.get(key) if isinstance(payload, dict) else None
     if not isinstance(value, dict):
@@ -96,25 +127,56 @@ def _obj(payload: Any, key: str) -> dict[str, Any]:
     return value
 
 
-def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise MalformedEvent(f"'{what}' must be an integer")
-    try:
-        return int(value)
-    except ValueError:
-        raise MalformedEvent(f"'{what}' must be an integer") from None
-
-
-def _opt_int(value: Any) -> int | None:
-    try:
-        return None if value is None or isinstance(value, bool) else int(value)
-    except (TypeError, ValueError):
+def _opt_obj(payload: dict[str, Any], key: str, what: str | None = None) -> dict[str, Any] | None:
+    """An object that may be absent or null; anything else where it belongs is malformed."""
+    value = payload.get(key)
+    if value is None:
         return None
+    if not isinstance(value, dict):
+        raise MalformedEvent(f"'{what or key}' must be an object or null")
+    return value
+
+
+def _int(value: Any, what: str) -> int:
+    """An id or iid: an integer (not a boolean, not a float), or its decimal digits as a string, from 1 to
+    ``MAX_ID``."""
+    if type(value) is str and 0 < len(value) <= 19 and value.isascii() and value.isdigit():
+        value = int(value)
+    if type(value) is not int or not 1 <= value <= MAX_ID:
+        raise MalformedEvent(f"'{what}' must be an integer from 1 to 2**63-1")
+    return value
+
+
+def _opt_int(value: Any, what: str) -> int | None:
+    """An id or iid that may be absent or null."""
+    return None if value is None else _int(value, what)
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or len(value) > MAX_TEXT or _CONTROL.search(value):
+        raise MalformedEvent(f"'{what}' must be a string of at most {MAX_TEXT} characters without control"
+                             " characters")
+    return value
 
 
 def _str(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise MalformedEvent(f"'{what}' must be a non-empty string")
+    return _text(value, what)
+
+
+def _opt_str(value: Any, what: str) -> str | None:
+    """Text that may be absent, null or empty (all read as None)."""
+    if value is None or value == "":
+        return None
+    return _text(value, what)
+
+
+def _opt_bool(value: Any, what: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise MalformedEvent(f"'{what}' must be true, false or null")
     return value
 
 
@@ -124,9 +186,13 @@ def is_zero_sha(value: Any) -> bool:
 
 
 def merge_request_of_ref(ref: str) -> int | None:
-    """The iid in ``refs/merge-requests/<iid>/head`` (or ``/merge``, ``/train``); None for other refs."""
+    """The iid in ``refs/merge-requests/<iid>/head`` (or ``/merge``, ``/train``); None for other refs, and
+    for an iid no merge request can have (0, or beyond ``MAX_ID``)."""
     match = _MR_REF.match(ref)
-    return int(match.group(1)) if match else None
+    if match is None:
+        return None
+    iid = int(match.group(1))
+    return iid if 1 <= iid <= MAX_ID else None
 
 
 def parse_time(value: Any, default: float) -> float:
@@ -144,18 +210,18 @@ def time_or_none(value: Any) -> float | None:
         text = text[:-4].replace(" ", "T") + "+00:00"
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    except (ValueError, OverflowError):
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
 
 
 def event_kind(header: str | None, payload: Any) -> str:
     """``pipeline``, ``merge_request``, ``push``, ``tag_push`` or another kind, for any hook type."""
     if isinstance(payload, dict):
         kind = payload.get("object_kind") or payload.get("event_name") or payload.get("event_type")
-        if isinstance(kind, str) and kind:
+        if isinstance(kind, str) and kind and len(kind) <= MAX_KIND:
             return kind
     if header:
         return header.removesuffix(" Hook").lower().replace(" ", "_")
@@ -178,6 +244,7 @@ def project_path_of(payload: Any) -> str | None:
 def parse_gitlab(header: str | None, payload: Any, received_at: float) -> GitLabEvent:
     if not isinstance(payload, dict):
         raise MalformedEvent("the body must be a JSON object")
+    _check_depth(payload)
     kind = event_kind(header, payload)
     if kind == "pipeline":
         return _pipeline(payload, received_at)
@@ -191,8 +258,8 @@ def parse_gitlab(header: str | None, payload: Any, received_at: float) -> GitLab
 def _pipeline(payload: dict[str, Any], received_at: float) -> PipelineEvent:
     attrs = _obj(payload, "object_attributes")
     project = _obj(payload, "project")
-    mr = payload.get("merge_request") if isinstance(payload.get("merge_request"), dict) else None
-    mr_iid = _opt_int(mr.get("iid")) if mr else None
+    mr = _opt_obj(payload, "merge_request")
+    mr_iid = _opt_int(mr.get("iid"), "merge_request.iid") if mr else None
     ref = _str(attrs.get("ref"), "object_attributes.ref")
     if mr_iid is None:
         mr_iid = merge_request_of_ref(ref)
@@ -200,30 +267,28 @@ def _pipeline(payload: dict[str, Any], received_at: float) -> PipelineEvent:
     # GitLab's own doc example) show the target instead, and a fork's MR pipeline run in this project
     # may show ``refs/merge-requests/<iid>/head``: GitLab's variables take the MR block's source branch
     # (``Ci::Pipeline#source_ref``), and so does the janitor.
-    source_branch = mr.get("source_branch") if mr else None
-    if not isinstance(source_branch, str) or not source_branch:
-        source_branch = None
+    source_branch = _opt_str(mr.get("source_branch"), "merge_request.source_branch") if mr else None
     if source_branch is not None:
         ref = source_branch
     # A fork's MR pipeline run in this (the target) project: its source branch is a branch of the
     # fork, not of this project, and must never be mistaken for this project's branch of the same
     # name (branch_deleted, another MR from it). Here it runs on the MR's own ref.
-    source_project = _opt_int(mr.get("source_project_id")) if mr else None
-    here = _opt_int(project.get("id"))
+    source_project = _opt_int(mr.get("source_project_id"), "merge_request.source_project_id") if mr else None
+    here = _opt_int(project.get("id"), "project.id")
     if mr_iid is not None and source_project is not None and here is not None and source_project != here:
         ref = f"refs/merge-requests/{mr_iid}/head"
-    created = time_or_none(attrs.get("created_at"))
+    created = time_or_none(_opt_str(attrs.get("created_at"), "object_attributes.created_at"))
     return PipelineEvent(
         Pipeline(
             project_path=_str(project.get("path_with_namespace"), "project.path_with_namespace"),
             pipeline_id=_int(attrs.get("id"), "object_attributes.id"),
-            iid=_opt_int(attrs.get("iid")),
+            iid=_opt_int(attrs.get("iid"), "object_attributes.iid"),
             ref=ref,
-            sha=str(attrs.get("sha") or ""),
-            status=str(attrs.get("status") or "unknown"),
-            is_tag=bool(attrs.get("tag")),
+            sha=_opt_str(attrs.get("sha"), "object_attributes.sha") or "",
+            status=_opt_str(attrs.get("status"), "object_attributes.status") or "unknown",
+            is_tag=_opt_bool(attrs.get("tag"), "object_attributes.tag"),
             mr_iid=mr_iid,
-            default_branch=project.get("default_branch") or None,
+            default_branch=_opt_str(project.get("default_branch"), "project.default_branch"),
             created_at=received_at if created is None else created,
         ),
         source_branch=source_branch if mr_iid is not None else None,
@@ -231,59 +296,70 @@ def _pipeline(payload: dict[str, Any], received_at: float) -> PipelineEvent:
     )
 
 
-def _merge_request(payload: dict[str, Any]) -> MergeRequestEvent:
-    attrs = _obj(payload, "object_attributes")
-    project: dict[str, Any] = payload["project"] if isinstance(payload.get("project"), dict) else {}
+def _project_path(payload: dict[str, Any]) -> str:
     path = project_path_of(payload)
     if not path:
         raise MalformedEvent("'project.path_with_namespace' is missing")
-    state = str(attrs.get("state") or "")
-    action = str(attrs.get("action") or {"merged": "merge", "closed": "close"}.get(state, "update"))
+    return _text(path, "project.path_with_namespace")
+
+
+def _merge_request(payload: dict[str, Any]) -> MergeRequestEvent:
+    attrs = _obj(payload, "object_attributes")
+    project = _opt_obj(payload, "project") or {}
+    path = _project_path(payload)
+    state = _opt_str(attrs.get("state"), "object_attributes.state") or ""
+    action = (_opt_str(attrs.get("action"), "object_attributes.action")
+              or {"merged": "merge", "closed": "close"}.get(state, "update"))
     return MergeRequestEvent(
         project_path=path,
         iid=_int(attrs.get("iid"), "object_attributes.iid"),
         action=action,
         state=state,
         source_branch=_str(attrs.get("source_branch"), "object_attributes.source_branch"),
-        source_project_id=_opt_int(attrs.get("source_project_id")),
-        target_project_id=_opt_int(attrs.get("target_project_id")),
-        default_branch=project.get("default_branch") or None,
+        source_project_id=_opt_int(attrs.get("source_project_id"), "object_attributes.source_project_id"),
+        target_project_id=_opt_int(attrs.get("target_project_id"), "object_attributes.target_project_id"),
+        default_branch=_opt_str(project.get("default_branch"), "project.default_branch"),
     )
 
 
 def _push(payload: dict[str, Any], kind: str) -> PushEvent:
-    path = project_path_of(payload)
-    if not path:
-        raise MalformedEvent("'project.path_with_namespace' is missing")
+    path = _project_path(payload)
     full_ref = _str(payload.get("ref"), "ref")
     is_tag = full_ref.startswith("refs/tags/") or kind == "tag_push"
     ref = full_ref.removeprefix("refs/heads/").removeprefix("refs/tags/")
-    project: dict[str, Any] = payload["project"] if isinstance(payload.get("project"), dict) else {}
+    project = _opt_obj(payload, "project") or {}
     return PushEvent(
         project_path=path,
         ref=ref,
         is_tag=is_tag,
         deleted=is_zero_sha(payload.get("after")),
-        default_branch=project.get("default_branch") or None,
+        default_branch=_opt_str(project.get("default_branch"), "project.default_branch"),
     )
 
 
 def parse_registry(envelope: Any, received_at: float) -> list[RegistryPush]:
-    """Tag pushes of manifests from a v1 or v2 notification envelope; everything else is dropped."""
+    """Tag pushes of manifests from a v1 or v2 notification envelope; everything else is dropped. An event
+    or target that is no object is skipped; a field of a push event's target that is there but not a
+    string (a list where ``mediaType`` belongs) is malformed."""
     if not isinstance(envelope, dict) or not isinstance(envelope.get("events"), list):
         raise MalformedEvent("a registry notification envelope has an 'events' list")
+    _check_depth(envelope)
     pushes = []
-    for event in envelope["events"]:
+    for n, event in enumerate(envelope["events"]):
         if not isinstance(event, dict) or event.get("action") != "push":
             continue
         target = event.get("target")
         if not isinstance(target, dict):
             continue
-        tag, repo, digest = target.get("tag"), target.get("repository"), target.get("digest")
-        if target.get("mediaType") not in MANIFEST_MEDIA_TYPES or not (tag and repo and digest):
+        where = f"events[{n}]"
+        media_type = _opt_str(target.get("mediaType"), f"{where}.target.mediaType")
+        tag = _opt_str(target.get("tag"), f"{where}.target.tag")
+        repo = _opt_str(target.get("repository"), f"{where}.target.repository")
+        digest = _opt_str(target.get("digest"), f"{where}.target.digest")
+        if media_type not in MANIFEST_MEDIA_TYPES or not (tag and repo and digest):
             continue
-        request: dict[str, Any] = event["request"] if isinstance(event.get("request"), dict) else {}
-        pushes.append(RegistryPush(str(repo), str(tag), str(digest),
-                                   parse_time(event.get("timestamp"), received_at),
-                                   str(request.get("useragent") or "")))
+        request = _opt_obj(event, "request", f"{where}.request") or {}
+        useragent = _opt_str(request.get("useragent"), f"{where}.request.useragent") or ""
+        timestamp = event.get("timestamp")
+        pushes.append(RegistryPush(repo, tag, digest, parse_time(timestamp, received_at), useragent))
     return pushes

@@ -44,6 +44,8 @@ ENDED_STATES = ("merged", "closed")
 OPEN_STATES = ("opened", "reopened")
 #: How often (seconds) the expected records of finished pipelines left unresolved are looked for again.
 RESOLVE_RETRY = 60.0
+#: How much of the error an unusable event is set aside with is kept.
+UNUSABLE_REASON_CHARS = 500
 
 
 class ManifestReader(Protocol):
@@ -85,7 +87,8 @@ class Ingest:
 
     # inbox ------------------------------------------------------------------------------------------
     def drain(self, limit: int = 500) -> int:
-        """Apply pending inbox events in arrival order; returns how many were applied."""
+        """Apply pending inbox events in arrival order; returns how many were taken (applied, or set aside
+        as unusable). A failure of storage itself stops the drain with the event still pending."""
         done = 0
         while done < limit:
             batch = self.store.pending_events(min(200, limit - done))
@@ -97,6 +100,11 @@ class Ingest:
         return done
 
     def apply(self, event: InboxEvent) -> None:
+        """Apply one event in one transaction with marking it processed. Whatever applying it raises is the
+        event's (a payload the ledger cannot use, a value storage cannot hold, a bug its shape reaches): its
+        writes are undone, it is set aside as unusable with the error, and the events after it go on (SPEC
+        14). A failure of storage itself (locked, I/O, the transaction gone) is no event's: it is raised,
+        and the event stays pending for the next tick."""
         now = self.clock()
         to_resolve: list[tuple[str, int]] = []
         error: str | None = None
@@ -111,11 +119,13 @@ class Ingest:
                     else:
                         parsed = parse_gitlab(event.headers.get("X-Gitlab-Event"), payload, event.received_at)
                         to_resolve = self.on_gitlab(parsed, now, event.received_at)
-            except (MalformedEvent, ValueError, TypeError, KeyError, AttributeError) as exc:
-                # A payload the web accepted but the ledger cannot use must not block the inbox
-                # behind it: it is kept, marked with why, and the worker moves on.
-                error = f"unusable event: {exc!r}"
-                log.warning("inbox event %s: %s", event.id, error)
+            except Exception as exc:
+                if self.store.is_storage_failure(exc):
+                    raise
+                to_resolve = []
+                error = unusable_reason(exc)
+                log.error("inbox event %s (%s of %r) is unusable and set aside: %s", event.id, event.kind,
+                          event.project_path, error)
             self.store.mark_processed(event.id, now, error)
         for project_path, pipeline_id in to_resolve:
             self.resolve_pipeline(project_path, pipeline_id)
@@ -334,6 +344,12 @@ class Ingest:
             pipeline = self.store.get_pipeline(project_path, pipeline_id)
             if pipeline is not None and (unresolvable or any(digest for _, digest in found)):
                 self.raise_ended(pipeline, now)
+
+
+def unusable_reason(exc: BaseException) -> str:
+    """What is kept (and shown) of why an event was set aside: the error's type and message, bounded."""
+    text = f"malformed: {exc}" if isinstance(exc, MalformedEvent) else f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= UNUSABLE_REASON_CHARS else text[:UNUSABLE_REASON_CHARS - 1] + "…"
 
 
 def _head_each(reader: ManifestReader, records: list[PushRecord]) -> tuple[list[tuple[int, str | None]], bool]:

@@ -1,14 +1,15 @@
 """What operators see, computed once for the admin API, the dashboard and the admin CLI.
 
 Owns: the status snapshot (per-project and total counters, queue, plans, webhook health, worker
-heartbeat, what is wrong with a project's setup, stuck pipelines), the JSON shape of plans, untags and
-operator requests, time formatting, and reading a ``since`` filter. Reads storage and settings only: no
-requests, no registry, no GitLab.
+heartbeat, what is wrong with a project's setup, stuck pipelines, events set aside as unusable), the JSON
+shape of plans, untags and operator requests, time formatting, and reading a ``since`` filter. Reads
+storage and settings only: no requests, no registry, no GitLab.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 from daemon.config import Settings
@@ -19,6 +20,7 @@ from daemon.store import OperatorRequest, ProjectProblem, Store, UntagView
 
 QUIET_AFTER = 24 * 3600.0
 STUCK_LISTED = 50
+UNUSABLE_LISTED = 20
 COUNTERS = ("created", "untagged", "scheduled", "held", "failed", "dry_run", "restored")
 HOOK_KINDS = ("pipeline", "merge_request", "push", "tag_push")
 
@@ -34,19 +36,19 @@ def parse_since(text: str, now: float) -> float:
     """A ``since`` filter: a duration back from now (``2h``, ``7d``), an ISO date or date-time (UTC
     unless it names a zone), or Unix seconds. ValueError with what to write otherwise."""
     text = text.strip()
-    try:
-        return now - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{text!r} is not a duration (2h, 7d), an ISO date (2026-11-01) or "
-                         "date-time (2026-11-01T12:00:00Z)") from None
+    for read in (lambda: now - parse_duration(text), lambda: float(text), lambda: _iso_time(text)):
+        try:
+            moment = read()
+        except (ValueError, OverflowError):
+            continue
+        if math.isfinite(moment):
+            return moment
+    raise ValueError(f"{text[:80]!r} is not a duration (2h, 7d), an ISO date (2026-11-01) or "
+                     "date-time (2026-11-01T12:00:00Z)")
+
+
+def _iso_time(text: str) -> float:
+    when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return when.timestamp()
@@ -132,6 +134,15 @@ def ignored_deliveries(store: Store) -> dict[str, dict[str, Any]]:
     return out
 
 
+def unusable_events(store: Store, limit: int = UNUSABLE_LISTED) -> dict[str, Any]:
+    """Events the worker set aside because applying them failed (SPEC 14: no event blocks the queue): how
+    many ever were, and the newest with the error each raised."""
+    return {"count": store.unusable_event_count(),
+            "events": [{"id": e.id, "source": e.source, "kind": e.kind, "project": e.project_path,
+                        "received_at": iso(e.received_at), "set_aside_at": iso(e.set_aside_at), "error": e.error}
+                       for e in store.unusable_events(limit)]}
+
+
 def worker_heartbeat_age(settings: Settings, store: Store, now: float) -> tuple[float | None, bool]:
     """(seconds since the worker's last heartbeat or None, fresh?) as /readyz judges it."""
     age = store.value_age(HEARTBEAT_KEY, now)
@@ -191,4 +202,5 @@ def status_snapshot(settings: Settings, store: Store, now: float) -> dict[str, A
         "dry_run_projects": sorted(n for n, p in projects.items() if p["dry_run_mode"]),
         "misconfigured_projects": sorted(n for n, p in projects.items() if p["misconfigured"]),
         "stuck_pipelines": stuck_pipelines(settings, store, now),
+        "unusable_events": unusable_events(store),
     }

@@ -3,7 +3,8 @@ whether (and with what error) the worker has applied it. A delivery may also car
 so that a resend GitLab sent with new delivery headers is found by its body within a given time.
 
 It must not read what an event says: parsing and applying events is the ingest stage's, and nobody may
-answer 2xx for a delivery this module has not committed.
+answer 2xx for a delivery this module has not committed. Events the worker could not apply keep their
+error and are never deleted: they are what ``unusable_events`` lists and counts.
 
 Deliveries arriving together in one web process are committed together (group commit): the first
 request thread to take the write turn inserts every delivery queued so far in one transaction, and each
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +42,20 @@ class InboxEvent:
     headers: Mapping[str, str]
     body: bytes
     received_at: float
+
+
+@dataclass(frozen=True)
+class UnusableEvent:
+    """An event the worker could not apply and set aside (``error``: what applying it raised) so that the
+    events after it were applied."""
+
+    id: int
+    source: str
+    kind: str
+    project_path: str | None
+    received_at: float
+    set_aside_at: float
+    error: str
 
 
 class _Delivery:
@@ -132,8 +148,41 @@ class InboxStore(StoreBase):
         return [InboxEvent(r[0], r[1], r[2], r[3], json.loads(r[4] or "{}"), bytes(r[5]), r[6])
                 for r in rows]
 
+    def pending_registry_bodies(self, limit: int = 200) -> list[tuple[bytes, float]]:
+        """The raw bodies (and arrival times) of the newest registry notifications not yet applied, newest
+        first: pushes the ledger has not observed yet."""
+        rows = self._db.execute(
+            "SELECT body, received_at FROM inbox WHERE processed_at IS NULL AND source = 'registry'"
+            " ORDER BY id DESC LIMIT ?", [limit]).fetchall()
+        return [(bytes(r[0]), float(r[1])) for r in rows]
+
     def mark_processed(self, event_id: int, now: float, error: str | None = None) -> None:
+        """The worker is done with an event: applied, or (``error``) set aside as unusable."""
         self._db.execute("UPDATE inbox SET processed_at = ?, error = ? WHERE id = ?", [now, error, event_id])
+
+    def is_storage_failure(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised while an event was applied, is a failure of storage itself (locked, I/O,
+        disk full, a damaged file, the transaction or connection gone), which no event is to blame for,
+        rather than a refusal of what the event asked it to keep (a value it cannot hold, a constraint)."""
+        if isinstance(exc, sqlite3.Error) and not isinstance(
+                exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.InterfaceError | sqlite3.ProgrammingError):
+            return True
+        try:
+            return not self._db.conn.in_transaction
+        except sqlite3.Error:
+            return True
+
+    def unusable_events(self, limit: int = 20) -> list[UnusableEvent]:
+        """The newest events the worker set aside as unusable, newest first."""
+        rows = self._db.execute(
+            "SELECT id, source, kind, project_path, received_at, processed_at, error FROM inbox"
+            " WHERE error IS NOT NULL ORDER BY id DESC LIMIT ?", [limit]).fetchall()
+        return [UnusableEvent(int(r[0]), str(r[1]), str(r[2]), None if r[3] is None else str(r[3]), float(r[4]),
+                              float(r[5] or 0.0), str(r[6])) for r in rows]
+
+    def unusable_event_count(self) -> int:
+        """How many events were ever set aside as unusable (they are kept, so this only rises)."""
+        return int(self._db.execute("SELECT COUNT(*) FROM inbox WHERE error IS NOT NULL").fetchone()[0])
 
     def queue_depth(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM inbox WHERE processed_at IS NULL").fetchone()[0])

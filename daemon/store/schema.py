@@ -215,10 +215,23 @@ def _v11_triggers_from_state(db: sqlite_utils.Database) -> None:
     db.table("pipelines").add_column("source_branch", str)
 
 
+def _v12_plan_holders(db: sqlite_utils.Database) -> None:
+    # Which worker holds a running plan (its process on its machine, and the claim): the holder renews
+    # the lease while it works, and a worker restarted on the same machine takes back at once what its
+    # dead predecessor held. Plans claimed before this migration have none and wait for their lease.
+    db.table("plans").add_column("lease_holder", str)
+
+
+def _v13_unusable_events(db: sqlite_utils.Database) -> None:
+    # Events the worker set aside as unusable (their error kept) are listed and counted by status, the
+    # dashboard and the metrics on every read: the few of them, without reading every stored body.
+    db.execute("CREATE INDEX idx_inbox_unusable ON inbox(id) WHERE error IS NOT NULL")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2_ci_records, _v3_race_repair, _v4_operations, _v5_untags_by_record, _v6_ttl_expiry,
     _v7_open_merge_requests, _v8_project_problems, _v9_delivery_keys, _v10_mr_notes,
-    _v11_triggers_from_state,
+    _v11_triggers_from_state, _v12_plan_holders, _v13_unusable_events,
 ]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
+from daemon.domain.events import MAX_ID
 from daemon.domain.model import OUTCOMES, PLAN_STATES
 from daemon.ops import actions
 from daemon.ops.actions import ActionRefused
@@ -48,8 +49,9 @@ def _page_args(args: Mapping[str, str]) -> tuple[int, int, int | None]:
     except ValueError:
         raise BadQuery("limit, offset and cursor are whole numbers (cursor: the next_cursor of a "
                        "previous page)") from None
-    if not 1 <= limit <= MAX_LIMIT or offset < 0 or (before is not None and before < 1):
-        raise BadQuery(f"limit is 1..{MAX_LIMIT}, offset 0 or more, cursor a next_cursor")
+    if (not 1 <= limit <= MAX_LIMIT or not 0 <= offset <= MAX_ID
+            or (before is not None and not 1 <= before <= MAX_ID)):
+        raise BadQuery(f"limit is 1..{MAX_LIMIT}, offset 0..{MAX_ID}, cursor a next_cursor")
     return limit, offset, before
 
 

@@ -1,7 +1,7 @@
 """``GET /metrics``: Prometheus text exposition (format 0.0.4), derived from storage on every scrape.
 
-Every number comes from the database, so any gunicorn worker answers the same: events (stored, and
-ignored by reason), recorded pushes, untags by outcome, plans by state, queue depth, projects whose
+Every number comes from the database, so any gunicorn worker answers the same: events (stored, ignored
+by reason, and set aside as unusable), recorded pushes, untags by outcome, plans by state, queue depth, projects whose
 setup the worker found wrong (``janitor_project_misconfigured``), and the registry requests the worker
 counted and flushed (``daemon.registry.stats``). The admin token is required when
 ``server.metrics_require_token``.
@@ -64,6 +64,10 @@ def render(s: Store, heartbeat_age: float | None) -> str:
                "Authentic GitLab deliveries answered 200 and not stored (reason unconfigured_project: it names a"
                " project no entry configures; unused_kind: a kind the janitor does not use).",
                (("", [("reason", reason)], n) for reason, n in sorted(ignored.items())))
+    out.family("janitor_events_unusable_total", "counter",
+               "Stored events the worker could not apply and set aside (the events after them went on); the"
+               " dashboard and /api/v1/status show each one's error.",
+               [("", [], s.unusable_event_count())])
     out.family("janitor_pushes_recorded_total", "counter",
                "Pushes the ledger confirmed, by how it learnt of them (pattern, ci, registry).",
                (("", [("project", p), ("source", src)], n) for p, src, n in s.recorded_push_counts()))

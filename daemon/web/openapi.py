@@ -13,6 +13,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from daemon.domain import model
+from daemon.domain.events import MAX_ID
 
 bp = Blueprint("openapi", __name__)
 
@@ -34,7 +35,7 @@ def _error(description: str) -> dict[str, Any]:
 
 def _id(name: str, what: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "description": what,
-            "schema": {"type": "integer", "minimum": 1}}
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}
 
 
 def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -49,12 +50,13 @@ ADMIN_ERRORS = {
 }
 PAGING = [
     _query("limit", "items per page (default 50)", {"type": "integer", "minimum": 1, "maximum": 500}),
-    _query("offset", "items to skip", {"type": "integer", "minimum": 0}),
+    _query("offset", "items to skip", {"type": "integer", "minimum": 0, "maximum": MAX_ID}),
     _query("cursor", "the next_cursor of the previous page (newest first)", {"type": "string"}),
 ]
 PLAN_STATES = list(model.PLAN_STATES)
 OUTCOMES = list(model.OUTCOMES)
 STR_OR_NULL = {"type": ["string", "null"]}
+ID_OUT_OF_RANGE = f"an id beyond {MAX_ID}, which no stored row has"
 TIME = {"type": ["string", "null"], "format": "date-time"}
 
 SCHEMAS: dict[str, Any] = {
@@ -136,7 +138,20 @@ SCHEMAS: dict[str, Any] = {
                                                     "fresh": {"type": "boolean"}}},
         "dry_run_projects": {"type": "array", "items": {"type": "string"}},
         "misconfigured_projects": {"type": "array", "items": {"type": "string"}},
-        "stuck_pipelines": _ref("StuckPipelines")}},
+        "stuck_pipelines": _ref("StuckPipelines"),
+        "unusable_events": _ref("UnusableEvents")}},
+    "UnusableEvents": {
+        "type": "object", "required": ["count", "events"],
+        "description": "stored events the worker could not apply and set aside, so that the events after them"
+                       " went on (their writes undone); the count only rises",
+        "properties": {
+            "count": {"type": "integer", "minimum": 0},
+            "events": {"type": "array", "description": "the newest first (at most 20)", "items": {
+                "type": "object", "required": ["id", "source", "kind", "received_at", "error"],
+                "properties": {"id": {"type": "integer"}, "source": {"type": "string", "enum": ["gitlab", "registry"]},
+                               "kind": {"type": "string"}, "project": STR_OR_NULL, "received_at": TIME,
+                               "set_aside_at": TIME,
+                               "error": {"type": "string", "description": "what applying it raised"}}}}}},
     "StuckPipelines": {
         "type": "object", "required": ["after_seconds", "count", "pipelines"],
         "description": "pipelines unfinished for longer than worker.stuck_pipeline_after since the janitor last"
@@ -162,7 +177,9 @@ SCHEMAS: dict[str, Any] = {
         "digest": {"type": "string", "description": "optional, pushes only: sha256:<hex>"}}},
     "CiPush": {"type": "object", "properties": {
         "status": {"type": "string", "enum": ["recorded", "already_recorded"]},
-        "push_record_id": {"type": "integer"}, "lifetime": {"type": "string"}}},
+        "push_record_id": {"type": "integer"}, "lifetime": {"type": "string"},
+        "evidence": {"type": "string", "enum": ["registry_notification", "digest_changed", "gitlab_created_at"],
+                     "description": "what showed that this job pushed the tag"}}},
     "CiUntag": {"type": "object", "properties": {
         "status": {"type": "string", "enum": ["accepted"]}, "untag_id": {"type": "integer"},
         "plan_id": {"type": "integer"}, "outcome": {"type": "string"}, "reason": STR_OR_NULL}},
@@ -174,15 +191,17 @@ def _admin_get(summary: str, schema: str, *, params: list[dict[str, Any]] | None
     responses: dict[str, Any] = {"200": _json(_ref(schema), summary), **ADMIN_ERRORS}
     if not_found:
         responses["404"] = _error("no such id")
+        responses["400"] = _error(ID_OUT_OF_RANGE)
     if bad_query:
-        responses["400"] = _error("a query parameter is malformed")
+        responses["400"] = _error("a query parameter is malformed (limit, offset or cursor out of range)")
     return {"get": {"summary": summary, "security": ADMIN, "parameters": params or [],
                     "responses": responses}}
 
 
 def _admin_action(summary: str, param: dict[str, Any], ok: str, schema: str, conflict: str) -> dict[str, Any]:
     return {"post": {"summary": summary, "security": ADMIN, "parameters": [param],
-                     "responses": {ok: _json(_ref(schema), summary), "404": _error("no such id"),
+                     "responses": {ok: _json(_ref(schema), summary), "400": _error(ID_OUT_OF_RANGE),
+                                   "404": _error("no such id"),
                                    "409": _error(conflict), **ADMIN_ERRORS}}}
 
 
@@ -200,6 +219,9 @@ def _paths() -> dict[str, Any]:
     ci_auth: list[dict[str, list[str]]] = [{"jobToken": []}]
     ci_errors = {"400": _error("malformed body"), "401": _error("job token missing or refused by GitLab"),
                  "403": _error("repository outside the job's project"),
+                 "429": {**_error("GitLab refused too many job tokens from this address lately"
+                                  " (too_many_refused_tokens); retry after Retry-After"),
+                         "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
                  "503": _error("GitLab unreachable; retry")}
     return {
         "/webhooks/gitlab": {"post": {
@@ -214,7 +236,10 @@ def _paths() -> dict[str, Any]:
                                                          " ignores (a project no entry configures, a kind it"
                                                          " does not use): GitLab disables a hook that answers"
                                                          " 4xx"),
-                          "400": _error("malformed event"),
+                          "400": _error("not JSON GitLab sends (NaN, Infinity, numbers beyond a float, nesting"
+                                        " too deep), or an event with values GitLab never sends (wrong types,"
+                                        " ids beyond 63 bits, nesting deeper than 20 levels): the message"
+                                        " names the field"),
                           "401": _error("the token matches no configured secret, or is another configured"
                                         " project's"),
                           "413": _error("body over server.max_body_bytes"), "415": _error("not JSON")}}},
@@ -224,7 +249,9 @@ def _paths() -> dict[str, Any]:
                                                           "application/vnd.docker.distribution.events.v1+json":
                                                               {"schema": {"type": "object"}}}},
             "responses": {"202": _json(_ref("Stored"), "stored (or nothing to store)"),
-                          "400": _error("malformed envelope"),
+                          "400": _error("malformed envelope, or a push event's target with a field that is"
+                                        " not a string (the message names it)"),
+                          "413": _error("body over server.max_body_bytes"),
                           "401": _error("not Bearer <server.registry_notification_token>"),
                           "415": _error("not JSON")}}},
         "/api/v1/ci/pushes": {"post": {
@@ -233,8 +260,11 @@ def _paths() -> dict[str, Any]:
             "responses": {"201": _json(_ref("CiPush"), "recorded"),
                           "200": _json(_ref("CiPush"), "already recorded"), **ci_errors,
                           "409": _error("nothing shows this job pushed the tag: the registry holds no such tag"
-                                        " (tag_not_found), or the janitor cannot read its digest: send"
-                                        " \"digest\" (digest_required)"),
+                                        " (tag_not_found), the janitor cannot read its digest: send"
+                                        " \"digest\" (digest_required), or no evidence shows the push was"
+                                        " this job's (no_evidence: no registry notification of it since the"
+                                        " job started, GitLab's created_at is older, and the tag had that"
+                                        " digest before)"),
                           "503": {**_error("GitLab or the registry could not be asked; nothing was recorded,"
                                            " record again after Retry-After"),
                                   "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}}},
@@ -245,7 +275,8 @@ def _paths() -> dict[str, Any]:
             "responses": {"202": _json(_ref("CiUntag"), "accepted, with the untag id"), **ci_errors,
                           "403": _error("not owned by this project and ref, or another project"),
                           "409": _error("protected tag"),
-                          "429": {**_error("ci_untag_per_pipeline used up"),
+                          "429": {**_error("ci_untag_per_pipeline used up, or GitLab refused too many job"
+                                           " tokens from this address lately (too_many_refused_tokens)"),
                                   "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}}},
         "/api/v1/status": _admin_get("Per-project and total counters, queue, plans, webhook health",
                                      "Status"),

@@ -25,6 +25,7 @@ from flask.typing import ResponseReturnValue
 from daemon.config import Settings
 from daemon.domain.events import MalformedEvent, event_kind, parse_gitlab, parse_registry, project_path_of
 from daemon.domain.model import IgnoredReason
+from daemon.web.bodies import BadJson, load_json
 from daemon.web.context import janitor, now, settings, store
 from daemon.web.errors import json_error
 
@@ -85,9 +86,9 @@ def _json_body() -> tuple[Any, ResponseReturnValue | None]:
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         return None, json_error(415, "unsupported_media_type", "send the body as application/json")
     try:
-        return json.loads(request.get_data(cache=True)), None
-    except (ValueError, UnicodeDecodeError):
-        return None, json_error(400, "malformed_json", "the body is not valid JSON")
+        return load_json(request.get_data(cache=True)), None
+    except BadJson as exc:
+        return None, json_error(400, "malformed_json", str(exc))
 
 
 def delivery_key(source: str, body: bytes) -> str:

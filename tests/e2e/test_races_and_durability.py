@@ -68,7 +68,7 @@ def test_s9_nothing_lost_after_sigkill(tmp_path, janitor, registry, gitlab, proj
     port = free_port()
     db = tmp_path / "janitor.db"
     config = {
-        "registry": {"url": registry.url, "requests_per_second": 0},
+        "registry": registry_section(registry),
         "storage": {"url": f"sqlite:///{db}"},
         "server": {"bind": f"127.0.0.1:{port}", "admin_token": "a"},
         "projects": [{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token,

@@ -174,9 +174,33 @@ def test_a_gitlab_that_cannot_say_the_scopes_leaves_them_unknown(tmp_path, gitla
     """A GitLab without ``/personal_access_tokens/self`` (here: an address that answers 404 to every API
     call) leaves the scopes unknown, not failed; the project read fails on its own line."""
     result, blocks = check(tmp_path, [{"path": project.path, "registry_token": project.token}],
-                           registry={"url": registry.url}, gitlab={"url": registry.url})
+                           registry={"url": registry.url, "token_realms": [registry.realm]},
+                           gitlab={"url": registry.url})
     assert result.exit_code == 1, result.output
     assert line(blocks, project.path, "gitlab")[1] == "FAILED"
     scopes = line(blocks, project.path, "scopes")
     assert scopes[1] == "unknown" and "answered 404" in scopes[2]
     assert line(blocks, project.path, "registry")[1] == "ok"
+
+
+def test_a_token_service_off_gitlabs_host_is_refused_with_the_fix(tmp_path, gitlab, registry, project):
+    """gitlab.url names GitLab otherwise than the registry's realm does (localhost, not 127.0.0.1): the
+    project's token is not sent to that realm, and the registry line names the realm and how to allow it
+    (SPEC 14); listed in registry.token_realms, it passes."""
+    by_name = gitlab.url.replace("127.0.0.1", "localhost")
+    result, blocks = check(tmp_path, [{"path": project.path, "registry_token": project.token}],
+                           registry={"url": registry.url}, gitlab={"url": by_name})
+    assert result.exit_code == 1, result.output
+    assert line(blocks, project.path, "gitlab")[1] == "ok"
+    assert line(blocks, project.path, "registry") == [
+        "registry", "FAILED", f"the registry's token service {gitlab.realm} is not on gitlab.url's host "
+                              f"({by_name.removeprefix('http://')}); add it to registry.token_realms if it is yours "
+                              f"(the project's registry_token was not sent to it); the registry at {registry.url} "
+                              "names it in its challenge"]
+    assert gitlab.calls["GET /jwt/auth"] == 0
+
+    listed, blocks = check(tmp_path, [{"path": project.path, "registry_token": project.token}],
+                           registry={"url": registry.url, "token_realms": [gitlab.realm]}, gitlab={"url": by_name})
+    assert listed.exit_code == 0, listed.output
+    assert line(blocks, project.path, "registry")[1] == "ok"
+    assert gitlab.calls["GET /jwt/auth"] == 1

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from support.images import digest_of, push_image, tags
-from support.janitor import ADMIN, SECRET, RealClock, mr_hook, pipeline_hook
+from support.janitor import ADMIN, SECRET, RealClock, mr_hook, pipeline_hook, registry_section
 from support.ops import APP, MR_TAGS, OTHER, seed
 
 from daemon.cli import main
@@ -137,7 +137,7 @@ def test_restore_round_trip_with_a_running_worker(tmp_path, janitor, registry, p
     config = write_config(tmp_path, [{"path": project.path, "webhook_secret": SECRET,
                                       "registry_token": project.token, "dry_run": False, "grace_period": "0s",
                                       "tags": MR_TAGS}],
-                          registry={"url": registry.url, "requests_per_second": 0})
+                          registry=registry_section(registry))
     j = janitor(settings=load_settings(config), clock=RealClock())
     repo = project.path
     digest = push_image(registry, repo, ["mr-7", "mr-7-debug"])

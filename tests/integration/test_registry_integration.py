@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -37,8 +38,12 @@ from daemon.registry.types import OCI_INDEX
 WRITES = ("PUT", "POST", "PATCH", "DELETE")
 
 
-def registry_client(url: str, **kw: object) -> RegistryClient:
-    return RegistryClient(url, new_session(), **kw)  # type: ignore[arg-type]
+def registry_client(registry: Registry, url: str | None = None, **kw: object) -> RegistryClient:
+    """A client of ``registry`` (at ``url`` when a proxy stands in front of it) trusting the token service as
+    ``wiring`` does: ``gitlab_url`` is the GitLab stand-in, whose ``/jwt/auth`` the registry's challenge names."""
+    realm = urlsplit(registry.realm)
+    gitlab_url = f"{realm.scheme}://{realm.netloc}"
+    return RegistryClient(url or registry.url, new_session(), gitlab_url=gitlab_url, **kw)  # type: ignore[arg-type]
 
 
 def writes(log: list[LoggedRequest]) -> list[LoggedRequest]:
@@ -62,7 +67,7 @@ def test_placeholder_untag_removes_one_tag_and_keeps_its_sibling_and_the_image(
     registry: Registry, project: Project, repo: str
 ) -> None:
     digest = push_image(registry, repo, ["mr-1", "main"])
-    reg = registry_client(registry.url).for_project(project.path, project.token)
+    reg = registry_client(registry).for_project(project.path, project.token)
     registry.mark()
     (result,) = reg.untag([UntagRequest(repo, "mr-1", digest)], method="placeholder")
     assert (result.outcome, result.method, result.reason) == ("done", "placeholder", None)
@@ -80,7 +85,7 @@ def test_placeholder_batch_deletes_one_placeholder_for_many_tags(
 ) -> None:
     items = [UntagRequest(repo, f"mr-{n}", push_image(registry, repo, [f"mr-{n}"])) for n in range(5)]
     keep = push_image(registry, repo, ["keep"])
-    client = registry_client(registry.url)
+    client = registry_client(registry)
     client.site.remember_placeholder_delete_works()  # leave the once-per-registry probe out of the count
     registry.mark()
     results = client.for_project(project.path, project.token).untag(items, method="placeholder")
@@ -94,7 +99,7 @@ def test_placeholder_batch_deletes_one_placeholder_for_many_tags(
 def test_auto_falls_back_to_placeholder_on_distribution_2_8_and_remembers(
     registry: Registry, project: Project, repo: str
 ) -> None:
-    client = registry_client(registry.url)
+    client = registry_client(registry)
     reg = client.for_project(project.path, project.token)
     first = push_image(registry, repo, ["mr-1", "keep"])
     registry.mark()
@@ -116,7 +121,7 @@ def test_auto_falls_back_to_placeholder_on_distribution_2_8_and_remembers(
 def test_superseded_and_missing_are_skipped_without_a_write(registry: Registry, project: Project, repo: str) -> None:
     old = push_image(registry, repo, ["mr-1"])
     new = push_image(registry, repo, ["mr-1"])  # CI pushed mr-1 again after the janitor recorded `old`
-    reg = registry_client(registry.url).for_project(project.path, project.token)
+    reg = registry_client(registry).for_project(project.path, project.token)
     registry.mark()
     results = reg.untag([UntagRequest(repo, "mr-1", old), UntagRequest(repo, "never-pushed", old)])
     assert [(r.outcome, r.reason) for r in results] == [("skipped", "superseded"), ("skipped", "missing")]
@@ -126,7 +131,7 @@ def test_superseded_and_missing_are_skipped_without_a_write(registry: Registry, 
 
 def test_dry_run_sends_no_write(registry: Registry, project: Project, repo: str) -> None:
     digest = push_image(registry, repo, ["mr-1", "mr-2"])
-    reg = registry_client(registry.url).for_project(project.path, project.token)
+    reg = registry_client(registry).for_project(project.path, project.token)
     registry.mark()
     for method in ("auto", "oci", "placeholder"):
         results = reg.untag(
@@ -147,7 +152,7 @@ def test_out_of_scope_sends_no_request_and_asks_for_no_token(
     other = gitlab.add_project(f"{project.path}-other")  # shares a prefix, not a path
     foreign = unique_repo(other)
     digest = push_image(registry, foreign, ["mr-1"])
-    reg = registry_client(registry.url).for_project(project.path, project.token)
+    reg = registry_client(registry).for_project(project.path, project.token)
     registry.mark()
     (result,) = reg.untag([UntagRequest(foreign, "mr-1", digest)])
     assert (result.outcome, result.reason) == ("skipped", "out_of_scope")
@@ -161,7 +166,7 @@ def test_tokens_are_cached_and_the_challenge_is_learnt_once(
 ) -> None:
     repo_a, repo_b = unique_repo(project, "a"), unique_repo(project, "b")
     da, db = push_image(registry, repo_a, ["x"]), push_image(registry, repo_b, ["x"])
-    reg = registry_client(registry.url).for_project(project.path, project.token)
+    reg = registry_client(registry).for_project(project.path, project.token)
     registry.mark()
     for _ in range(5):
         assert reg.head(repo_a, "x") == da
@@ -176,7 +181,7 @@ def test_expired_token_is_replaced(registry: Registry, gitlab: GitLabStandin, pr
     digest = push_image(registry, repo, ["x"])
     now = [0.0]
     gitlab.token_lifetime = 60
-    reg = registry_client(registry.url, clock=lambda: now[0], token_margin=30).for_project(project.path, project.token)
+    reg = registry_client(registry, clock=lambda: now[0], token_margin=30).for_project(project.path, project.token)
     reg.head(repo, "x")
     now[0] = 29.0
     reg.head(repo, "x")
@@ -191,7 +196,7 @@ def test_a_token_without_access_is_an_auth_error_naming_the_project(
 ) -> None:
     push_image(registry, repo, ["x"])
     stranger = gitlab.add_project(f"{project.path}-stranger")
-    reg = registry_client(registry.url).for_project(project.path, stranger.token)  # the wrong project's token
+    reg = registry_client(registry).for_project(project.path, stranger.token)  # the wrong project's token
     with pytest.raises(RegistryAuthError) as info:
         reg.head(repo, "x")
     message = str(info.value)
@@ -217,7 +222,7 @@ def test_a_token_without_delete_dry_runs_but_writes_nothing_and_fails_as_no_dele
     owner = gitlab.add_project(f"grp-{role}-{time.monotonic_ns()}/app", role=role, scopes=scopes)
     repo = unique_repo(owner)
     digest = push_image(registry, repo, ["mr-1", "mr-2"])
-    reg = registry_client(registry.url).for_project(owner.path, owner.token)
+    reg = registry_client(registry).for_project(owner.path, owner.token)
     items = [UntagRequest(repo, "mr-1", digest), UntagRequest(repo, "mr-2", digest)]
     fix = f"token for {owner.path} gets {granted} on {repo}; give it the api scope and the Maintainer role"
     dry = reg.untag(items, method=method, dry_run=True)
@@ -243,7 +248,7 @@ def test_a_write_registry_token_cannot_even_read_and_is_not_sent_to(
     owner = gitlab.add_project(f"grp-wr-{time.monotonic_ns()}/app", scopes=("write_registry",))
     repo = unique_repo(owner)
     digest = push_image(registry, repo, ["mr-1"])
-    reg = registry_client(registry.url).for_project(owner.path, owner.token)
+    reg = registry_client(registry).for_project(owner.path, owner.token)
     registry.mark()
     (dry,) = reg.untag([UntagRequest(repo, "mr-1", digest)], dry_run=True)
     (result,) = reg.untag([UntagRequest(repo, "mr-1", digest)], method="placeholder")
@@ -259,7 +264,7 @@ def test_an_api_maintainer_token_untags(registry: Registry, gitlab: GitLabStandi
     owner = gitlab.add_project(f"grp-ok-{time.monotonic_ns()}/app", role="maintainer", scopes=("api",))
     repo = unique_repo(owner)
     digest = push_image(registry, repo, ["mr-1", "keep"])
-    (result,) = registry_client(registry.url).for_project(owner.path, owner.token).untag(
+    (result,) = registry_client(registry).for_project(owner.path, owner.token).untag(
         [UntagRequest(repo, "mr-1", digest)], method="placeholder")
     assert (result.outcome, result.reason, result.method) == ("done", None, "placeholder")
     assert tags(registry, repo) == ["keep"]
@@ -272,7 +277,7 @@ def test_a_pull_only_token_on_a_fresh_client_sends_no_write_at_all(
     repo = unique_repo(reporter)
     digest = push_image(registry, repo, ["mr-1"])
     registry.mark()
-    (result,) = registry_client(registry.url).for_project(reporter.path, reporter.token).untag(
+    (result,) = registry_client(registry).for_project(reporter.path, reporter.token).untag(
         [UntagRequest(repo, "mr-1", digest)], method="placeholder")
     assert (result.outcome, result.reason) == ("failed", "no_delete_permission")
     log = registry.request_log()
@@ -289,7 +294,7 @@ def test_one_client_serves_many_threads(
         repo: [UntagRequest(repo, f"mr-{k}", push_image(registry, repo, [f"mr-{k}", f"keep-{k}"])) for k in range(5)]
         for repo in repos
     }
-    client = registry_client(registry.url)
+    client = registry_client(registry)
     with ThreadPoolExecutor(max_workers=4) as pool:
         outcomes = list(
             pool.map(lambda items: client.for_project(project.path, project.token).untag(items), work.values())
@@ -303,7 +308,7 @@ def test_one_client_serves_many_threads(
 
 def test_rate_limit_spaces_requests(registry: Registry, project: Project, repo: str) -> None:
     digest = push_image(registry, repo, ["x"])
-    reg = registry_client(registry.url, limiter=RateLimiter(rate=20, burst=1)).for_project(project.path, project.token)
+    reg = registry_client(registry, limiter=RateLimiter(rate=20, burst=1)).for_project(project.path, project.token)
     reg.head(repo, "x")  # learn the challenge and fetch the token first
     started = time.monotonic()
     for _ in range(6):
@@ -313,7 +318,7 @@ def test_rate_limit_spaces_requests(registry: Registry, project: Project, repo: 
 
 def test_restore_puts_the_tag_back_at_the_same_digest(registry: Registry, project: Project, repo: str) -> None:
     digest = push_image(registry, repo, ["mr-1", "main"])
-    reg = registry_client(registry.url).for_project(project.path, project.token)
+    reg = registry_client(registry).for_project(project.path, project.token)
     (result,) = reg.untag([UntagRequest(repo, "mr-1", digest)])
     assert result.outcome == "done" and result.saved is not None
     assert tags(registry, repo) == ["main"]
@@ -324,7 +329,7 @@ def test_restore_puts_the_tag_back_at_the_same_digest(registry: Registry, projec
 
 def test_restore_after_garbage_collection_explains_what_to_do(registry: Registry, project: Project, repo: str) -> None:
     digest = push_image(registry, repo, ["mr-1"])
-    reg = registry_client(registry.url).for_project(project.path, project.token)
+    reg = registry_client(registry).for_project(project.path, project.token)
     (result,) = reg.untag([UntagRequest(repo, "mr-1", digest)])
     assert result.saved is not None
     layer_or_config = re.findall(r'"digest": "(sha256:[0-9a-f]{64})"', result.saved.body.decode())
@@ -338,7 +343,7 @@ def test_restore_after_garbage_collection_explains_what_to_do(registry: Registry
 @pytest.mark.parametrize("media_type", [OCI_INDEX, images.MANIFEST_LIST])
 def test_image_index_untag_and_restore(registry: Registry, project: Project, repo: str, media_type: str) -> None:
     digest = push_index(registry, repo, ["mr-1", "main"], media_type=media_type)
-    reg = registry_client(registry.url).for_project(project.path, project.token)
+    reg = registry_client(registry).for_project(project.path, project.token)
     (result,) = reg.untag([UntagRequest(repo, "mr-1", digest)])
     assert result.outcome == "done" and result.saved is not None
     assert (result.saved.digest, result.saved.media_type) == (digest, media_type)
@@ -354,7 +359,7 @@ def test_an_interrupted_placeholder_untag_is_finished_by_the_next_attempt(
     parked = new_placeholder()  # as a worker killed between parking the tag and deleting the placeholder left it
     images.upload_blob(registry, repo, parked.config)
     images.put_manifest(registry, repo, "mr-1", parked.manifest.body, parked.manifest.media_type)
-    reg = registry_client(registry.url).for_project(project.path, project.token)
+    reg = registry_client(registry).for_project(project.path, project.token)
     (result,) = reg.untag([UntagRequest(repo, "mr-1", digest)])
     assert (result.outcome, result.method) == ("done", "placeholder")
     assert result.saved is not None and result.saved.digest == digest
@@ -366,7 +371,7 @@ def test_someone_elses_empty_image_is_not_taken_for_a_placeholder(
 ) -> None:
     digest = push_image(registry, repo, [])
     theirs = images.push_placeholder(registry, repo, ["mr-1"])  # empty, but not labelled by the janitor
-    reg = registry_client(registry.url).for_project(project.path, project.token)
+    reg = registry_client(registry).for_project(project.path, project.token)
     (result,) = reg.untag([UntagRequest(repo, "mr-1", digest)])
     assert (result.outcome, result.reason) == ("skipped", "superseded")
     assert digest_of(registry, repo, "mr-1") == theirs
@@ -438,7 +443,7 @@ def test_oci_tag_delete_removes_just_the_tag(
     registry: Registry, oci_registry: str, project: Project, repo: str, method: str
 ) -> None:
     digest = push_image(registry, repo, ["mr-1", "main"])
-    client = registry_client(oci_registry)
+    client = registry_client(registry, oci_registry)
     (result,) = client.for_project(project.path, project.token).untag(
         [UntagRequest(repo, "mr-1", digest)], method=method
     )
@@ -452,7 +457,7 @@ def test_oci_untag_of_a_tag_already_gone_is_missing(
     registry: Registry, oci_registry: str, project: Project, repo: str
 ) -> None:
     digest = push_image(registry, repo, ["mr-1"])
-    reg = registry_client(oci_registry).for_project(project.path, project.token)
+    reg = registry_client(registry, oci_registry).for_project(project.path, project.token)
     images.untag(registry, repo, "mr-1")
     (result,) = reg.untag([UntagRequest(repo, "mr-1", digest)], method="oci")
     assert (result.outcome, result.reason) == ("skipped", "missing")

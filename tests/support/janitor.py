@@ -71,8 +71,10 @@ def live_entry(project: Project, **policy: Any) -> dict[str, Any]:
 
 
 def registry_section(registry: Registry, **options: Any) -> dict[str, Any]:
-    """The ``registry`` section for the test registry, without a rate limit."""
-    return {"url": registry.url, "requests_per_second": 0, **options}
+    """The ``registry`` section for the test registry, without a rate limit. Its token service (the GitLab
+    stand-in's ``/jwt/auth``) is listed in ``token_realms``: tests that leave ``gitlab.url`` at its default
+    still untag with the project's token."""
+    return {"url": registry.url, "requests_per_second": 0, "token_realms": [registry.realm], **options}
 
 
 def store_url(directory: Path) -> str:

@@ -1,12 +1,16 @@
 """daemon.domain.events on GitLab's documented payloads (project, group and system hooks) and on registry
 notification envelopes (v1 and v2): pure tables, no I/O."""
 
+import re
 from datetime import UTC, datetime
 
 import pytest
 from support.payloads import load_payload
 
 from daemon.domain.events import (
+    MAX_DEPTH,
+    MAX_ID,
+    MAX_TEXT,
     ZERO_SHA,
     IgnoredEvent,
     MalformedEvent,
@@ -20,6 +24,7 @@ from daemon.domain.events import (
     parse_registry,
     parse_time,
     project_path_of,
+    too_deep,
 )
 
 NOW = 1_700_000_000.0
@@ -432,4 +437,82 @@ def test_push_event_without_timestamp_uses_arrival_time_and_junk_events_are_skip
 @pytest.mark.parametrize("envelope", [{}, {"events": {}}, {"events": None}, [], "x", None])
 def test_envelope_without_an_events_list_is_malformed(envelope):
     with pytest.raises(MalformedEvent, match="events"):
+        parse_registry(envelope, NOW)
+
+
+# -- values GitLab never sends (SPEC 14): refused whole, naming the field -----------------------------
+
+def _nest(depth):
+    value = 1
+    for n in range(depth):
+        value = [value] if n % 2 else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize(("depth", "deep"), [(0, False), (1, False), (20, False), (21, True), (500, True)])
+def test_too_deep_counts_levels_of_objects_and_lists(depth, deep):
+    assert too_deep(_nest(depth)) is deep
+
+
+def test_documented_payloads_are_far_from_too_deep():
+    for name in ("pipeline_event", "merge_request_event_merge", "push_event", "system_hook_merge_request",
+                 "registry_notification_push_v2"):
+        assert not too_deep(load_payload(name), 6)
+
+
+@pytest.mark.parametrize("value", [2**63, 2**70, 0, -1, 1.0, 1e400, float("nan"), True, False, "1e3", " 7",
+                                   "9" * 20, "\u0661", [1], {"id": 1}])
+def test_ids_are_integers_from_1_to_2_63_minus_1(value):
+    body = _with("pipeline_event", value, "object_attributes", "id")
+    with pytest.raises(MalformedEvent, match=r"object_attributes\.id"):
+        parse_gitlab("Pipeline Hook", body, NOW)
+
+
+def test_the_largest_ids_are_read():
+    body = _with("pipeline_event", MAX_ID, "object_attributes", "id")
+    body["merge_request"]["iid"] = MAX_ID
+    p = parse_gitlab("Pipeline Hook", body, NOW).pipeline
+    assert (p.pipeline_id, p.mr_iid) == (MAX_ID, MAX_ID)
+
+
+@pytest.mark.parametrize(("name", "value", "path"), [
+    ("pipeline_event", [1], ("project", "default_branch")),
+    ("pipeline_event", "x" * (MAX_TEXT + 1), ("object_attributes", "ref")),
+    ("pipeline_event", "main\nCRITICAL forged", ("object_attributes", "ref")),
+    ("pipeline_event", {"sha": 1}, ("object_attributes", "sha")),
+    ("pipeline_event", "yes", ("object_attributes", "tag")),
+    ("pipeline_event", [], ("merge_request",)),
+    ("pipeline_event", 2**64, ("merge_request", "iid")),
+    ("pipeline_event", 3.5, ("project", "id")),
+    ("merge_request_event_merge", 2**64, ("object_attributes", "iid")),
+    ("merge_request_event_merge", ["merged"], ("object_attributes", "state")),
+    ("merge_request_event_merge", "a\x1b[2Jb", ("object_attributes", "source_branch")),
+    ("merge_request_event_merge", "group/app", ("project",)),
+    ("push_event", {"ref": 1}, ("ref",)),
+    ("push_event", 7, ("project", "default_branch")),
+])
+def test_values_of_the_wrong_type_or_size_are_malformed_naming_the_field(name, value, path):
+    header = {"pipeline_event": "Pipeline Hook", "merge_request_event_merge": "Merge Request Hook",
+              "push_event": "Push Hook"}[name]
+    with pytest.raises(MalformedEvent, match=re.escape(".".join(path))):
+        parse_gitlab(header, _with(name, value, *path), NOW)
+
+
+def test_a_payload_nested_deeper_than_gitlab_ever_does_is_malformed():
+    with pytest.raises(MalformedEvent, match="deeper than"):
+        parse_gitlab("Pipeline Hook", _with("pipeline_event", _nest(MAX_DEPTH), "builds"), NOW)
+
+
+def test_a_merge_request_ref_beyond_63_bits_names_no_merge_request():
+    assert merge_request_of_ref(f"refs/merge-requests/{2**63}/head") is None
+    assert merge_request_of_ref(f"refs/merge-requests/{MAX_ID}/head") == MAX_ID
+    assert merge_request_of_ref("refs/merge-requests/0/head") is None
+
+
+@pytest.mark.parametrize(("field", "value"), [("mediaType", ["application/vnd.oci.image.manifest.v1+json"]),
+                                              ("tag", 7), ("repository", ["a"]), ("digest", {"d": 1})])
+def test_a_registry_push_field_that_is_no_string_is_malformed_naming_it(field, value):
+    envelope = _tagged("registry_notification_push_v2")
+    envelope["events"][0]["target"][field] = value
+    with pytest.raises(MalformedEvent, match=re.escape(f"events[0].target.{field}")):
         parse_registry(envelope, NOW)
