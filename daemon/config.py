@@ -8,7 +8,6 @@ Must not open sockets, databases or files other than the config file and ``*_fil
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -28,7 +27,7 @@ from pydantic import (
 )
 
 from daemon.domain.model import PatternLifetime, UntagMethod
-from daemon.domain.names import is_namespace_path, is_project_path
+from daemon.domain.names import is_loopback, is_namespace_path, is_project_path
 from daemon.domain.patterns import parse_duration, validate_pattern
 from daemon.errors import ConfigError
 
@@ -65,18 +64,9 @@ def _realm_problem(url: str) -> str | None:
         return "is not an http(s) URL such as https://gitlab.example.com"
     if "@" in parts.netloc or any(ch.isspace() or ch == "\\" for ch in url):
         return "must be a plain URL (no user info, backslash or white space)"
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         return "must use https (plain http only to a loopback address: 127.0.0.1, ::1, localhost)"
     return None
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class GitLabSettings(_Frozen):
@@ -411,7 +401,7 @@ def is_placeholder_secret(value: str) -> bool:
 def loopback_bind(bind: str) -> bool:
     """Whether ``server.bind`` (``host:port``) listens on a loopback address only."""
     host, sep, _ = bind.rpartition(":")
-    return bool(sep) and not bind.startswith(("unix:", "fd://")) and _is_loopback(host.strip("[]"))
+    return bool(sep) and not bind.startswith(("unix:", "fd://")) and is_loopback(host.strip("[]"))
 
 
 def _secrets(settings: Settings) -> list[tuple[str, SecretStr | None]]:

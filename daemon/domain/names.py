@@ -8,6 +8,7 @@ is one rule: a name like ``group/app/../other`` can never pass it, and a tag can
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -67,3 +68,13 @@ def in_project_path(project_path: str, repository: str) -> bool:
     if not path or not is_repository(repository):
         return False
     return repository == path or repository.startswith(path + "/")
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1 (with or without the brackets of a URL's host)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

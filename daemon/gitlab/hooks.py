@@ -11,13 +11,13 @@ Must not: print (the CLI does) or touch storage; a failure on one project never 
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from daemon.config import Settings
+from daemon.domain.names import is_loopback
 from daemon.errors import GitLabError
 
 if TYPE_CHECKING:
@@ -57,15 +57,6 @@ class HookResult:
 
 
 # the URL ---------------------------------------------------------------------------------------------
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def hook_url(settings: Settings, given: str | None, environ: Mapping[str, str]) -> str:
     """``--url``, else ``$JANITOR_URL``, else ``server.bind`` when GitLab can reach that address; a base
     URL gets ``/webhooks/gitlab`` appended."""
@@ -75,7 +66,7 @@ def hook_url(settings: Settings, given: str | None, environ: Mapping[str, str]) 
         if host in _WILDCARD_HOSTS:
             raise HookSetupError(f"server.bind is {settings.server.bind}, which is no address GitLab can call:"
                                  " give --url https://<janitor's public name>/webhooks/gitlab")
-        if _is_loopback(host) and not _is_loopback(urlsplit(settings.gitlab.url).hostname or ""):
+        if is_loopback(host) and not is_loopback(urlsplit(settings.gitlab.url).hostname or ""):
             raise HookSetupError(f"server.bind is {settings.server.bind}, which GitLab at {settings.gitlab.url}"
                                  " cannot reach: give --url https://<janitor's public name>/webhooks/gitlab")
         base = f"http://{host}:{port}"

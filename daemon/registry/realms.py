@@ -12,10 +12,10 @@ not surely the host a request would reach. Must not: send anything, or read conf
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from daemon.domain.names import is_loopback
 from daemon.registry.errors import TokenRealmRefusedError
 
 #: Origins are (scheme, host, port) with the scheme's default port filled in.
@@ -40,16 +40,6 @@ def origin(url: str) -> Origin | None:
     if scheme not in _DEFAULT_PORTS or "@" in parts.netloc or not parts.hostname:
         return None
     return scheme, parts.hostname.lower(), port if port is not None else _DEFAULT_PORTS[scheme]
-
-
-def is_loopback(host: str) -> bool:
-    """``localhost``, 127.0.0.0/8 or ::1 (``host`` as ``urlsplit`` gives it: no brackets)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def transport_refusal(url: str) -> str | None:

@@ -41,8 +41,8 @@ ALLOWED: dict[str, set[str]] = {
 # The web serves; of the ingest stage it uses only the CI gate (it never applies events or untags).
 WEB_MAY_IMPORT_FROM_INGEST = {"daemon.ingest.ci_gate"}
 # The pure core: values in, values out. No clock, no files, no network, no database.
-PURE_STDLIB = {"__future__", "collections", "dataclasses", "datetime", "enum", "functools", "itertools",
-               "math", "re", "typing"}
+PURE_STDLIB = {"__future__", "collections", "dataclasses", "datetime", "enum", "functools", "ipaddress",
+               "itertools", "math", "re", "typing"}
 # Only the composition root (and the store's own opener inside it) constructs these.
 BUILT_ONLY_IN_WIRING = {"Worker", "create_app", "open_store", "RegistryClient", "Ingest", "Planner", "CiGate",
                         "Executor", "Reconciler", "RaceRepair", "MrNotes"}

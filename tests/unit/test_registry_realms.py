@@ -14,9 +14,10 @@ import requests
 import responses
 
 from daemon.config import settings_from_dict
+from daemon.domain.names import is_loopback
 from daemon.errors import ConfigError
 from daemon.registry import RegistryAuthError, RegistryClient, TokenRealmRefusedError
-from daemon.registry.realms import TokenRealms, is_loopback, origin
+from daemon.registry.realms import TokenRealms, origin
 from daemon.wiring import build_registry_client
 
 DIGEST = "sha256:" + "c" * 64
