@@ -184,7 +184,7 @@ def exact_batch(port: int, projects: int, count: int, workers: int) -> tuple[set
         for n in range(worker, count, workers):
             p = n % projects
             key = f"exact-{n}"
-            values = {"ID": 9_000_000_000 + n, "IID": n, "MR_ID": n, "MR_IID": n, "PROJECT_ID": 1000 + p,
+            values = {"ID": 9_000_000_000 + n, "IID": n + 1, "MR_ID": n + 1, "MR_IID": n + 1, "PROJECT_ID": 1000 + p,
                       "PATH": project_path(p), "REF": f"exact/{n}", "SHA": f"{n:040x}",
                       "CREATED": "2024-05-01 12:00:00 UTC", "STATUS": "success"}
             body = template
@@ -278,8 +278,9 @@ def main() -> int:
                 proc.wait(timeout=15)
 
     keys = inbox_keys(db)
-    exact_keys = {k.rsplit(":", 1)[1] for k in keys if k.startswith("gitlab:idempotency-key:exact-")}
-    wrk_rows = sum(1 for k in keys if k.startswith("gitlab:idempotency-key:wrk-"))
+    # Delivery keys are scoped by project: gitlab:<project>:idempotency-key:<key>.
+    exact_keys = {k.rsplit(":", 1)[1] for k in keys if ":idempotency-key:exact-" in k}
+    wrk_rows = sum(1 for k in keys if ":idempotency-key:wrk-" in k)
     shutil.rmtree(workdir, ignore_errors=True)
 
     bare_rate, janitor_rate = statistics.median(bare_rates), statistics.median(janitor_rates)
