@@ -79,25 +79,25 @@ def test_configured_images_limit_scope():
 
 
 def test_live_owner_on_another_live_ref_keeps_the_tag():
-    mine = rec("shared", pipeline=1)
-    other_live = rec("shared", pipeline=2, ref="develop", mr=None)
+    mine = rec("both-tag", pipeline=1)
+    other_live = rec("both-tag", pipeline=2, ref="develop", mr=None)
     pipelines = {2: Pipeline(P, 2, "develop", "s", "success")}
     got = decide(MERGED, [mine], [mine, other_live], pipelines, {"develop": True}, POLICY)
-    assert outcomes(got) == {"shared": ("skipped", "live_owner")}
+    assert outcomes(got) == {"both-tag": ("skipped", "live_owner")}
     # the same owner on a deleted branch does not keep it
     got = decide(MERGED, [mine], [mine, other_live], pipelines, {"develop": False}, POLICY)
-    assert outcomes(got) == {"shared": ("pending", None)}
+    assert outcomes(got) == {"both-tag": ("pending", None)}
 
 
 def test_unknown_ref_counts_as_live_and_default_branch_and_git_tags_are_live():
-    mine = rec("shared")
+    mine = rec("both-tag")
     for other, pipeline in [
-        (rec("shared", pipeline=3, ref="unknown", mr=None), Pipeline(P, 3, "unknown", "s", "success")),
-        (rec("shared", pipeline=4, ref="main", mr=None), Pipeline(P, 4, "main", "s", "success")),
-        (rec("shared", pipeline=5, ref="v1", mr=None), Pipeline(P, 5, "v1", "s", "success", is_tag=True)),
+        (rec("both-tag", pipeline=3, ref="unknown", mr=None), Pipeline(P, 3, "unknown", "s", "success")),
+        (rec("both-tag", pipeline=4, ref="main", mr=None), Pipeline(P, 4, "main", "s", "success")),
+        (rec("both-tag", pipeline=5, ref="v1", mr=None), Pipeline(P, 5, "v1", "s", "success", is_tag=True)),
     ]:
         got = decide(MERGED, [mine], [mine, other], {pipeline.pipeline_id: pipeline}, {"v1": False}, POLICY)
-        assert outcomes(got) == {"shared": ("skipped", "live_owner")}, other.ref
+        assert outcomes(got) == {"both-tag": ("skipped", "live_owner")}, other.ref
 
 
 def test_pipelines_a_trigger_covers_are_not_each_others_live_owners():
