@@ -22,10 +22,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from daemon.config import ProjectSettings, Settings
 from daemon.domain.events import MergeRequestEvent, PipelineEvent, PushEvent, merge_request_of_ref, time_or_none
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from daemon.gitlab.api import GitLabAPI, MergeRequestInfo, PipelineInfo
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WATERMARK_KEY = "reconcile:merge_requests_updated:{project}"
 PIPELINE_WATERMARK_KEY = "reconcile:pipelines_updated:{project}"
@@ -191,38 +192,20 @@ class Reconciler:
 
     # merge requests --------------------------------------------------------------------------------
     def catch_up_merge_requests(self, path: str, token: str, report: ProjectReport) -> None:
-        """MRs updated since the watermark, oldest first, at most ``max_merge_requests`` new ones a run.
-        The watermark moves only once the listing finished."""
-        key = WATERMARK_KEY.format(project=path)
-        watermark = self.store.get_value(key)
-        if watermark is not None:
-            mark = _parse(watermark)
-            since = datetime.fromtimestamp(mark.timestamp() - OVERLAP_SECONDS, UTC)
-        else:
-            earliest = self.store.earliest_pipeline_at(path)
-            if earliest is None:
-                report.watermark = None
-                return  # nothing in the ledger yet that an MR could end
-            mark = None
-            since = datetime.fromtimestamp(earliest - FIRST_RUN_SLACK, UTC)
-        report.since = _iso(since)
-        newest = mark
-        fresh = 0
-        for mr in self.gitlab.merge_requests_since(path, token, _iso(since)):
-            updated = _parse(mr.updated_at) if mr.updated_at else None
-            is_new = mark is None or updated is None or updated > mark
-            if is_new:
-                if fresh >= self.max_merge_requests:
-                    report.more = True
-                    break
-                fresh += 1
+        """MRs updated since the watermark, oldest first, at most ``max_merge_requests`` new ones a run;
+        with no watermark yet, since a day before the project's first pipeline in the ledger."""
+        earliest = self.store.earliest_pipeline_at(path)
+
+        def apply(mr: MergeRequestInfo) -> None:
             report.merge_requests += 1
             self.apply_merge_request(path, mr, report)
-            if updated is not None and (newest is None or updated > newest):
-                newest = updated
-        if newest is not None and newest != mark:
-            self.store.set_value(key, _iso(newest), self.clock())
-        report.watermark = _iso(newest) if newest is not None else None
+
+        found = self._since_watermark(
+            WATERMARK_KEY.format(project=path), None if earliest is None else earliest - FIRST_RUN_SLACK,
+            lambda since: self.gitlab.merge_requests_since(path, token, since), lambda mr: mr.updated_at,
+            self.max_merge_requests, apply, report)
+        if found is not None:
+            report.since, report.watermark = found
 
     def apply_merge_request(self, path: str, mr: MergeRequestInfo, report: ProjectReport) -> None:
         """Record the MR's state; raise what the ledger has not raised (a merge or close trigger: the stored
@@ -249,37 +232,52 @@ class Reconciler:
 
     # pipelines -------------------------------------------------------------------------------------
     def catch_up_pipelines(self, path: str, token: str, report: ProjectReport) -> None:
-        """Pipelines updated since the watermark, oldest first, at most ``max_pipelines`` new ones a run.
-        The watermark moves only once the listing finished (or reached its bound)."""
-        key = PIPELINE_WATERMARK_KEY.format(project=path)
-        watermark = self.store.get_value(key)
-        mark: datetime | None = None
-        if watermark is not None:
-            mark = _parse(watermark)
-            start = mark.timestamp()
+        """Pipelines updated since the watermark, oldest first, at most ``max_pipelines`` new ones a run;
+        with no watermark yet, since the project's first pipeline in the ledger."""
+        earliest = self.store.earliest_pipeline_at(path)
+
+        def apply(info: PipelineInfo) -> None:
+            report.pipelines += 1
+            self.apply_pipeline(path, token, info, report)
+
+        found = self._since_watermark(
+            PIPELINE_WATERMARK_KEY.format(project=path), None if earliest is None else earliest - OVERLAP_SECONDS,
+            lambda since: self.gitlab.pipelines_since(path, token, since), lambda info: info.updated_at,
+            self.max_pipelines, apply, report)
+        if found is not None:
+            report.pipelines_since, report.pipelines_watermark = found
+
+    def _since_watermark(self, key: str, first: float | None, listing: Callable[[str], Iterable[T]],
+                         updated_of: Callable[[T], str | None], limit: int, apply: Callable[[T], None],
+                         report: ProjectReport) -> tuple[str, str | None] | None:
+        """What GitLab lists as updated since the watermark kept at ``key`` (less ``OVERLAP_SECONDS``), or
+        since ``first`` when there is none yet (None: nothing in the ledger to catch up on). At most
+        ``limit`` items newer than the watermark a run (``report.more`` then says so); the watermark moves
+        only once the listing finished or reached its bound. Returns (since, new watermark)."""
+        stored = self.store.get_value(key)
+        mark = _parse(stored) if stored is not None else None
+        if mark is not None:
+            start = mark.timestamp() - OVERLAP_SECONDS
+        elif first is not None:
+            start = first
         else:
-            earliest = self.store.earliest_pipeline_at(path)
-            if earliest is None:
-                return  # the janitor never heard of this project's pipelines: nothing of theirs to finish
-            start = earliest
-        since = datetime.fromtimestamp(start - OVERLAP_SECONDS, UTC)
-        report.pipelines_since = _iso(since)
-        newest = mark
-        fresh = 0
-        for info in self.gitlab.pipelines_since(path, token, _iso(since)):
-            updated = _parse(info.updated_at) if info.updated_at else None
+            return None
+        since = _iso(datetime.fromtimestamp(start, UTC))
+        newest, fresh = mark, 0
+        for item in listing(since):
+            stamp = updated_of(item)
+            updated = _parse(stamp) if stamp else None
             if mark is None or updated is None or updated > mark:
-                if fresh >= self.max_pipelines:
+                if fresh >= limit:
                     report.more = True
                     break
                 fresh += 1
-            report.pipelines += 1
-            self.apply_pipeline(path, token, info, report)
+            apply(item)
             if updated is not None and (newest is None or updated > newest):
                 newest = updated
         if newest is not None and newest != mark:
             self.store.set_value(key, _iso(newest), self.clock())
-        report.pipelines_watermark = _iso(newest) if newest is not None else None
+        return since, (_iso(newest) if newest is not None else None)
 
     def apply_pipeline(self, path: str, token: str, info: PipelineInfo, report: ProjectReport) -> None:
         """Record a pipeline the ledger never heard of, or the status it has not heard yet (a finish
