@@ -7,13 +7,11 @@ Time passes only on the harness clock; pipelines' ``created_at`` are written as 
 
 from __future__ import annotations
 
-import hashlib
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from support.images import digest_of, push_image, tags
-from support.janitor import SECRET, mr_hook, pipeline_hook, push_hook, registry_section
+from support.janitor import SECRET, gitlab_time, mr_hook, pipeline_hook, push_hook, registry_section, sha_of, short
 
 from daemon.ingest.inbox import RESOLVE_RETRY
 
@@ -31,19 +29,6 @@ BRANCH_LOOKUP = "GET /api/v4/projects/:id/repository/branches/:branch"
 def entry(project: Any) -> dict[str, Any]:
     return {"path": project.path, "webhook_secret": SECRET, "registry_token": project.token,
             "dry_run": False, "grace_period": "1m", "tags": PATTERNS}
-
-
-def gitlab_time(at: float) -> str:
-    """A time as GitLab writes it in hooks (``2016-08-12 15:23:28 UTC``)."""
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def sha_of(pipeline_id: int) -> str:
-    return hashlib.sha1(str(pipeline_id).encode()).hexdigest()
-
-
-def short(pipeline_id: int) -> str:
-    return sha_of(pipeline_id)[:8]
 
 
 def pipeline(repo: str, pipeline_id: int, ref: str, status: str, *, created: float | None,

@@ -14,7 +14,6 @@ archived project refuses notes (app/policies/concerns/archived_abilities.rb).
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import jwt
@@ -23,7 +22,7 @@ import requests
 from support.gitlab_json import Project
 from support.gitlab_standin import GitLabStandin
 from support.images import push_image, tags
-from support.janitor import Harness, Janitors, live_entry, mr_hook, pipeline_hook, registry_section
+from support.janitor import Harness, Janitors, live_entry, mr_hook, pipeline_hook, registry_section, sha_of
 from support.ops import BEARER
 from support.registry import Registry
 
@@ -36,10 +35,6 @@ PATTERNS = [{"pattern": "mr-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"}
             {"pattern": "keep-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"}]
 NOTES = "/api/v4/projects/:id/merge_requests/:iid/notes"
 POST_NOTES, GET_NOTES = f"POST {NOTES}", f"GET {NOTES}"
-
-
-def sha_of(pipeline_id: int) -> str:
-    return hashlib.sha1(str(pipeline_id).encode()).hexdigest()
 
 
 def entry(project: Project, **policy: Any) -> dict[str, Any]:

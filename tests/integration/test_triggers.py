@@ -7,12 +7,19 @@ Time passes only on the harness clock.
 
 from __future__ import annotations
 
-import hashlib
-from datetime import UTC, datetime
-
 import pytest
 from support.images import digest_of, push_image, tags
-from support.janitor import SECRET, load_payload, mr_hook, pipeline_hook, push_hook, registry_section
+from support.janitor import (
+    SECRET,
+    gitlab_time,
+    load_payload,
+    mr_hook,
+    pipeline_hook,
+    push_hook,
+    registry_section,
+    sha_of,
+    short,
+)
 
 from daemon.domain.events import ZERO_SHA
 
@@ -29,19 +36,6 @@ PATTERNS = [
 def project_entry(project, **extra):
     return {"path": project.path, "webhook_secret": SECRET, "registry_token": project.token,
             "dry_run": False, "grace_period": "1m", "tags": PATTERNS, **extra}
-
-
-def gitlab_time(at: float) -> str:
-    """A time as GitLab writes it in hooks (``2016-08-12 15:23:28 UTC``)."""
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def sha_of(pipeline_id: int) -> str:
-    return hashlib.sha1(str(pipeline_id).encode()).hexdigest()
-
-
-def short(pipeline_id: int) -> str:
-    return sha_of(pipeline_id)[:8]
 
 
 def pipeline_tags(pipeline_id: int, slug: str, mr_iid: int | None = None) -> list[str]:

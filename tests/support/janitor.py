@@ -7,8 +7,10 @@ and closes them all at its end (the `janitor` fixture in `tests/conftest.py`).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,27 @@ from .gitlab_json import Project
 from .payloads import load_payload
 from .registry import Registry
 
-__all__ = ["ADMIN", "REGISTRY_NOTIFY", "SECRET", "Clock", "Harness", "Janitors", "RealClock", "live_entry",
-           "load_payload", "make_settings", "make_store", "mr_hook", "pipeline_hook", "push_hook",
-           "registry_section", "store_url"]
+__all__ = [
+    "ADMIN",
+    "REGISTRY_NOTIFY",
+    "SECRET",
+    "Clock",
+    "Harness",
+    "Janitors",
+    "RealClock",
+    "gitlab_time",
+    "live_entry",
+    "load_payload",
+    "make_settings",
+    "make_store",
+    "mr_hook",
+    "pipeline_hook",
+    "push_hook",
+    "registry_section",
+    "sha_of",
+    "short",
+    "store_url",
+]
 
 SECRET = "hook-secret"
 ADMIN = "admin-token"
@@ -193,3 +213,16 @@ def push_hook(project_path: str, *, ref: str, deleted: bool) -> dict[str, Any]:
     body["project"]["path_with_namespace"] = project_path
     body["ref"] = f"refs/heads/{ref}"
     return body
+
+
+def gitlab_time(at: float) -> str:
+    """A time as GitLab writes it in hooks (``2016-08-12 15:23:28 UTC``)."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def sha_of(pipeline_id: int) -> str:
+    return hashlib.sha1(str(pipeline_id).encode()).hexdigest()
+
+
+def short(pipeline_id: int) -> str:
+    return sha_of(pipeline_id)[:8]
