@@ -8,11 +8,13 @@ Must not open sockets, databases or files other than the config file and ``*_fil
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -22,13 +24,15 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
     model_validator,
 )
 
 from daemon.domain.model import PatternLifetime, UntagMethod
 from daemon.domain.names import is_loopback, is_namespace_path, is_project_path
-from daemon.domain.patterns import parse_duration, validate_pattern
+from daemon.domain.patterns import Duration, parse_duration, validate_pattern
 from daemon.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "config/janitor.yaml"
@@ -40,33 +44,132 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _duration(value: Any) -> float:
+def _duration(value: Any) -> Duration:
+    """A configured duration: text (``30s``, ``15m``, ``1h30m``) or a number of seconds, kept as written."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{value!r} is not a duration; write it like 30s, 15m, 2h, 7d or 1h30m")
+        return Duration(value, f"{int(value) if float(value).is_integer() else value}s")
     if isinstance(value, str):
         return parse_duration(value)
-    raise ValueError("expected a duration such as 30s, 15m, 2h or 7d")
+    raise ValueError("expected a duration such as 30s, 15m, 2h, 7d or 1h30m")
+
+
+def _kept_duration(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Parse a duration, check the field's bounds on its seconds, and keep the text it was written as."""
+    if value is None:
+        return handler(value)
+    parsed = _duration(value)
+    return Duration(handler(parsed), parsed.text)
+
+
+def _kept_positive_duration(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    kept = _kept_duration(value, handler)
+    if kept <= 0:
+        raise ValueError(f"{kept.text!r} is no time at all; give a duration longer than 0s, e.g. 5s")
+    return kept
+
+
+#: A duration key: seconds (a float) that print as written (``daemon.domain.patterns.format_duration``).
+DurationValue = Annotated[float, WrapValidator(_kept_duration)]
+PositiveDuration = Annotated[float, WrapValidator(_kept_positive_duration)]
 
 
 def _blank_is_none(value: Any) -> Any:
     return None if isinstance(value, str) and not value.strip() else value
 
 
-def _realm_problem(url: str) -> str | None:
-    """Why ``url`` cannot be a token service a registry credential is sent to; None when it can."""
+# A host name (DNS labels; '_' too, as container networks name services), as a URL's or ``server.bind``'s.
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
+
+
+def _shown(url: str) -> str:
+    """``url`` as an error may repeat it: a password in it is masked."""
+    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
+def _host_problem(host: str) -> str | None:
+    """Why ``host`` (a URL's or ``server.bind``'s, IPv6 in brackets) names no host; None when it does."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{host!r} is not an IPv6 address"
+        return None
+    if ":" in host:
+        return f"{host!r} needs brackets around an IPv6 address ([::1])"
+    if len(host) > 253 or not _HOST_NAME.fullmatch(host):
+        return f"{host!r} is not a host name or IP address"
+    return None
+
+
+def _url_problem(url: str, example: str) -> str | None:
+    """Why ``url`` is no plain http(s) URL of a service; None when it is."""
+    if any(ch.isspace() or ch == "\\" or not ch.isprintable() for ch in url):
+        return "must be a plain URL (no user info, backslash or white space)"
     try:
         parts = urlsplit(url)
-        if parts.port == 0:
-            return "names port 0"
+        port = parts.port
     except ValueError:
-        return "is not a URL (its port must be a number up to 65535)"
+        return f"is not a URL (its port must be a number from 1 to 65535), e.g. {example}"
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "is not an http(s) URL such as https://gitlab.example.com"
-    if "@" in parts.netloc or any(ch.isspace() or ch == "\\" for ch in url):
-        return "must be a plain URL (no user info, backslash or white space)"
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        return f"is not an http(s) URL, e.g. {example}"
+    if port == 0:
+        return f"names port 0 (a port is a number from 1 to 65535), e.g. {example}"
+    if "@" in parts.netloc:
+        return ("must be a plain URL (no user info, backslash or white space): each credential has its own key"
+                " (gitlab.api_token, a project's registry_token)")
+    why = _host_problem(re.sub(r":[0-9]*$", "", parts.netloc))
+    return None if why is None else f"names no valid host ({why}), e.g. {example}"
+
+
+def _service_url(key: str, example: str) -> Callable[[Any, str], str]:
+    """A field validator for the base URL of a service (``gitlab.url``, ``registry.url``)."""
+    def check(cls: Any, value: str) -> str:
+        why = _url_problem(value, example)
+        if why is None and (urlsplit(value).query or urlsplit(value).fragment):
+            why = f"must end at its path (no ?query or #fragment), e.g. {example}"
+        if why is not None:
+            raise ValueError(f"{_shown(value)!r} {why}")
+        return value
+    check.__name__ = f"_{key}_url"
+    return check
+
+
+def _realm_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a token service a registry credential is sent to; None when it can."""
+    why = _url_problem(url, "https://gitlab.example.com/jwt/auth")
+    if why is not None:
+        return why
+    if urlsplit(url).scheme == "http" and not is_loopback(urlsplit(url).hostname or ""):
         return "must use https (plain http only to a loopback address: 127.0.0.1, ::1, localhost)"
     return None
+
+
+def _bind_problem(bind: str) -> str | None:
+    """Why ``server.bind`` is no address gunicorn can listen on; None when it is."""
+    example = "e.g. 127.0.0.1:8080, 0.0.0.0:8080, [::]:8080 or unix:/run/janitor.sock"
+    if bind.startswith("unix:"):
+        return None if bind[len("unix:"):].strip() else f"names no socket file, {example}"
+    if bind.startswith("fd://"):
+        return None if re.fullmatch(r"[0-9]+", bind[len("fd://"):]) else f"names no file descriptor, {example}"
+    host, sep, port = bind.rpartition(":")
+    if not sep or not port:
+        return f"is not host:port, {example}"
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+        return f"has port {port!r}; a port is a number from 1 to 65535, {example}"
+    why = _host_problem(host) if host else None
+    return None if why is None else f"is not host:port: its host {why}, {example}"
+
+
+def _registry_host_problem(name: str) -> str | None:
+    """Why a ``registry.hostnames`` entry is no ``host`` or ``host:port`` of image references."""
+    host, port = name, None
+    if ":" in name and not name.endswith("]"):
+        host, _, port = name.rpartition(":")
+    if port is not None and not (re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535):
+        return f"has port {port!r}; a port is a number from 1 to 65535"
+    return _host_problem(host)
 
 
 class GitLabSettings(_Frozen):
@@ -77,9 +180,10 @@ class GitLabSettings(_Frozen):
     #: The secret token of GitLab's system hook (Admin > System hooks), one for the whole instance: it
     #: authenticates deliveries sent with ``X-Gitlab-Event: System Hook`` for any configured project.
     system_hook_secret: SecretStr | None = None
-    timeout: float = 10.0
+    timeout: float = Field(10.0, gt=0)
 
     _blank = field_validator("api_token", "system_hook_secret", mode="before")(lambda cls, v: _blank_is_none(v))
+    _url = field_validator("url")(_service_url("gitlab", "https://gitlab.example.com"))
 
 
 class RegistrySettings(_Frozen):
@@ -92,13 +196,25 @@ class RegistrySettings(_Frozen):
     #: ``registry_token`` when the registry's challenge names them; https unless loopback.
     token_realms: tuple[str, ...] = ()
 
+    _url = field_validator("url")(_service_url("registry", "https://registry.example.com"))
+
+    @field_validator("hostnames")
+    @classmethod
+    def _hostnames(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            why = _registry_host_problem(name)
+            if why is not None:
+                raise ValueError(f"{name!r}: {why}; list hosts as image references name them, e.g."
+                                 " registry.example.com or registry.example.com:5050")
+        return value
+
     @field_validator("token_realms")
     @classmethod
     def _token_realms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for realm in value:
             why = _realm_problem(realm)
             if why is not None:
-                raise ValueError(f"{realm!r} {why}")
+                raise ValueError(f"{_shown(realm)!r} {why}")
         return value
 
     @model_validator(mode="after")
@@ -109,49 +225,92 @@ class RegistrySettings(_Frozen):
         return self
 
 
+SQLITE_PREFIX = "sqlite:///"
+
+
+def _sqlite_problem(url: str) -> str | None:
+    path = url[len(SQLITE_PREFIX):] if url.startswith(SQLITE_PREFIX) else None
+    if path is None or not path.strip() or path.endswith("/") or "\x00" in path:
+        return ("names no database file: write sqlite:///relative/path.db (relative to the config file's"
+                " folder) or sqlite:////absolute/path.db")
+    return None
+
+
+#: The storage URL schemes (``scheme://...``) and the check of each: the one place a scheme is added.
+STORAGE_SCHEMES: dict[str, Callable[[str], str | None]] = {"sqlite": _sqlite_problem}
+
+
+def _storage_problem(url: str) -> str | None:
+    """Why ``storage.url`` names no store the janitor can open; None when it names one."""
+    scheme, sep, _ = url.partition("://")
+    check = STORAGE_SCHEMES.get(scheme) if sep else None
+    if check is None:
+        return (f"is not a storage URL the janitor knows: use {' or '.join(f'{s}://...' for s in STORAGE_SCHEMES)},"
+                " e.g. sqlite:///data/janitor.db")
+    return check(url)
+
+
+def _beside(base: Path, path: str | os.PathLike[str]) -> Path:
+    """A path from the config: as it is when absolute, else relative to ``base`` (the config file's folder)."""
+    found = Path(path)
+    return found if found.is_absolute() else base / found
+
+
 class StorageSettings(_Frozen):
+    #: ``sqlite:///relative/path.db`` is relative to the config file's folder (the current folder for
+    #: settings that come from no file); ``sqlite:////absolute/path.db``.
     url: str = "sqlite:///data/janitor.db"
 
     @field_validator("url")
     @classmethod
-    def _sqlite_only(cls, value: str) -> str:
-        if not value.startswith("sqlite:///"):
-            raise ValueError("only sqlite:///relative/path.db or sqlite:////absolute/path.db is supported")
+    def _known_scheme(cls, value: str) -> str:
+        why = _storage_problem(value)
+        if why is not None:
+            raise ValueError(f"{_shown(value)!r} {why}")
         return value
 
     @property
     def sqlite_path(self) -> str:
-        return self.url[len("sqlite:///") :]
+        return self.url[len(SQLITE_PREFIX):]
+
+    def relative_to(self, base: Path) -> StorageSettings:
+        """This storage with a relative SQLite path resolved against ``base``."""
+        if not self.url.startswith(SQLITE_PREFIX) or Path(self.sqlite_path).is_absolute():
+            return self
+        return self.model_copy(update={"url": SQLITE_PREFIX + str(_beside(base.resolve(), self.sqlite_path))})
 
 
 class ServerSettings(_Frozen):
+    #: ``host:port`` (``[ipv6]:port``; ``:port`` for every address), ``unix:/path`` or ``fd://N``.
     bind: str = "127.0.0.1:8080"
     admin_token: SecretStr | None = None
     registry_notification_token: SecretStr | None = None
     metrics_require_token: bool = False
-    max_body_bytes: int = 25 * 1024 * 1024
+    max_body_bytes: int = Field(25 * 1024 * 1024, ge=1)
 
     _blank = field_validator("admin_token", "registry_notification_token", mode="before")(
         lambda cls, v: _blank_is_none(v)
     )
 
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, value: str) -> str:
+        why = _bind_problem(value)
+        if why is not None:
+            raise ValueError(f"{value!r} {why}")
+        return value
+
 
 class WorkerSettings(_Frozen):
-    poll_interval: float = 5.0
-    reconcile_interval: float = 600.0
-    stuck_pipeline_after: float = Field(86400.0, gt=0)
-
-    _durations = field_validator("poll_interval", "reconcile_interval", "stuck_pipeline_after", mode="before")(
-        lambda cls, v: _duration(v)
-    )
+    poll_interval: PositiveDuration = Duration(5, "5s")
+    reconcile_interval: PositiveDuration = Duration(600, "10m")
+    stuck_pipeline_after: PositiveDuration = Duration(86400, "1d")
 
 
 class TagPattern(_Frozen):
     pattern: str
     lifetime: PatternLifetime | None = None
-    ttl: float | None = None
-
-    _ttl = field_validator("ttl", mode="before")(lambda cls, v: None if v is None else _duration(v))
+    ttl: DurationValue | None = None
 
     @field_validator("pattern")
     @classmethod
@@ -170,7 +329,7 @@ class Policy(_Frozen):
     """The per-project keys that ``defaults`` may set for every project."""
 
     dry_run: bool = True
-    grace_period: float = 900.0
+    grace_period: DurationValue = Duration(900, "15m")
     protected_tags: tuple[str, ...] = DEFAULT_PROTECTED
     max_tags_per_plan: int = Field(25, ge=1)
     max_repository_fraction: float = Field(0.5, gt=0, le=1)
@@ -181,8 +340,6 @@ class Policy(_Frozen):
     #: with the project's ``registry_token``; never ``gitlab.api_token``.
     mr_note: bool = False
 
-    _grace = field_validator("grace_period", mode="before")(lambda cls, v: _duration(v))
-
     @field_validator("protected_tags")
     @classmethod
     def _regexes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -192,6 +349,19 @@ class Policy(_Frozen):
             except re.error as exc:
                 raise ValueError(f"{expr!r} is not a valid regular expression: {exc}") from exc
         return value
+
+
+def _project_path(value: str) -> str:
+    """A configured ``projects[].path``: a GitLab project path or ``group/*``, without outer slashes."""
+    value = value.strip("/")
+    if not value:
+        raise ValueError("a project path such as group/app is required")
+    if not (is_namespace_path(value[:-2]) if value.endswith("/*") else is_project_path(value)):
+        raise ValueError(
+            f"{value!r} is no GitLab project path (group/app, group/sub/app) nor a group wildcard (group/*):"
+            " GitLab paths are letters, digits, '_', '-' and '.', no segment starts or ends with '-' or"
+            " '.', holds '..' or ends in '.git' or '.atom'")
+    return value
 
 
 class ProjectSettings(Policy):
@@ -205,18 +375,7 @@ class ProjectSettings(Policy):
 
     _blank = field_validator("registry_token", mode="before")(lambda cls, v: _blank_is_none(v))
 
-    @field_validator("path")
-    @classmethod
-    def _path(cls, value: str) -> str:
-        value = value.strip("/")
-        if not value:
-            raise ValueError("a project path such as group/app is required")
-        if not (is_namespace_path(value[:-2]) if value.endswith("/*") else is_project_path(value)):
-            raise ValueError(
-                f"{value!r} is no GitLab project path (group/app, group/sub/app) nor a group wildcard (group/*):"
-                " GitLab paths are letters, digits, '_', '-' and '.', no segment starts or ends with '-' or"
-                " '.', holds '..' or ends in '.git' or '.atom'")
-        return value
+    _path = field_validator("path")(lambda cls, v: _project_path(v))
 
     @property
     def is_wildcard(self) -> bool:
@@ -293,10 +452,7 @@ def _resolve(node: Any, path: str, environ: Mapping[str, str], errors: list[str]
                 target = key[: -len("_file")]
                 file_path = _resolve(value, sub, environ, errors, base)
                 try:
-                    secret_path = Path(str(file_path))
-                    if not secret_path.is_absolute():
-                        secret_path = base / secret_path
-                    out[target] = secret_path.read_text().strip()
+                    out[target] = _beside(base, str(file_path)).read_text().strip()
                 except OSError as exc:
                     errors.append(f"{sub}: cannot read secret file {file_path!r}: {exc.strerror}")
                 continue
@@ -337,12 +493,18 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
 
 def settings_from_dict(raw: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None,
                        base: Path | None = None) -> Settings:
-    """Validate a config mapping (as read from YAML) into :class:`Settings`, or raise ConfigError."""
+    """Validate a config mapping (as read from YAML) into :class:`Settings`, or raise ConfigError.
+
+    ``base`` is the folder of the file it was read from: relative ``*_file`` secrets and a relative
+    ``sqlite:///`` path are found there (in the current folder without one)."""
     environ = os.environ if environ is None else environ
     errors: list[str] = []
     data = _resolve(dict(raw or {}), "", environ, errors, base or Path.cwd())
+    conflicts = _path_conflicts(_valid_paths(data.get("projects")))
     defaults = data.get("defaults") or {}
+    inherited: list[set[str]] = []  # per project: the keys it takes from ``defaults``
     if isinstance(defaults, dict) and isinstance(data.get("projects"), list):
+        inherited = [set(defaults) - set(p) if isinstance(p, dict) else set() for p in data["projects"]]
         data["projects"] = [
             {**defaults, **p} if isinstance(p, dict) else p for p in data["projects"]
         ]
@@ -350,28 +512,54 @@ def settings_from_dict(raw: Mapping[str, Any] | None, environ: Mapping[str, str]
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         for err in exc.errors():
+            loc = tuple(err["loc"])
+            if _inherited_error(loc, inherited):
+                continue  # reported once, at defaults.<key>
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
-            errors.append(f"{_format_loc(tuple(err['loc']))}: {msg}")
-        raise ConfigError(errors) from None
-    errors.extend(_path_conflicts(settings.projects))
+            errors.append(f"{_format_loc(loc)}: {msg}")
+        raise ConfigError(errors + conflicts) from None
+    if base is not None:
+        settings = settings.model_copy(update={"storage": settings.storage.relative_to(base)})
+    errors.extend(conflicts)
     errors.extend(_placeholder_problems(settings, raw or {}))
     if errors:
         raise ConfigError(errors)
     return settings
 
 
-def _path_conflicts(projects: tuple[ProjectSettings, ...]) -> list[str]:
+def _inherited_error(loc: tuple[Any, ...], inherited: list[set[str]]) -> bool:
+    """Whether an error at ``projects[i].<key>...`` is about a value project i took from ``defaults``."""
+    if len(loc) < 3 or loc[0] != "projects" or not isinstance(loc[1], int) or loc[1] >= len(inherited):
+        return False
+    return loc[2] in inherited[loc[1]]
+
+
+def _valid_paths(projects: Any) -> dict[int, ProjectSettings]:
+    """The ``projects`` entries whose own ``path`` is valid, by index, holding just that path: their conflicts
+    are reported with the entries' other problems."""
+    found: dict[int, ProjectSettings] = {}
+    for i, entry in enumerate(projects if isinstance(projects, list) else []):
+        path = entry.get("path") if isinstance(entry, dict) else None
+        try:
+            found[i] = ProjectSettings.model_construct(path=_project_path(path))  # type: ignore[arg-type,call-arg]
+        except (AttributeError, ValueError):
+            continue
+    return found
+
+
+def _path_conflicts(projects: dict[int, ProjectSettings]) -> list[str]:
     """Entries GitLab could not hold together, each reported once at the later entry: the same path twice
     (GitLab paths ignore case), or a path at or below an exact entry's project (GitLab holds no project or
     group inside a project; such a path names that project's registry images)."""
     problems: list[str] = []
-    for j, later in enumerate(projects):
-        for i, earlier in enumerate(projects[:j]):
+    for j, later in projects.items():
+        for i, earlier in ((i, e) for i, e in projects.items() if i < j):
             if earlier.base == later.base and earlier.is_wildcard == later.is_wildcard:
-                problems.append(f"projects[{j}].path: {later.path!r} is projects[{i}]'s path again"
-                                " (GitLab paths ignore case): keep one entry")
+                same = "" if later.path == earlier.path else f" as {earlier.path!r} (GitLab paths ignore case)"
+                problems.append(f"projects[{j}].path: {later.path!r} is already configured at projects[{i}]{same}:"
+                                " keep one entry")
                 break
             inside = [(o, n) for o, n in ((earlier, later), (later, earlier)) if _inside_project(o, n)]
             if inside:

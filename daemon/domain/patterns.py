@@ -24,16 +24,53 @@ VARIABLES = (
     "CI_MERGE_REQUEST_IID",
 )
 _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_UNIT = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+# Each unit at most once, largest first: 1h30m, 2d12h, 1m30s (or one part: 30s, 15m, 2h, 7d, 1w).
+_DURATION = re.compile(r"\s*" + "".join(rf"(?:(\d+(?:\.\d+)?)\s*{unit}\s*)?" for unit in _UNIT))
 
 
-def parse_duration(text: str) -> float:
-    """``30s``, ``15m``, ``2h``, ``7d`` (and ``1w``) to seconds."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"{text!r} is not a duration; write it like 30s, 15m, 2h or 7d")
-    return float(match.group(1)) * _UNIT[match.group(2)]
+class Duration(float):
+    """Seconds that keep the text they were written as: ``Duration(5400, "1h30m").text == "1h30m"``, so a
+    configured ``14d`` is printed as ``14d`` (:func:`format_duration`). Arithmetic gives plain floats."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, seconds: float, text: str | None = None) -> Duration:
+        value = super().__new__(cls, seconds)
+        value.text = text.strip() if text is not None else format_duration(seconds)
+        return value
+
+    def __getnewargs__(self) -> tuple[float, str]:  # type: ignore[override]
+        return (float(self), self.text)
+
+
+def parse_duration(text: str) -> Duration:
+    """``30s``, ``15m``, ``2h``, ``7d``, ``1w`` or several of them largest first (``1h30m``, ``2d12h``) to
+    seconds; never negative."""
+    match = _DURATION.fullmatch(text) if isinstance(text, str) else None
+    if match is None or not any(match.groups()):
+        raise ValueError(f"{text!r} is not a duration; write it like 30s, 15m, 2h, 7d or 1h30m"
+                         " (units w, d, h, m, s, each once, largest first)")
+    return Duration(sum(float(n) * _UNIT[u] for n, u in zip(match.groups(), _UNIT, strict=True) if n), text)
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as written (a :class:`Duration`'s own text), else in the largest whole units: 5400 is
+    ``1h30m``, 1209600 ``14d``, 90.5 ``1m30.5s``, 0 ``0s``."""
+    if isinstance(seconds, Duration):
+        return seconds.text
+    sign, rest = ("-", -float(seconds)) if seconds < 0 else ("", float(seconds))
+    whole = int(rest)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        count, whole = divmod(whole, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    left = round(whole + rest - int(rest), 6)
+    if left or not parts:
+        parts.append(f"{left:g}s")
+    return sign + "".join(parts)
 
 
 def ref_slug(ref: str) -> str:

@@ -1,11 +1,13 @@
 """Config: YAML, ${VAR}, *_file secrets, every error at once with its key path (the exit code of
 the check-config process: tests/e2e/test_check_config_process.py)."""
 
+import pickle
 from pathlib import Path
 
 import pytest
 
-from daemon.config import load_settings, settings_from_dict
+from daemon.config import STORAGE_SCHEMES, load_settings, settings_from_dict
+from daemon.domain.patterns import Duration, format_duration
 from daemon.errors import ConfigError
 
 MINIMAL = {"projects": [{"path": "group/app", "webhook_secret": "s3cret"}]}
@@ -253,3 +255,198 @@ def test_a_placeholder_read_from_a_file_names_the_file_key(tmp_path):
                            environ={}, base=tmp_path)
     [problem] = info.value.problems
     assert problem.startswith("projects[0].webhook_secret:") and "webhook_secret_file" in problem
+
+
+# -- what check-config passes, run can start: URLs, bind, storage, paths, durations ---------------------
+
+def _problems(raw):
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict(raw, environ={})
+    return info.value.problems
+
+
+@pytest.mark.parametrize(("section", "url", "why"), [
+    ("gitlab", "not-a-url", "is not an http(s) URL, e.g. https://gitlab.example.com"),
+    ("gitlab", "gitlab.example.com", "is not an http(s) URL"),
+    ("gitlab", "ftp://gitlab.example.com", "is not an http(s) URL"),
+    ("gitlab", "https://", "is not an http(s) URL"),
+    ("gitlab", "https://gitlab.example.com:99999", "port must be a number from 1 to 65535"),
+    ("gitlab", "https://gitlab.example.com:http", "port must be a number from 1 to 65535"),
+    ("gitlab", "https://gitlab.example.com:0", "names port 0"),
+    ("gitlab", "https://gitlab example.com", "must be a plain URL"),
+    ("gitlab", "https://gitlab.example.com/?private_token=x", "no ?query or #fragment"),
+    ("gitlab", "https://gitlab.example.com/#top", "no ?query or #fragment"),
+    ("gitlab", "https://gitlab_.example..com", "is not a host name or IP address"),
+    ("gitlab", "https://[::1/", "is not a URL"),
+    ("registry", "http://127.0.0.1:99999", "e.g. https://registry.example.com"),
+    ("registry", "registry:5000", "is not an http(s) URL"),
+    ("registry", "https://user@registry.example.com", "no user info"),
+])
+def test_a_service_url_that_would_crash_run_is_an_error_with_its_key(section, url, why):
+    [problem] = _problems({section: {"url": url}})
+    assert problem.startswith(f"{section}.url: {url!r} ") and why in problem, problem
+
+
+def test_a_password_in_a_url_is_not_repeated():
+    [problem] = _problems({"gitlab": {"url": "https://root:hunter2@gitlab.example.com"}})
+    assert problem.startswith("gitlab.url:") and "hunter2" not in problem and "gitlab.api_token" in problem
+
+
+@pytest.mark.parametrize("url", ["https://gitlab.example.com", "http://127.0.0.1:8929", "https://example.com/gitlab/",
+                                 "http://[::1]:8929", "https://gitlab.example.com.:443", "http://my_registry:5000"])
+def test_service_urls_gitlab_and_registries_use_are_accepted(url):
+    s = settings_from_dict({"gitlab": {"url": url}, "registry": {"url": url}}, environ={})
+    assert (s.gitlab.url, s.registry.url) == (url, url)
+
+
+@pytest.mark.parametrize(("bind", "why"), [
+    ("127.0.0.1:99999", "a port is a number from 1 to 65535"),
+    ("127.0.0.1:0", "a port is a number from 1 to 65535"),
+    ("127.0.0.1", "is not host:port"),
+    ("127.0.0.1:", "is not host:port"),
+    ("127.0.0.1:80a", "a port is a number from 1 to 65535"),
+    ("::1:8080", "needs brackets around an IPv6 address"),
+    ("[::g]:8080", "is not an IPv6 address"),
+    ("bad host:8080", "is not a host name or IP address"),
+    ("unix:", "names no socket file"),
+    ("fd://x", "names no file descriptor"),
+])
+def test_a_bind_that_would_crash_run_is_an_error(bind, why):
+    [problem] = _problems({"server": {"bind": bind}})
+    assert problem.startswith(f"server.bind: {bind!r} ") and why in problem and "127.0.0.1:8080" in problem, problem
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1:8080", "0.0.0.0:1", "[::]:65535", "[::1]:8080", ":8080",
+                                  "janitor.example.org:80", "localhost:8080", "unix:/run/janitor.sock", "fd://3"])
+def test_binds_gunicorn_listens_on_are_accepted(bind):
+    assert settings_from_dict({"server": {"bind": bind}}, environ={}).server.bind == bind
+
+
+@pytest.mark.parametrize("url", ["postgres://db/janitor", "sqlite://janitor.db", "sqlite:///", "sqlite:///data/",
+                                 "data/janitor.db", "SQLITE:///x.db"])
+def test_a_storage_url_the_janitor_cannot_open_is_an_error(url):
+    [problem] = _problems({"storage": {"url": url}})
+    assert problem.startswith(f"storage.url: {url!r} ") and "sqlite:///" in problem, problem
+
+
+@pytest.mark.parametrize("name", ["https://registry.example.com", "registry.example.com/v2", "reg istry",
+                                  "registry.example.com:99999", "registry.example.com:", "::1"])
+def test_a_registry_hostname_that_no_image_reference_holds_is_an_error(name):
+    [problem] = _problems({"registry": {"hostnames": [name]}})
+    assert problem.startswith(f"registry.hostnames: {name!r}") and "registry.example.com:5050" in problem
+
+
+def test_registry_hostnames_with_ports_are_accepted():
+    names = ["registry.example.com", "127.0.0.1:5000", "[::1]:5000"]
+    assert settings_from_dict({"registry": {"hostnames": names}}, environ={}).registry.hostnames == tuple(names)
+
+
+def test_every_problem_of_a_config_is_reported_at_once():
+    problems = _problems({"gitlab": {"url": "not-a-url"}, "server": {"bind": "127.0.0.1:99999"},
+                          "storage": {"url": "mysql://x"},
+                          "projects": [{"path": "group/app", "webhook_secret": "a"},
+                                       {"path": "group/my app", "webhook_secret": "b"},
+                                       {"path": "Group/App", "webhook_secret": "c"}]})
+    assert [p.split(":", 1)[0] for p in problems] == ["gitlab.url", "storage.url", "server.bind",
+                                                      "projects[1].path", "projects[2].path"]
+    assert "is already configured at projects[0]" in problems[-1]
+
+
+def test_the_same_project_path_twice_names_both_entries():
+    problems = _problems({"projects": [{"path": "group/app", "webhook_secret": "a"},
+                                       {"path": "other/app", "webhook_secret": "b"},
+                                       {"path": "other/lib", "webhook_secret": "c"},
+                                       {"path": "Group/App", "webhook_secret": "d"}]})
+    assert problems == ["projects[3].path: 'Group/App' is already configured at projects[0] as 'group/app'"
+                        " (GitLab paths ignore case): keep one entry"]
+
+
+@pytest.mark.parametrize("path", ["group/my app", "my group/app", "group/app ", " group/app", "group/my\tapp"])
+def test_a_project_path_with_white_space_is_an_error(path):
+    [problem] = _problems({"projects": [{"path": path, "webhook_secret": "a"}]})
+    assert problem.startswith("projects[0].path:") and "no GitLab project path" in problem, problem
+
+
+def test_a_bad_default_is_reported_once_at_defaults_and_a_projects_own_at_the_project():
+    problems = _problems({"defaults": {"grace_period": "5x", "max_tags_per_plan": 0, "colour": "blue"},
+                          "projects": [{"path": "g/a", "webhook_secret": "a"},
+                                       {"path": "g/b", "webhook_secret": "b", "grace_period": "soon"},
+                                       {"path": "g/c", "webhook_secret": "c", "max_tags_per_plan": 5}]})
+    assert sorted(p.split(":", 1)[0] for p in problems) == [
+        "defaults.colour", "defaults.grace_period", "defaults.max_tags_per_plan", "projects[1].grace_period"]
+    assert [p for p in problems if p.startswith("defaults.grace_period:")] == [
+        "defaults.grace_period: '5x' is not a duration; write it like 30s, 15m, 2h, 7d or 1h30m"
+        " (units w, d, h, m, s, each once, largest first)"]
+
+
+def test_good_defaults_still_reach_every_project_that_does_not_set_the_key():
+    s = settings_from_dict({"defaults": {"grace_period": "1h30m"},
+                            "projects": [{"path": "g/a", "webhook_secret": "a"},
+                                         {"path": "g/b", "webhook_secret": "b", "grace_period": "14d"}]}, environ={})
+    assert [(p.grace_period, format_duration(p.grace_period)) for p in s.projects] == [(5400, "1h30m"),
+                                                                                       (1209600, "14d")]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("1h30m", 5400), ("2d12h", 216000), ("1m30s", 90), ("1w1d", 691200), ("1d1h1m1s", 90061), ("1h 30m", 5400),
+    ("90m", 5400), ("1.5h", 5400), ("0s", 0), ("14d", 1209600), (" 15m ", 900), (5400, 5400), (0.5, 0.5),
+])
+def test_durations_parse_single_and_compound(text, seconds):
+    s = settings_from_dict({"projects": [{"path": "g/a", "webhook_secret": "a", "grace_period": text,
+                                          "tags": [{"pattern": "p-$CI_PIPELINE_ID", "ttl": text}]}]}, environ={})
+    assert s.projects[0].grace_period == seconds and s.projects[0].tags[0].ttl == seconds
+
+
+@pytest.mark.parametrize("text", ["30m1h", "1h1h", "1h30", "h30m", "1h-30m", "-1h", "1h30mx", "1y", "15", "",
+                                  "1:30", "1h30m!", "1e3s", "½h", -5, float("nan"), float("inf"), True, [1]])
+def test_a_duration_that_is_not_one_is_an_error(text):
+    [problem] = _problems({"projects": [{"path": "g/a", "webhook_secret": "a", "grace_period": text}]})
+    assert problem.startswith("projects[0].grace_period:"), problem
+
+
+@pytest.mark.parametrize("key", ["poll_interval", "reconcile_interval", "stuck_pipeline_after"])
+@pytest.mark.parametrize("value", ["0s", 0, "0h0m"])
+def test_a_worker_interval_of_no_time_is_an_error(key, value):
+    [problem] = _problems({"worker": {key: value}})
+    assert problem.startswith(f"worker.{key}:") and "longer than 0s" in problem
+
+
+def test_durations_print_as_written_and_others_in_the_largest_units():
+    s = settings_from_dict({"worker": {"poll_interval": "90s", "reconcile_interval": 600},
+                            "projects": [{"path": "g/a", "webhook_secret": "a", "grace_period": "14d"}]}, environ={})
+    assert format_duration(s.projects[0].grace_period) == "14d"
+    assert format_duration(s.worker.poll_interval) == "90s"  # not 1m30s: as written
+    assert format_duration(s.worker.reconcile_interval) == "600s"
+    assert format_duration(s.worker.stuck_pipeline_after) == "1d"  # the default, as the README gives it
+    assert format_duration(s.projects[0].grace_period + 0) == "14d"  # arithmetic gives plain seconds
+    assert [format_duration(n) for n in (5400, 1209600, 90.5, 0, 0.25, 86461)] == [
+        "1h30m", "14d", "1m30.5s", "0s", "0.25s", "1d1m1s"]
+    assert pickle.loads(pickle.dumps(s)).projects[0].grace_period.text == "14d"
+    assert type(s.model_copy(deep=True).projects[0].grace_period) is Duration
+
+
+def test_a_relative_sqlite_path_is_relative_to_the_config_files_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "hook").write_text("hook-secret\n")
+    config = folder / "janitor.yaml"
+    config.write_text("storage: {url: 'sqlite:///state/janitor.db'}\n"
+                      "projects: [{path: g/a, webhook_secret_file: hook}]\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    s = load_settings("../etc/janitor.yaml", environ={})
+    assert Path(s.storage.sqlite_path) == folder.resolve() / "state" / "janitor.db"
+    assert s.projects[0].webhook_secret.get_secret_value() == "hook-secret"  # the same rule
+    absolute = f"sqlite:///{tmp_path / 'abs.db'}"
+    config.write_text(f"storage: {{url: '{absolute}'}}\n")
+    assert load_settings(config, environ={}).storage.url == absolute
+    config.write_text("gitlab: {timeout: 5}\n")
+    assert Path(load_settings(config, environ={}).storage.sqlite_path) == folder.resolve() / "data" / "janitor.db"
+    # settings that come from no file: the current folder, as before
+    assert settings_from_dict({"storage": {"url": "sqlite:///x.db"}}, environ={}).storage.url == "sqlite:///x.db"
+
+
+def test_storage_schemes_are_checked_in_one_table():
+    assert set(STORAGE_SCHEMES) == {"sqlite"}
+    assert STORAGE_SCHEMES["sqlite"]("sqlite:///data/janitor.db") is None
