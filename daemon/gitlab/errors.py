@@ -28,6 +28,7 @@ import gitlab.exceptions
 import requests
 
 from daemon.errors import GitLabError, JobTokenError
+from daemon.registry.failures import connection_problem
 
 Kind = Literal["refused", "forbidden", "not_found", "unreachable", "other"]
 
@@ -62,6 +63,8 @@ class Failure:
 
 def classify(exc: requests.RequestException | gitlab.exceptions.GitlabError) -> Failure:
     """Sort python-gitlab's and requests' exceptions by what they mean for the janitor."""
+    if isinstance(exc, requests.ConnectionError | requests.Timeout):  # in words, not the library's repr
+        return Failure("unreachable", None, "", connection_problem(exc)[1])
     if isinstance(exc, requests.RequestException | gitlab.exceptions.GitlabConnectionError):
         return Failure("unreachable", None, "", str(exc) or type(exc).__name__)
     status = exc.response_code

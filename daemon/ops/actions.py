@@ -1,5 +1,7 @@
-"""What operators do, the same for the admin API, the dashboard and the CLI: approve or reject a held plan,
-and ask for a restore or a retry of an untag (the worker carries requests out, ``daemon.execute.operator``).
+"""What operators do, the same for the admin API, the dashboard and the CLI: approve a held plan, reject a
+held or scheduled one (not once a worker has started it), ask for a restore or a retry of an untag (the
+worker carries requests out, ``daemon.execute.operator``), and ask for a catch-up from the GitLab API (a
+worker runs it, ``daemon.ingest.catchup``).
 
 Each action checks that it may be done and raises ``ActionRefused`` (HTTP status, error code, what to
 do instead) when not. Must not: call the registry or GitLab.
@@ -7,8 +9,9 @@ do instead) when not. Must not: call the registry or GitLab.
 
 from __future__ import annotations
 
+from daemon.config import Settings
 from daemon.domain.model import Plan
-from daemon.store import OperatorRequest, Store, UntagView
+from daemon.store import OperatorRequest, ReconcileRequest, Store, UntagView
 
 
 class ActionRefused(Exception):
@@ -20,15 +23,23 @@ class ActionRefused(Exception):
 
 
 def decide_plan(store: Store, plan_id: int, approve: bool, who: str, now: float) -> Plan:
-    """Approve (held -> ready, due now) or reject (held -> cancelled) a held plan."""
-    decided = store.decide_held(plan_id, approve, who, now)
+    """Approve a held plan (held -> ready, due now), or reject a held or scheduled plan (-> cancelled:
+    none of its tags is untagged). A plan the worker has started cannot be rejected any more."""
+    decided = store.decide_plan(plan_id, approve, who, now)
     if decided is not None:
         return decided
     plan = store.get_plan(plan_id)
     if plan is None:
         raise ActionRefused(404, "not_found", f"there is no plan {plan_id}")
-    raise ActionRefused(409, "not_held", f"plan {plan_id} is {plan.state}, not held; only held plans "
-                        f"can be {'approved' if approve else 'rejected'}")
+    if approve:
+        raise ActionRefused(409, "not_held", f"plan {plan_id} is {plan.state}, not held; only held plans "
+                            "can be approved")
+    if plan.state in ("running", "scheduled"):  # scheduled yet not cancelled: a worker holds its lease
+        raise ActionRefused(409, "not_cancellable", f"plan {plan_id} is {plan.state} and a worker has started "
+                            "it: its untags cannot be stopped now; once it is done, restore any tag you need "
+                            f"back (GET /api/v1/plans/{plan_id} lists its untags)")
+    raise ActionRefused(409, "not_cancellable", f"plan {plan_id} is {plan.state}; only held or scheduled "
+                        "plans can be rejected")
 
 
 def ask_restore(store: Store, untag_id: int, who: str, now: float) -> tuple[OperatorRequest, bool]:
@@ -49,6 +60,28 @@ def _ask(store: Store, kind: str, untag_id: int, who: str, now: float) -> tuple[
     if refused is not None:
         raise ActionRefused(409, *refused)
     return store.add_request(kind, untag_id, who, now)
+
+
+def ask_reconcile(settings: Settings, store: Store, project: str | None, who: str,
+                  now: float) -> tuple[ReconcileRequest, bool]:
+    """Record a catch-up from the GitLab API for one project (or every one) that a worker runs with the
+    daemon's settings. The project must be one reconcile covers: an exact entry, or a project the ledger
+    holds below a ``group/*`` entry."""
+    if project is not None and not reconcilable(settings, store, project):
+        raise ActionRefused(404, "unknown_project",
+                            f"{project[:200]} is not configured (or, under a group/* entry, not in the ledger); "
+                            "name a project of the config's projects, or none for all")
+    return store.add_reconcile_request(project, who, now)
+
+
+def reconcilable(settings: Settings, store: Store, project: str) -> bool:
+    """Whether a catch-up covers ``project`` (as ``daemon.ingest.catchup.Reconciler.projects`` lists them)."""
+    entry = settings.project_for(project)
+    if entry is None:
+        return False
+    if "*" not in entry.path:
+        return entry.path == project
+    return project in store.ledger_projects()
 
 
 def why_not_restorable(view: UntagView) -> tuple[str, str] | None:

@@ -2,8 +2,10 @@
 
 Owns: the limiter call before every registry request, ``429`` with ``Retry-After`` (seconds or an HTTP
 date), exponential backoff with full jitter for 5xx and connection errors, and turning a final
-unsuccessful answer into the error tree. Must not: know about tokens, scopes or untag methods (that is
-``auth``, ``project`` and ``untag``), or sleep any way but through the injected ``sleep``.
+unsuccessful answer into the error tree (a request that got no answer reads as
+``daemon.registry.failures.connection_failure`` says: ``registry unreachable at http://host:port:
+connection refused``, the library's exception kept as the cause). Must not: know about tokens, scopes
+or untag methods (that is ``auth``, ``project`` and ``untag``), or sleep any way but through the injected ``sleep``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 import requests
 
 from daemon.registry.errors import PermanentRegistryError, RegistryError, TransientRegistryError
+from daemon.registry.failures import connection_failure
 from daemon.registry.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -67,9 +70,11 @@ def error_codes(resp: requests.Response) -> tuple[str, ...]:
 
 
 def describe(resp: requests.Response) -> str:
-    """A short text for an unsuccessful answer: status plus the registry's error codes or body start."""
+    """A short text for an unsuccessful answer: status plus the registry's error codes or body start
+    (on one line)."""
     codes = error_codes(resp)
-    detail = ", ".join(codes) if codes else resp.text[:120].strip()
+    body = " ".join(resp.text[:120].split())
+    detail = ", ".join(codes) if codes else (resp.reason or "") if body.startswith("<") else body  # an HTML page
     return f"HTTP {resp.status_code}" + (f" {detail}" if detail else "")
 
 
@@ -151,13 +156,15 @@ class Transport:
             ) as exc:
                 self._observe(method, 0, started)
                 if last:
-                    raise TransientRegistryError(
-                        f"{method} {url}: registry unreachable after {attempt + 1} attempts ({exc})"
-                    ) from exc
+                    code, sentence = connection_failure(exc, url, timeout=self.timeout,
+                                                        server="registry" if limited else "token service")
+                    log.debug("%s %s: no answer after %d attempts: %s", method, url, attempt + 1, exc)
+                    raise TransientRegistryError(sentence, code=code) from exc
                 self._pause(policy.backoff(attempt), f"{method} {url}: {exc.__class__.__name__}")
                 continue
             except requests.RequestException as exc:
-                raise RegistryError(f"{method} {url}: request could not be sent ({exc})") from exc
+                raise RegistryError(f"the request {method} {url} could not be sent ({type(exc).__name__})"
+                                    ) from exc
             self._observe(method, resp.status_code, started)
             if resp.status_code == 429:
                 delay = retry_after_seconds(resp.headers.get("Retry-After"), self._wall_clock())
@@ -167,6 +174,7 @@ class Transport:
                         "lower registry.requests_per_second",
                         status=429,
                         codes=error_codes(resp),
+                        code="registry_rate_limited",
                     )
                 if last:
                     raise TransientRegistryError(
@@ -174,6 +182,7 @@ class Transport:
                         "lower registry.requests_per_second",
                         status=429,
                         codes=error_codes(resp),
+                        code="registry_rate_limited",
                     )
                 self._pause(policy.backoff(attempt) if delay is None else delay, f"{method} {url}: 429")
                 continue

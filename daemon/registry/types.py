@@ -51,10 +51,12 @@ class UntagRequest:
 class UntagResult:
     """What happened to one ``UntagRequest``.
 
-    ``reason``: for ``skipped`` one of ``superseded``, ``missing``, ``out_of_scope``; for ``failed`` a
-    short error text, or ``no_delete_permission`` when the project's token may not untag (nothing was
-    written); for ``dry_run`` None, or ``no_delete_permission`` when the write would fail for that.
-    ``detail`` says, with a ``no_delete_permission``, what the token was granted and how to fix it.
+    ``reason``: for ``skipped`` one of ``superseded``, ``missing``, ``out_of_scope``; for ``failed``
+    ``<code>: <one sentence>`` (``registry_unreachable: registry unreachable at http://...: connection
+    refused``, ``daemon.registry.failures``), or ``no_delete_permission`` when the project's token may not
+    untag (nothing was written); for ``dry_run`` None, or ``no_delete_permission`` when the write would
+    fail for that. ``detail`` says, with a ``no_delete_permission``, what the token was granted and how to
+    fix it; with another failure, the whole exception (for the log).
     ``saved`` is the manifest read just before the write (None when nothing was written). ``method`` is
     the method that actually wrote (``oci``, ``placeholder``, ``gitlab-api``).
     """

@@ -37,6 +37,7 @@ from daemon.registry.errors import (
     RestoreError,
     TagNotFoundError,
 )
+from daemon.registry.failures import failure_detail, failure_parts, failure_reason
 from daemon.registry.names import checked_ref
 from daemon.registry.placeholder import Placeholder, candidate_config, is_placeholder_config, new_placeholder
 from daemon.registry.types import (
@@ -331,9 +332,10 @@ def _placeholder_chunk(
         reg.delete_placeholder(repository, digest)
     except RegistryError as exc:
         if exc.status != 404:  # 404: someone deleted it already, so the tags are gone all the same
-            reason = f"tag left on placeholder {digest} ({exc}); retrying the untag finishes it"
+            reason = (f"placeholder_left: the tag points at placeholder {digest}, whose delete failed "
+                      f"({failure_parts(exc)[1]}); retrying the untag finishes it")
             for i, item, saved in parked:
-                yield i, UntagResult(item, "failed", reason, saved, "placeholder")
+                yield i, UntagResult(item, "failed", reason, saved, "placeholder", detail=failure_detail(exc))
             return
     for i, item, saved in parked:
         yield i, UntagResult(item, "done", None, saved, "placeholder")
@@ -381,8 +383,9 @@ def restore(reg: ProjectView, repository: str, tag: str, manifest: Manifest) -> 
         if _BLOBS_GONE_CODES & set(exc.codes) or exc.status == 404:
             raise RestoreError(
                 f"cannot restore {repository}:{tag}: the registry no longer holds what {manifest.digest} "
-                f"refers to ({exc}); garbage collection has probably removed it. Rebuild the image "
-                "(rerun the pipeline that pushed it) and push it again",
+                f"refers to (HTTP {exc.status}{' ' + ', '.join(sorted(set(exc.codes))) if exc.codes else ''}), "
+                "probably removed by garbage collection; rebuild the image (rerun the pipeline that pushed "
+                "it) and push it again",
                 status=exc.status,
                 codes=exc.codes,
             ) from exc
@@ -392,6 +395,7 @@ def restore(reg: ProjectView, repository: str, tag: str, manifest: Manifest) -> 
 
 
 def _failed(item: UntagRequest, exc: Exception) -> UntagResult:
+    """A failed untag: its reason ``<code>: <one sentence>``, the whole exception in ``detail``."""
     if isinstance(exc, NoDeletePermissionError):
         return UntagResult(item, "failed", NO_DELETE_PERMISSION, detail=str(exc))
-    return UntagResult(item, "failed", str(exc) or exc.__class__.__name__)
+    return UntagResult(item, "failed", failure_reason(exc), detail=failure_detail(exc))

@@ -1,10 +1,12 @@
-"""Plans: one per trigger, with its state, due time, lease and approval, created in one transaction
-with the untags the planner decided on (and joined by those of records that arrived later).
+"""Plans: one per trigger, with its state, due time, lease and approval or rejection, created in one
+transaction with the untags the planner decided on (and joined by those of records that arrived later).
 
 Claims are single atomic UPDATEs, never read-then-write, so two workers never run one plan. A claim
 names its holder; the holder renews its lease while it works (``renew_plan_lease``), and takes back what
-an earlier holder left (``take_back_plan``), each only while the plan is still held as it was. It must not
-decide what a plan holds (the planner does), carry one out (the executor does), or judge a holder.
+an earlier holder left (``take_back_plan``), each only while the plan is still held as it was. An
+operator's decision (``decide_plan``) is one such UPDATE too, so a rejection never cancels a plan a
+worker has claimed. It must not decide what a plan holds (the planner does), carry one out (the executor
+does), or judge a holder.
 """
 
 from __future__ import annotations
@@ -152,15 +154,22 @@ class PlanStore(StoreBase):
                                 [*args, limit, offset])
         return [to_plan(r) for r in rows]
 
-    def decide_held(self, plan_id: int, approve: bool, who: str, now: float) -> Plan | None:
-        """Approve (held -> ready, due now) or reject (held -> cancelled). None if not held."""
-        state = "ready" if approve else "cancelled"
-        note = f"{'approved' if approve else 'rejected'} by {who}"
+    def decide_plan(self, plan_id: int, approve: bool, who: str, now: float) -> Plan | None:
+        """Approve (held -> ready, due now) or reject (held, or scheduled and not started -> cancelled, its
+        pending untags skipped ``rejected``). One UPDATE checks the state and writes it, so a plan a
+        worker claims meanwhile (``claim_plan`` makes it ``running``) is never cancelled under it. None
+        when the plan is not in a state the decision applies to."""
         db = self._db
         with self.transaction():
-            cur = db.execute("UPDATE plans SET state = ?, due_at = ?, approved_by = ?, note = ?,"
-                             " updated_at = ? WHERE id = ? AND state = 'held'",
-                             [state, now, who if approve else None, note, now, plan_id])
+            if approve:
+                cur = db.execute("UPDATE plans SET state = 'ready', due_at = ?, approved_by = ?, note = ?,"
+                                 " updated_at = ? WHERE id = ? AND state = 'held'",
+                                 [now, who, f"approved by {who}", now, plan_id])
+            else:
+                cur = db.execute("UPDATE plans SET state = 'cancelled', rejected_by = ?, note = ?, updated_at = ?"
+                                 " WHERE id = ? AND (state = 'held' OR (state = 'scheduled'"
+                                 " AND lease_holder IS NULL AND (lease_until IS NULL OR lease_until < ?)))",
+                                 [who, f"rejected by {who}", now, plan_id, now])
             if cur.rowcount != 1:
                 return None
             if not approve:
@@ -193,6 +202,10 @@ class PlanStore(StoreBase):
 
     def plan_approver(self, plan_id: int) -> str | None:
         row = self._db.execute("SELECT approved_by FROM plans WHERE id = ?", [plan_id]).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def plan_rejecter(self, plan_id: int) -> str | None:
+        row = self._db.execute("SELECT rejected_by FROM plans WHERE id = ?", [plan_id]).fetchone()
         return None if row is None or row[0] is None else str(row[0])
 
     def last_plan_id(self) -> int:

@@ -187,7 +187,9 @@ def page() -> ResponseReturnValue:
     s = store()
     snapshot = status_snapshot(settings(), s, current)
     held = s.plan_page(state="held", limit=50)
-    held_untags = {p.id: s.untag_views(plan_id=p.id, limit=8) for p in held}
+    # plans waiting for their grace period, soonest first: an operator may still reject one
+    scheduled = sorted(s.plan_page(state="scheduled", limit=50), key=lambda p: (p.due_at, p.id))
+    held_untags = {p.id: s.untag_views(plan_id=p.id, limit=8) for p in (*held, *scheduled)}
     failures = s.untag_views(outcome="failed", limit=50)
     recent = s.untag_views(limit=50)
     requests = s.latest_requests([v.untag.id for v in (*failures, *recent)])
@@ -199,7 +201,7 @@ def page() -> ResponseReturnValue:
     if fresh_nonce:
         nonce = secrets.token_urlsafe(24)
     html = render_template(
-        "dashboard.html", snap=snapshot, held=held, held_untags=held_untags, failures=failures,
+        "dashboard.html", snap=snapshot, held=held, scheduled=scheduled, held_untags=held_untags, failures=failures,
         recent=recent, requests=requests, operator_requests=s.recent_requests(10), chart=chart,
         webhooks=_webhook_rows(snapshot, current), ignored=_ignored_rows(snapshot, current),
         hook_kinds=HOOK_KINDS, csrf=csrf_token(nonce),
@@ -240,7 +242,8 @@ def approve(plan_id: int) -> ResponseReturnValue:
 @bp.post("/dashboard/plans/<int:plan_id>/reject")
 @admin_required
 def reject(plan_id: int) -> ResponseReturnValue:
-    return _act("held", lambda: actions.decide_plan(store(), plan_id, False, admin_name(), now()),
+    anchor = "scheduled" if request.form.get("back") == "scheduled" else "held"
+    return _act(anchor, lambda: actions.decide_plan(store(), plan_id, False, admin_name(), now()),
                 f"Plan {plan_id} rejected: none of its tags will be untagged.")
 
 

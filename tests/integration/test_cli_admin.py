@@ -89,7 +89,7 @@ def test_approve_and_reject(seeded):
     assert store.get_plan(ids["held_plan"]).state == "ready"
     assert store.plan_approver(ids["held_plan"]).endswith("(cli)")
     again = run("reject", str(ids["held_plan"]), config=config)
-    assert again.exit_code == 1 and "is ready, not held" in again.output
+    assert again.exit_code == 1 and "is ready; only held or scheduled plans can be rejected" in again.output
     missing = run("approve", "999", config=config)
     assert missing.exit_code == 1 and "there is no plan 999" in missing.output
     store.close()

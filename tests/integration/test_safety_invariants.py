@@ -176,7 +176,7 @@ def test_s7_bulk_guard_holds_big_plans_until_approved(janitor, registry, gitlab,
     assert plan.state == "held" and "max_tags_per_plan" in plan.note
     j.tick(advance=3600)
     assert len(tags(registry, project.path)) == 3
-    j.store.decide_held(plan.id, True, "admin", j.clock())
+    j.store.decide_plan(plan.id, True, "admin", j.clock())
     j.tick()
     assert tags(registry, project.path) == []
 

@@ -133,7 +133,8 @@ def test_a_challenge_naming_another_port_gets_no_token_and_is_not_remembered(
     assert thief.received() == [], "the project's token went to the realm the challenge named"
     assert outcome == "failed"
     assert reason is not None
-    assert reason.startswith(f"the registry's token service {thief.url}/jwt/auth is not on gitlab.url's host "
+    assert reason.startswith(f"token_realm_refused: the registry's token service {thief.url}/jwt/auth is not on "
+                             f"gitlab.url's host "
                              f"({urlsplit(gitlab.url).netloc}); add it to registry.token_realms if it is yours")
     assert gitlab.calls["GET /jwt/auth"] == 0
     assert view.site.challenge is None, "the refused realm was remembered"

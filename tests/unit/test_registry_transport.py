@@ -151,8 +151,9 @@ def test_connection_errors_forever_become_transient() -> None:
     clock = Clock()
     responses.add("HEAD", URL, body=requests.ConnectionError("refused"))
     reg = make(clock, max_retries=2).for_project("group/app", "secret")
-    with pytest.raises(TransientRegistryError, match="unreachable after 3 attempts"):
+    with pytest.raises(TransientRegistryError, match=r"^registry unreachable at https://registry\.test: ") as info:
         reg.head("group/app", "mr-1")
+    assert info.value.code == "registry_unreachable" and isinstance(info.value.__cause__, requests.ConnectionError)
 
 
 @responses.activate
