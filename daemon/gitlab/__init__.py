@@ -5,4 +5,5 @@
     api      merge requests, pipelines, branches, group projects, webhooks, project access (``GitLabAPI``)
     tags     the ``gitlab-api`` untag method's tag delete (``GitLabTagDeleter``)
     hooks    which webhook each project needs, installed and verified through ``api``
+    stats    every API request counted and timed per endpoint and status, added to storage
 """

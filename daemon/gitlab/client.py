@@ -26,6 +26,7 @@ from daemon.domain.events import time_or_none
 from daemon.domain.model import Job
 from daemon.errors import GitLabError, JobTokenError
 from daemon.gitlab.errors import GitLabAPIError, gitlab_errors, job_token_errors
+from daemon.gitlab.stats import GitLabObserver, observe_session
 
 
 def connect(url: str, *, private_token: str | None = None, job_token: str | None = None,
@@ -77,21 +78,24 @@ class GitLab:
     def __init__(self, url: str, *, api_token: str | None = None, timeout: float = 10.0,
                  session: requests.Session | None = None, job_cache_ttl: float = 60.0,
                  job_refusal_ttl: float = 60.0, ref_cache_ttl: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, observer: GitLabObserver | None = None) -> None:
         self.url = url.rstrip("/")
         self.api_token = api_token
         self.timeout = timeout
         self.session = session or requests.Session()
+        if observer is not None:  # every request counted and timed (GitLabStats: janitor_gitlab_requests_total)
+            observe_session(self.session, observer)
         self._jobs = TTLCache(job_cache_ttl, 4096, clock)
         #: Tokens GitLab refused, by hash, with what it said: asked again only once ``job_refusal_ttl`` passed.
         self._refused_jobs = TTLCache(job_refusal_ttl, 4096, clock)
         self._refs = TTLCache(ref_cache_ttl, 8192, clock)
 
     @classmethod
-    def from_settings(cls, settings: GitLabSettings) -> Self:
-        """A client for the configured GitLab (``gitlab.url``, ``api_token``, ``timeout``)."""
+    def from_settings(cls, settings: GitLabSettings, observer: GitLabObserver | None = None) -> Self:
+        """A client for the configured GitLab (``gitlab.url``, ``api_token``, ``timeout``); ``observer`` is
+        told of every request it sends."""
         token = settings.api_token.get_secret_value() if settings.api_token else None
-        return cls(settings.url, api_token=token, timeout=settings.timeout)
+        return cls(settings.url, api_token=token, timeout=settings.timeout, observer=observer)
 
     def _client(self, *, private_token: str | None = None, job_token: str | None = None) -> gitlab.Gitlab:
         return connect(self.url, private_token=private_token, job_token=job_token, timeout=self.timeout,

@@ -4,7 +4,8 @@ so that a resend GitLab sent with new delivery headers is found by its body with
 
 It must not read what an event says: parsing and applying events is the ingest stage's, and nobody may
 answer 2xx for a delivery this module has not committed. Events the worker could not apply keep their
-error and are never deleted: they are what ``unusable_events`` lists and counts.
+error and are never deleted: they are what ``unusable_events`` lists. Storing an event and setting one
+aside are counted in ``counters`` by the schema's triggers, in the same statement (``daemon.store.counters``).
 
 Deliveries arriving together in one web process are committed together (group commit): the first
 request thread to take the write turn inserts every delivery queued so far in one transaction, and each
@@ -180,10 +181,6 @@ class InboxStore(StoreBase):
         return [UnusableEvent(int(r[0]), str(r[1]), str(r[2]), None if r[3] is None else str(r[3]), float(r[4]),
                               float(r[5] or 0.0), str(r[6])) for r in rows]
 
-    def unusable_event_count(self) -> int:
-        """How many events were ever set aside as unusable (they are kept, so this only rises)."""
-        return int(self._db.execute("SELECT COUNT(*) FROM inbox WHERE error IS NOT NULL").fetchone()[0])
-
     def queue_depth(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM inbox WHERE processed_at IS NULL").fetchone()[0])
 
@@ -192,11 +189,6 @@ class InboxStore(StoreBase):
         rows = self._db.execute(
             "SELECT project_path, kind, MAX(received_at) FROM inbox WHERE project_path IS NOT NULL"
             " GROUP BY project_path, kind ORDER BY project_path, kind").fetchall()
-        return [(r[0], r[1], r[2]) for r in rows]
-
-    def event_counts(self) -> list[tuple[str, str, int]]:
-        rows = self._db.execute(
-            "SELECT COALESCE(project_path, ''), kind, COUNT(*) FROM inbox GROUP BY 1, 2").fetchall()
         return [(r[0], r[1], r[2]) for r in rows]
 
     def last_registry_event(self) -> float | None:

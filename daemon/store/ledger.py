@@ -4,7 +4,8 @@ the registry said were pushed, before anyone is known to own them).
 Records and their states are facts the worker learned; this module must not decide what to untag (the
 planner does) nor ask the registry or GitLab anything. When a record learns its digest (or that it was
 never pushed), its waiting untags are brought in line here, so no untag guards a digest the ledger
-no longer holds.
+no longer holds. A record becoming confirmed is counted (``pushes_recorded``, ``created`` per day) by the
+schema's triggers in the statement that confirms it (``daemon.store.counters``).
 """
 
 from __future__ import annotations
@@ -126,13 +127,6 @@ class LedgerStore(StoreBase):
             " AND p.pipeline_id = r.pipeline_id WHERE r.project_path = ? AND r.state IN ('expected',"
             " 'confirmed') AND p.is_tag = 0 ORDER BY r.ref", [project_path])
         return [r[0] for r in rows]
-
-    def recorded_push_counts(self) -> list[tuple[str, str, int]]:
-        """(project, source, n) of pushes the ledger confirmed, including those since untagged, so the
-        count only grows (a Prometheus counter)."""
-        return [(r[0], r[1] or "", r[2]) for r in self._db.execute(
-            "SELECT project_path, source, COUNT(*) FROM push_records WHERE state IN ('confirmed', 'untagged')"
-            " GROUP BY 1, 2 ORDER BY 1, 2")]
 
     # push records ----------------------------------------------------------------------------------
     def add_record(self, *, project_path: str, pipeline: Pipeline, repository: str, tag: str,

@@ -2,7 +2,9 @@
 removed (so it can be put back) and when it was restored. This is the audit log.
 
 It must not decide an outcome (the executor does) nor talk to the registry; reads join the plan only for
-the kind of trigger that planned each untag.
+the kind of trigger that planned each untag. Each outcome an untag reaches is counted (``untags``,
+``untagged`` per day), and each restore (``restores``), by the schema's triggers in the statement that
+sets it (``daemon.store.counters``).
 """
 
 from __future__ import annotations
@@ -182,15 +184,10 @@ class UntagStore(StoreBase):
                                 " ORDER BY untags.id DESC LIMIT ? OFFSET ?", [*args, limit, offset])
         return [_view(r) for r in rows]
 
-    def finished_untag_counts(self) -> list[tuple[str, str, int]]:
-        """(project, outcome, n) of untags that have an outcome (pending ones are not counted)."""
-        return [(r[0], r[1], r[2]) for r in self._db.execute(
-            "SELECT project_path, outcome, COUNT(*) FROM untags WHERE outcome <> 'pending'"
-            " GROUP BY 1, 2 ORDER BY 1, 2")]
-
     def restored_counts(self) -> dict[str, int]:
-        return {r[0]: r[1] for r in self._db.execute(
-            "SELECT project_path, COUNT(*) FROM untags WHERE restored_at IS NOT NULL GROUP BY 1")}
+        """Per project: how many untagged images were ever put back (a running total, ``counters``)."""
+        return {str(r[0]): int(r[1]) for r in self._db.execute(
+            "SELECT project_path, value FROM counters WHERE name = 'restores' AND label = ''")}
 
     def untagged_image_bytes(self) -> dict[str, int]:
         """Per project: bytes of the blobs (config, layers) that untagged images reference, each blob

@@ -461,14 +461,16 @@ def test_ignored_deliveries_are_counted_for_every_process(janitor):
 
 
 def test_a_stored_delivery_writes_one_row_and_an_ignored_one_only_its_count(janitor):
-    """The hot path: a stored event is its inbox row and nothing else; an ignored delivery is one count."""
+    """The hot path: a stored event is its inbox row and the one upsert that counts it, nothing else; an
+    ignored delivery is one count."""
     j = janitor()
     conn = j.store.db.conn  # the test client answers on this thread, through this connection
     headers = {"X-Gitlab-Event": "Pipeline Hook", "X-Gitlab-Token": SECRET}
     before = conn.total_changes
     stored = j.client.post("/webhooks/gitlab", json=pipeline_hook("gitlab-org/gitlab-test", pipeline_id=31,
                                                                   ref="main"), headers=headers)
-    assert stored.status_code == 202 and conn.total_changes - before == 1
+    assert stored.status_code == 202 and conn.total_changes - before == 2
+    assert j.store.event_counts() == [("gitlab-org/gitlab-test", "pipeline", 1)]
     assert j.store.ignored_counts() == []
     before = conn.total_changes
     ignored = j.client.post("/webhooks/gitlab", json=pipeline_hook("someone/else", pipeline_id=32, ref="main"),
