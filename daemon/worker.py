@@ -1,8 +1,9 @@
 """The worker process's loop: APScheduler 3.x jobs over parts built elsewhere (``daemon.wiring``).
 
 One ``tick`` every ``worker.poll_interval``: heartbeat, inbox -> ledger -> plans, TTL triggers, operator
-requests, due plans, race repairs, then the notes on merge requests whose plans are done; catch-up from the
-GitLab API every ``worker.reconcile_interval``.
+requests, due plans, race repairs, then the notes on merge requests whose plans are done, beating while it
+works (``Heartbeat``); catch-up from the GitLab API every ``worker.reconcile_interval``, and the catch-ups
+operators ask for every ``poll_interval``.
 Each job has ``max_instances=1`` and ``coalesce=True``: a slow tick is never run twice at once.
 Never started inside gunicorn workers (APScheduler's job store cannot be shared between processes).
 Must not: hold a rule of the product; it only says when each stage runs.
@@ -20,7 +21,8 @@ from types import FrameType
 from typing import Any
 
 from daemon.config import Settings
-from daemon.domain.policy import HEARTBEAT_KEY
+from daemon.domain.patterns import format_duration
+from daemon.domain.policy import HEARTBEAT_BEAT_SECONDS, HEARTBEAT_KEY
 from daemon.execute.executor import Executor
 from daemon.execute.notes import MrNotes
 from daemon.execute.operator import carry_out_requests
@@ -34,14 +36,52 @@ from daemon.store import Store
 log = logging.getLogger(__name__)
 
 
+class Heartbeat:
+    """The worker's sign of life in storage (``HEARTBEAT_KEY``), written by the work itself and by nothing
+    else: ``now`` at the start and end of each tick, ``beat`` wherever work progresses (each untag, each
+    registry request, each slice of a wait for the rate limit), written at most every
+    ``HEARTBEAT_BEAT_SECONDS``. No thread of its own beats: a worker stuck anywhere stops beating, and its
+    probe (``registry-janitor worker-health``) finds the heartbeat stale. Safe to call from any thread."""
+
+    def __init__(self, store: Store, clock: Callable[[], float], every: float = HEARTBEAT_BEAT_SECONDS) -> None:
+        self.store = store
+        self.clock = clock
+        self.every = every
+        self._last: float | None = None
+        self._lock = threading.Lock()
+
+    def now(self) -> None:
+        """Write the heartbeat."""
+        at = self.clock()
+        self.store.set_value(HEARTBEAT_KEY, str(at), at)
+        with self._lock:
+            self._last = at
+
+    def beat(self) -> None:
+        """Write the heartbeat unless it was written less than ``every`` seconds ago. Never raises: a
+        heartbeat that cannot be stored must not break off the untag in progress (the stale heartbeat, and
+        the tick's own storage failures, report it)."""
+        at = self.clock()
+        with self._lock:
+            if self._last is not None and 0 <= at - self._last < self.every:
+                return
+            self._last = at
+        try:
+            self.store.set_value(HEARTBEAT_KEY, str(at), at)
+        except Exception as exc:
+            log.warning("could not store the worker's heartbeat: %s", exc)
+
+
 class Worker:
     def __init__(self, settings: Settings, store: Store, *, ingest: Ingest, executor: Executor,
                  repair: RaceRepair, clock: Callable[[], float], reconciler: Reconciler | None = None,
                  lock: contextlib.AbstractContextManager[Any] | None = None,
-                 registry_stats: RegistryStats | None = None, notes: MrNotes | None = None) -> None:
+                 registry_stats: RegistryStats | None = None, notes: MrNotes | None = None,
+                 heartbeat: Heartbeat | None = None) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
+        self._heartbeat = heartbeat if heartbeat is not None else Heartbeat(store, clock)
         self.ingest = ingest
         self.executor = executor
         self.repair = repair
@@ -69,7 +109,7 @@ class Worker:
         return {"events": events, "ttl_plans": ttl, "plans": plans, "notes": notes}
 
     def heartbeat(self) -> None:
-        self.store.set_value(HEARTBEAT_KEY, str(self.clock()), self.clock())
+        self._heartbeat.now()
 
     def run_forever(self) -> None:
         """Block running the scheduler until SIGTERM or SIGINT."""
@@ -80,17 +120,21 @@ class Worker:
         scheduler.add_job(self._safe_tick, "interval", seconds=self.settings.worker.poll_interval,
                           id="tick")
         self.schedule_reconcile(scheduler)
+        self.schedule_reconcile_requests(scheduler)
         stop = threading.Event()
 
         def _stop(signum: int, frame: FrameType | None) -> None:
+            if stop.is_set():  # a second signal (the process group and `run` both sent one)
+                return
             log.info("worker stopping (signal %s)", signum)
             stop.set()
-            scheduler.shutdown(wait=False)
+            if scheduler.running:  # a signal before start(): start is skipped below
+                scheduler.shutdown(wait=False)
 
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
         self._safe_tick()
-        log.info("worker started: poll every %ss", self.settings.worker.poll_interval)
+        log.info("worker started: poll every %s", format_duration(self.settings.worker.poll_interval))
         if not stop.is_set():
             scheduler.start()
 
@@ -103,6 +147,16 @@ class Worker:
         first = datetime.now(UTC) + timedelta(seconds=min(interval, max(self.settings.worker.poll_interval, 1.0)))
         return scheduler.add_job(self.reconciler.run_logged, "interval", seconds=interval, id="reconcile",
                                  next_run_time=first, max_instances=1, coalesce=True)
+
+    def schedule_reconcile_requests(self, scheduler: Any) -> Any:
+        """Add the job that runs the catch-ups operators ask for (``registry-janitor reconcile``, ``POST
+        /api/v1/reconcile``): every ``worker.poll_interval``, beside the tick (a long catch-up never holds
+        the tick, its heartbeat or due plans back)."""
+        if self.reconciler is None:
+            return None
+        return scheduler.add_job(self.reconciler.run_requests_logged, "interval",
+                                 seconds=self.settings.worker.poll_interval, id="reconcile_requests",
+                                 max_instances=1, coalesce=True)
 
     def _safe_tick(self) -> None:
         try:

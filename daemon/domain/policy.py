@@ -19,6 +19,13 @@ LEASE_SECONDS = 60.0
 LEASE_RENEW_SECONDS = LEASE_SECONDS / 4
 #: The storage key of the worker's heartbeat (the time of its last sign of life).
 HEARTBEAT_KEY = "worker_heartbeat"
+#: How often a working worker writes its heartbeat at most. The work itself beats (the start and end of a
+#: tick, each untag, each registry request and each slice of a wait for the rate limit): a worker that stops
+#: making progress stops beating, and nothing beats for it.
+HEARTBEAT_BEAT_SECONDS = 2.0
+#: The least time a heartbeat stays fresh: one registry or GitLab request may wait out its timeout (30 s at
+#: most) with no progress to show, and a liveness probe must not restart a worker for that.
+HEARTBEAT_LIMIT_FLOOR = 60.0
 
 
 @dataclass(frozen=True)
@@ -39,8 +46,10 @@ def in_scope(repository: str, policy: ProjectPolicy) -> bool:
 
 
 def heartbeat_limit(poll_interval: float) -> float:
-    """How old the worker's heartbeat may be before the worker counts as stale."""
-    return max(30.0, 3 * poll_interval)
+    """How old the worker's heartbeat may be before the worker counts as stale. A tick beats every
+    ``HEARTBEAT_BEAT_SECONDS`` while it makes progress, however long it runs; between ticks the worker is idle
+    for a poll interval. So the limit is three poll intervals, and never under ``HEARTBEAT_LIMIT_FLOOR``."""
+    return max(HEARTBEAT_LIMIT_FLOOR, 3 * poll_interval)
 
 
 def heartbeat_fresh(age: float | None, poll_interval: float) -> bool:

@@ -7,6 +7,7 @@ row, a cursor or a ``sqlite_utils`` object, so that another engine can stand beh
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Iterator
 
 import sqlite_utils
@@ -35,10 +36,23 @@ class StoreBase:
         with write_tx(self._db):
             yield
 
-    def writable(self) -> bool:
+    def writable(self, now: float, wait: float) -> str | None:
+        """None when a row could be stored now, else why not. Proven by storing one: a new connection (what
+        a new request thread opens) takes the write lock within ``wait`` seconds and commits a ``kv`` row
+        (``store_probe``), which fails as an insert into the inbox would on a read-only file, directory or
+        volume, a full disk, a file removed or replaced under the running process, or a lock held past
+        ``wait``."""
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("ROLLBACK")
-            return True
-        except Exception:
-            return False
+            with self._pool.probe_connection(wait) as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute("INSERT INTO kv (key, value, updated_at) VALUES ('store_probe', '', ?)"
+                                 " ON CONFLICT(key) DO UPDATE SET updated_at = excluded.updated_at", [now])
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            return str(exc) or exc.__class__.__name__
+        return None

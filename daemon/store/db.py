@@ -59,6 +59,7 @@ class ConnectionPool:
         self._all: list[sqlite_utils.Database] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file the first connection opened
 
     def get(self) -> sqlite_utils.Database:
         if os.getpid() != self._pid:  # forked (gunicorn): never share a connection across processes
@@ -68,10 +69,37 @@ class ConnectionPool:
         db = getattr(self._local, "db", None)
         if db is None:
             db = connect(self.path)
+            if self._file is None and self.path != ":memory:":
+                self._file = _file_identity(self.path)
             self._local.db = db
             with self._lock:
                 self._all.append(db)
         return db
+
+    @contextlib.contextmanager
+    def probe_connection(self, wait: float) -> Iterator[sqlite3.Connection]:
+        """A new connection to the file this pool's connections opened, for proving it writable: opened
+        read-write and never created (a removed file or directory is not made again, empty), waiting at
+        most ``wait`` seconds for the write lock. ``sqlite3.OperationalError`` when the file at ``path`` is
+        gone or is not the one this pool opened (replaced, or its directory removed: the pool's connections
+        write to a file nobody will read again); ``:memory:`` is the calling thread's own connection."""
+        if self.path == ":memory:":
+            yield self.get().conn
+            return
+        self.get()
+        try:
+            now_there = _file_identity(self.path)
+        except OSError as exc:
+            raise sqlite3.OperationalError(f"database file {self.path} is gone: {exc.strerror}") from exc
+        if now_there != self._file:
+            raise sqlite3.OperationalError(f"database file {self.path} was replaced since it was opened")
+        conn = sqlite3.connect(f"{Path(self.path).absolute().as_uri()}?mode=rw", uri=True, timeout=wait,
+                               isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
+            yield conn
+        finally:
+            conn.close()
 
     def release(self) -> None:
         """Close the calling thread's connection, if it has one (a thread that ends calls this)."""
@@ -91,3 +119,8 @@ class ConnectionPool:
                     db.close()
             self._all.clear()
         self._local = threading.local()
+
+
+def _file_identity(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino

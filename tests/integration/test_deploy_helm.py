@@ -2,7 +2,8 @@
 
 Rendered and linted with Helm's own engine (helm-python-sdk binds Helm v4's Go code, no helm binary),
 every rendered object checked against the Kubernetes API schemas that kubernetes-validate ships, then
-the promises the chart makes read off the objects: one pod, Recreate, probes on /healthz and /readyz,
+the promises the chart makes read off the objects: one pod, Recreate, probes on /healthz and /readyz and
+the worker's own (`registry-janitor worker-health`),
 a non-root read-only container with only /data and /tmp writable, and a config that holds no secret.
 """
 
@@ -341,12 +342,28 @@ def assert_writable_paths(deployment: dict[str, Any], claim: str) -> None:
         assert env_names(container)["JANITOR_CONFIG"]["value"] == CONFIG_PATH, name
 
 
-def assert_http_probes(container: dict[str, Any]) -> None:
+def assert_http_probes(container: dict[str, Any], *, runs_worker: bool) -> None:
+    """Readiness on /readyz (the web can store events); liveness on /healthz, or the worker's own probe
+    when the container runs the worker too."""
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": 8080}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    if runs_worker:
+        assert_worker_probe(container)
+    else:
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+
+
+def assert_worker_probe(container: dict[str, Any]) -> None:
+    """The worker's liveness is its heartbeat (``registry-janitor worker-health``), with time for a start and
+    for the command itself, restarting the worker only after several stale answers in a row."""
+    probe = container["livenessProbe"]
+    assert probe["exec"] == {"command": ["registry-janitor", "worker-health"]}
+    assert "httpGet" not in probe
+    assert probe["initialDelaySeconds"] >= 30
+    assert probe["timeoutSeconds"] >= 5, "the command starts a Python process"
+    assert probe["failureThreshold"] >= 2 and probe["periodSeconds"] * probe["failureThreshold"] >= 60
 
 
 def assert_one_pod(deployment: dict[str, Any]) -> None:
@@ -407,7 +424,7 @@ def test_default_install(helm: Any) -> None:
 
     [container] = containers(deployment).values()
     assert container["command"] + container["args"] == ["registry-janitor", "run"]
-    assert_http_probes(container)
+    assert_http_probes(container, runs_worker=True)
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
 
     pvc = one(objects, "PersistentVolumeClaim")
@@ -482,8 +499,9 @@ def test_full_values(helm: Any) -> None:
     web, worker = both["web"], both["worker"]
     assert web["command"] + web["args"] == ["registry-janitor", "web"]
     assert worker["command"] + worker["args"] == ["registry-janitor", "worker"]
-    assert_http_probes(web)
-    assert "ports" not in worker and "livenessProbe" not in worker
+    assert_http_probes(web, runs_worker=False)
+    assert "ports" not in worker and "readinessProbe" not in worker and "startupProbe" not in worker
+    assert_worker_probe(worker)
     assert web["resources"]["limits"]["memory"] == "1Gi"
     assert worker["resources"]["limits"]["memory"] == "512Mi"
     [data_volume] = [v for v in volumes(deployment).values() if "persistentVolumeClaim" in v]

@@ -154,6 +154,14 @@ variable (so a missing key is named by Kubernetes before the process starts), th
 {{- end }}
 - name: JANITOR_CONFIG
   value: {{ include "registry-janitor.configPath" . | quote }}
+{{- if not (has "JANITOR_LOG_FORMAT" $extraNames) }}
+- name: JANITOR_LOG_FORMAT
+  value: {{ .Values.logFormat | default "text" | quote }}
+{{- end }}
+{{- if not (has "JANITOR_LOG_LEVEL" $extraNames) }}
+- name: JANITOR_LOG_LEVEL
+  value: {{ .Values.logLevel | default "INFO" | quote }}
+{{- end }}
 {{- range ($vars | uniq | sortAlpha) }}
 {{- if not (has . $extraNames) }}
 - name: {{ . }}
@@ -205,7 +213,9 @@ The janitor's URL as GitLab and the registry should call it.
 {{- end }}
 
 {{/*
-One janitor container. Call with (dict "root" $ "name" NAME "command" SUBCOMMAND "http" BOOL "resources" MAP).
+One janitor container. Call with (dict "root" $ "name" NAME "command" SUBCOMMAND "http" BOOL "worker" BOOL
+"resources" MAP): "http" serves the routes (port, startup and readiness probes), "worker" runs the worker
+(its liveness is `registry-janitor worker-health`; else, with "http", GET /healthz).
 */}}
 {{- define "registry-janitor.container" -}}
 {{- $root := .root }}
@@ -230,16 +240,24 @@ One janitor container. Call with (dict "root" $ "name" NAME "command" SUBCOMMAND
       path: /healthz
       port: http
     {{- toYaml $root.Values.probes.startup | nindent 4 }}
+  {{- if not .worker }}
   livenessProbe:
     httpGet:
       path: /healthz
       port: http
     {{- toYaml $root.Values.probes.liveness | nindent 4 }}
+  {{- end }}
   readinessProbe:
     httpGet:
       path: /readyz
       port: http
     {{- toYaml $root.Values.probes.readiness | nindent 4 }}
+  {{- end }}
+  {{- if .worker }}
+  livenessProbe:
+    exec:
+      command: ["registry-janitor", "worker-health"]
+    {{- toYaml $root.Values.probes.worker | nindent 4 }}
   {{- end }}
   {{- with .resources }}
   resources:
