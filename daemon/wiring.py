@@ -11,6 +11,7 @@ Must not: hold a rule of the product; this module only connects parts.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -24,18 +25,19 @@ from daemon.execute.executor import Executor, ProjectRegistryLike, RegistryFacto
 from daemon.execute.notes import MrNotes
 from daemon.execute.repair import RaceRepair
 from daemon.gitlab.api import GitLab, GitLabAPI
+from daemon.gitlab.stats import GitLabStats
 from daemon.gitlab.tags import GitLabTagDeleter
 from daemon.ingest.catchup import Reconciler
 from daemon.ingest.ci_gate import CiGate, JobVerifier, TagDetailsReader
 from daemon.ingest.inbox import Ingest, ReaderFactory
 from daemon.plan.planning import LiveRefs, Planner, RefLookup
 from daemon.registry.client import RegistryClient, new_session
-from daemon.registry.ratelimit import RateLimiter
+from daemon.registry.ratelimit import Beat, RateLimiter, sleep_beating
 from daemon.registry.stats import RegistryStats
 from daemon.registry.transport import Observer
 from daemon.store import Store, open_store
 from daemon.web import create_app
-from daemon.worker import Worker
+from daemon.worker import Heartbeat, Worker
 
 Clock = Callable[[], float]
 
@@ -45,32 +47,40 @@ CI_READ_OPTIONS: dict[str, Any] = {"timeout": 5.0, "max_retries": 1, "backoff_ba
                                    "max_retry_after": 1.0}
 
 
-def build_store(settings: Settings) -> Store:
-    """The configured store, created and migrated as needed."""
-    return open_store(settings.storage.url)
+def build_store(settings: Settings, *, create: bool = True) -> Store:
+    """The configured store, migrated as needed: created when missing (the daemon's processes), or with
+    ``create=False`` only opened (the admin commands: ``StoreMissing`` when there is none, never a new
+    empty one)."""
+    return open_store(settings.storage.url, create=create)
 
 
-def build_gitlab(settings: Settings) -> GitLabAPI:
-    """The GitLab API client (job tokens, branches, merge requests, hooks) as configured."""
-    return GitLabAPI.from_settings(settings.gitlab)
+def build_gitlab(settings: Settings, store: Store | None = None) -> GitLabAPI:
+    """The GitLab API client (job tokens, branches, merge requests, hooks) as configured; with ``store``,
+    each request it sends is counted there (``janitor_gitlab_requests_total``)."""
+    return GitLabAPI.from_settings(settings.gitlab, observer=GitLabStats(store) if store is not None else None)
 
 
 def build_registry_client(settings: Settings, session: requests.Session | None = None,
-                          observer: Observer | None = None, **options: Any) -> RegistryClient:
+                          observer: Observer | None = None, beat: Beat | None = None,
+                          **options: Any) -> RegistryClient:
     """One client for the configured registry: one keep-alive session, one rate limiter; project tokens
-    go only to a token service on ``gitlab.url``'s host or in ``registry.token_realms``."""
+    go only to a token service on ``gitlab.url``'s host or in ``registry.token_realms``. ``beat`` (the
+    worker's heartbeat) is called on each request and while the client waits (rate limit, retries)."""
     reg = settings.registry
-    options.setdefault("limiter", RateLimiter(reg.requests_per_second, reg.burst))
+    options.setdefault("limiter", RateLimiter(reg.requests_per_second, reg.burst, beat=beat))
+    if beat is not None:
+        options.setdefault("sleep", functools.partial(sleep_beating, sleep=time.sleep, beat=beat))
     return RegistryClient(reg.url, session or new_session(), gitlab_url=settings.gitlab.url,
                           token_realms=reg.token_realms, observer=observer, **options)
 
 
 def build_registries(settings: Settings, session: requests.Session | None = None,
-                     observer: Observer | None = None, **options: Any) -> RegistryFactory:
+                     observer: Observer | None = None, beat: Beat | None = None,
+                     **options: Any) -> RegistryFactory:
     """Per-project views of one registry client; ``observer`` sees every registry answer
     (``RegistryStats`` counts them for /metrics). None for a project without ``registry_token``.
     ``options`` go to the client (``timeout``, ``max_retries`` ...)."""
-    client = build_registry_client(settings, session, observer, **options)
+    client = build_registry_client(settings, session, observer, beat, **options)
     deleters: dict[str, GitLabTagDeleter] = {}
 
     def tag_deleter(token: str) -> GitLabTagDeleter | None:
@@ -124,31 +134,34 @@ def build_reconciler(settings: Settings, store: Store, ingest: Ingest, *, clock:
                      gitlab: GitLabAPI | None = None,
                      lock: contextlib.AbstractContextManager[Any] | None = None, **bounds: int) -> Reconciler:
     """Catch-up from the GitLab API, feeding the same ``Ingest`` handlers the webhooks use."""
-    return Reconciler(settings, store, ingest, gitlab or build_gitlab(settings), clock, lock=lock, **bounds)
+    return Reconciler(settings, store, ingest, gitlab or build_gitlab(settings, store), clock, lock=lock, **bounds)
 
 
 def build_worker(settings: Settings, store: Store, *, registries: RegistryFactory | None = None,
                  clock: Clock = time.time, ref_lookup: RefLookup | None = None,
                  registry_stats: RegistryStats | None = None, gitlab: GitLabAPI | None = None) -> Worker:
     """The worker with every stage it schedules: ingest, plan, execute (with the notes on merge requests,
-    posted through ``gitlab``), catch-up."""
-    registries = registries or build_registries(settings, observer=registry_stats)
+    posted through ``gitlab``), catch-up. Its heartbeat beats as the work progresses: in the executor and
+    in the registry client's requests and waits."""
+    heartbeat = Heartbeat(store, clock)
+    registries = registries or build_registries(settings, observer=registry_stats, beat=heartbeat.beat)
     ingest = build_ingest(settings, store, registries=registries, clock=clock, ref_lookup=ref_lookup)
     lock = threading.Lock()
-    executor = Executor(settings, store, registries, clock, ingest.planner.live_refs)
-    gitlab = gitlab or build_gitlab(settings)
+    executor = Executor(settings, store, registries, clock, ingest.planner.live_refs, beat=heartbeat.beat)
+    gitlab = gitlab or build_gitlab(settings, store)
     reconciler = build_reconciler(settings, store, ingest, clock=clock, gitlab=gitlab, lock=lock)
     return Worker(settings, store, ingest=ingest, executor=executor,
                   repair=RaceRepair(settings, store, registries, clock), reconciler=reconciler,
                   clock=clock, lock=lock, registry_stats=registry_stats,
-                  notes=MrNotes(settings, store, gitlab, clock))
+                  notes=MrNotes(settings, store, gitlab, clock), heartbeat=heartbeat)
 
 
 def build_worker_from_config(settings: Settings) -> Worker:
     """What ``registry-janitor worker`` runs: the configured store, registry metrics, S4 lookups."""
     stats = RegistryStats()  # registry request metrics, flushed to storage every tick
-    gitlab = build_gitlab(settings)
-    return build_worker(settings, build_store(settings), registry_stats=stats, gitlab=gitlab,
+    store = build_store(settings)
+    gitlab = build_gitlab(settings, store)
+    return build_worker(settings, store, registry_stats=stats, gitlab=gitlab,
                         ref_lookup=build_ref_lookup(settings, gitlab))
 
 
@@ -159,7 +172,7 @@ def build_app(settings: Settings, store: Store | None = None, *, clock: Clock = 
     configured registry (read-only, ``build_ci_readers``)."""
     store = store if store is not None else build_store(settings)
     planner = build_planner(settings, store, clock=clock)
-    gitlab = build_gitlab(settings)
+    gitlab = build_gitlab(settings, store)
     gate = CiGate(settings, store, planner, verifier or gitlab, build_ci_readers(settings), clock,
                   tags=tag_details or gitlab)
     return create_app(settings, store, clock=clock, ci_gate=gate)

@@ -1,9 +1,12 @@
 """Admin commands: ``status``, ``plans``, ``approve``, ``reject``, ``audit``, ``restore``, and the online
 part of ``check-config``.
 
-They open the same storage as the daemon (same ``--config``) and act through it, exactly as the admin
-API does: decisions on held plans are written directly, restores are requests the worker carries out
-(this command waits for the outcome and says so when no worker is running). Only ``check-config
+Each acts on a running janitor, never on a stray database: with ``--url`` (or ``$JANITOR_URL``) it asks that
+janitor's admin API (``daemon.cli.remote``; its settings decide), else it opens the storage the daemon's
+config names, which must already exist (exit 2 otherwise), and acts exactly as the admin API does:
+decisions on held plans are written directly, restores are requests the worker carries out (this command
+waits for the outcome and says so when no worker is running). Both ways give the same JSON documents
+(``daemon.ops.status``), and one renderer prints them. Only ``check-config
 --online`` talks to GitLab (through ``daemon.gitlab.api``: a project read and the token's scopes) and the
 registry (the actions its token service grants, and a tag listing); the rules it judges by are
 ``daemon.domain.credentials``.
@@ -12,16 +15,18 @@ Output is a plain table for terminals; ``--json`` where a script wants it.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn
 
 import click
 
 from daemon.cli.options import config_option, settings_or_exit
+from daemon.cli.remote import CommandFailed, RemoteJanitor
 from daemon.config import Settings
 from daemon.domain.credentials import REGISTRY_FIX, api_verdict, describe_actions, missing_actions, registry_fix
 from daemon.domain.model import OUTCOMES, PLAN_STATES, UntagMethod
@@ -32,21 +37,127 @@ from daemon.ops.actions import ActionRefused
 from daemon.ops.status import (
     ago,
     human_bytes,
-    iso,
     parse_since,
     plan_json,
+    reconcile_request_json,
+    request_json,
     status_snapshot,
     untag_json,
     worker_heartbeat_age,
 )
 from daemon.registry.errors import RegistryAuthError, RegistryError, TokenRealmRefusedError
 from daemon.registry.project import ProjectRegistry
-from daemon.store import Store
+from daemon.store import Store, StoreMissing
 from daemon.wiring import build_gitlab, build_registry_client, build_store
 
 
-def _store(settings: Settings) -> Store:
-    return build_store(settings)
+class LocalJanitor:
+    """The janitor's storage, opened with the daemon's config (``--config``): the same questions as
+    ``RemoteJanitor`` asks the admin API, answered with the same JSON documents (``daemon.ops.status``)."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings, self.store = settings, store
+
+    def status(self) -> dict[str, Any]:
+        return status_snapshot(self.settings, self.store, time.time())
+
+    def worker(self) -> tuple[float | None, bool]:
+        return worker_heartbeat_age(self.settings, self.store, time.time())
+
+    def plans(self, state: str | None, project: str | None, limit: int) -> list[dict[str, Any]]:
+        return [plan_json(p) for p in self.store.plan_page(state=state, project_path=project, limit=limit)]
+
+    def decide(self, plan_id: int, approve: bool) -> dict[str, Any]:
+        try:
+            return plan_json(actions.decide_plan(self.store, plan_id, approve, _who(), time.time()))
+        except ActionRefused as exc:
+            raise CommandFailed(exc.message, 1, exc.status) from None
+
+    def untags(self, project: str | None, since: float | None, outcome: str | None,
+               limit: int) -> list[dict[str, Any]]:
+        views = self.store.untag_views(project_path=project, outcome=outcome, since=since, limit=limit)
+        requests = self.store.latest_requests(v.untag.id for v in views)
+        return [untag_json(v, requests) for v in views]
+
+    def restore(self, untag_id: int) -> tuple[dict[str, Any], bool, str]:
+        try:
+            req, created = actions.ask_restore(self.store, untag_id, _who(), time.time())
+        except ActionRefused as exc:
+            raise CommandFailed(exc.message, 1, exc.status) from None
+        view = self.store.untag_view(untag_id)
+        image = f"{view.untag.repository}:{view.untag.tag}" if view else f"untag {untag_id}"
+        return request_json(req) or {}, created, image
+
+    def request(self, request_id: int) -> dict[str, Any] | None:
+        return request_json(self.store.get_request(request_id))
+
+    def ask_reconcile(self, project: str | None) -> tuple[dict[str, Any], bool]:
+        try:
+            req, created = actions.ask_reconcile(self.settings, self.store, project, _who(), time.time())
+        except ActionRefused as exc:
+            raise CommandFailed(exc.message, 1, exc.status) from None
+        return reconcile_request_json(req, self.store), created
+
+    def reconcile_request(self, request_id: int) -> dict[str, Any] | None:
+        req = self.store.get_reconcile_request(request_id)
+        return None if req is None else reconcile_request_json(req, self.store)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+Janitor = LocalJanitor | RemoteJanitor
+
+URL_HELP = "ask the running janitor at this base URL through its admin API instead of opening a database"
+TOKEN_HELP = "the janitor's server.admin_token, for --url"
+
+
+def janitor_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config``, ``--url`` ($JANITOR_URL) and ``--token`` ($JANITOR_ADMIN_TOKEN): where the command acts."""
+    fn = click.option("--token", "token", envvar="JANITOR_ADMIN_TOKEN", metavar="T", show_envvar=True,
+                      help=TOKEN_HELP)(fn)
+    fn = click.option("--url", "url", envvar="JANITOR_URL", metavar="URL", show_envvar=True, help=URL_HELP)(fn)
+    return config_option(fn)
+
+
+def _given(name: str) -> bool:
+    """Whether option ``name`` was written on the command line (not taken from the environment)."""
+    ctx = click.get_current_context(silent=True)
+    source = ctx.get_parameter_source(name) if ctx is not None else None
+    return source is click.core.ParameterSource.COMMANDLINE
+
+
+def _fail(exc: CommandFailed) -> NoReturn:
+    click.echo(f"registry-janitor: {exc.message}", err=True)
+    sys.exit(exc.exit_code)
+
+
+@contextlib.contextmanager
+def open_janitor(config_path: str | None, url: str | None, token: str | None) -> Iterator[Janitor]:
+    """The janitor the command acts on: the one at ``url`` (its settings decide), else the storage the
+    config names, which must exist (exit 2 otherwise: an admin command never makes a database). A
+    ``--config`` written on the command line beats ``$JANITOR_URL``; both on the command line is an error.
+    A ``CommandFailed`` inside prints its message and exits with its code."""
+    if url and _given("config_path") and _given("url"):
+        raise click.UsageError("give --config (open the janitor's database) or --url (ask the running janitor), "
+                               "not both")
+    janitor: Janitor
+    try:
+        if url and not (_given("config_path") and not _given("url")):
+            janitor = RemoteJanitor(url, token)
+        else:
+            settings = settings_or_exit(config_path)
+            try:
+                janitor = LocalJanitor(settings, build_store(settings, create=False))
+            except StoreMissing as exc:
+                raise CommandFailed(f"{exc} (storage.url {settings.storage.url}); run `registry-janitor run` "
+                                    "first, or point --url at a running janitor", 2) from None
+        try:
+            yield janitor
+        finally:
+            janitor.close()
+    except CommandFailed as exc:
+        _fail(exc)
 
 
 def _who() -> str:
@@ -78,17 +189,14 @@ def _short(text: str | None, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-@click.command()
-@config_option
-@click.option("--json", "as_json", is_flag=True, help="print the whole status document as JSON")
-def status(config_path: str | None, as_json: bool) -> None:
-    """Per-project table: created, untagged, ratio, scheduled, held, failed; then what is misconfigured."""
-    settings = settings_or_exit(config_path)
-    store = _store(settings)
-    snap = status_snapshot(settings, store, time.time())
-    if as_json:
-        _echo_json(snap)
-        return
+def worker_not_running(age: float | None, what: str) -> str:
+    seen = "never" if age is None else f"{ago(age)} ago"
+    return (f"the worker is not running (last heartbeat: {seen}). The {what} is recorded and will be carried "
+            "out when `registry-janitor worker` (or `run`) starts.")
+
+
+# printing the documents -------------------------------------------------------------------------------
+def print_status(snap: dict[str, Any]) -> None:
     rows = []
     for name, p in snap["projects"].items():
         mode = "dry-run" if p["dry_run_mode"] else ("live" if p["configured"] else "-")
@@ -110,150 +218,171 @@ def status(config_path: str | None, as_json: bool) -> None:
     click.echo(f"\nworker: {state} (last heartbeat {ago(worker['heartbeat_age_seconds'])}"
                f"{' ago' if worker['heartbeat_age_seconds'] is not None else ''}); queue: {snap['queue']['depth']} "
                f"event(s); in untagged images: {human_bytes(t['untagged_image_bytes'])}")
-    store.close()
+
+
+def print_plans(found: list[dict[str, Any]], state: str) -> None:
+    if not found:
+        click.echo(f"no {'' if state == 'all' else state + ' '}plans")
+        return
+    click.echo(table(["ID", "PROJECT", "TRIGGER", "STATE", "UNTAGS", "CREATED", "NOTE"],
+                     [[p["id"], p["project"], p["trigger"], p["state"], p["untag_count"], p["created_at"],
+                       _short(p["note"], 50)] for p in found], right=[0, 4]))
+    if state == "held":
+        click.echo("\napprove with `registry-janitor approve ID`, cancel with `registry-janitor reject ID`")
+
+
+def print_untags(found: list[dict[str, Any]]) -> None:
+    if not found:
+        click.echo("no untags match")
+        return
+    rows = []
+    for u in found:
+        detail = u["reason"] or u["method"] or ""
+        if u["restored_at"] is not None:
+            detail += f" (restored {u['restored_at']})"
+        rows.append([u["id"], u["finished_at"] or "pending", u["project"], u["image"], u["outcome"],
+                     _short(detail, 60)])
+    click.echo(table(["ID", "FINISHED", "PROJECT", "IMAGE", "OUTCOME", "REASON / METHOD"], rows, right=[0]))
+
+
+def print_reconcile(found: dict[str, Any]) -> bool:
+    """Per project what the catch-up found and the plans it made; True when every project went well."""
+    projects = found.get("projects") or []
+    for report in projects:
+        click.echo(f"{report['project']}: {report['summary']}")
+        for plan in report["plans"]:
+            click.echo(f"  plan {plan['id']}: {plan['trigger']} ({plan['trigger_key']}), {plan['untag_count']}"
+                       f" untag(s), {plan['state']}")
+    if not projects:
+        click.echo("no project to reconcile")
+    return all(report["ok"] for report in projects)
+
+
+# the commands -----------------------------------------------------------------------------------------
+@click.command()
+@janitor_options
+@click.option("--json", "as_json", is_flag=True, help="print the whole status document as JSON")
+def status(config_path: str | None, url: str | None, token: str | None, as_json: bool) -> None:
+    """Per-project table: created, untagged, ratio, scheduled, held, failed; then what is misconfigured."""
+    with open_janitor(config_path, url, token) as janitor:
+        snap = janitor.status()
+    if as_json:
+        _echo_json(snap)
+    else:
+        print_status(snap)
 
 
 @click.command()
-@config_option
+@janitor_options
 @click.option("--state", default="held", show_default=True,
               type=click.Choice([*PLAN_STATES, "all"]), help="which plans ('all' for every state)")
 @click.option("--project", default=None, help="only this project path")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--json", "as_json", is_flag=True)
-def plans(config_path: str | None, state: str, project: str | None, limit: int, as_json: bool) -> None:
+def plans(config_path: str | None, url: str | None, token: str | None, state: str, project: str | None,
+          limit: int, as_json: bool) -> None:
     """List plans, newest first (held ones by default: approve or reject them)."""
-    settings = settings_or_exit(config_path)
-    store = _store(settings)
-    found = store.plan_page(state=None if state == "all" else state, project_path=project, limit=limit)
+    with open_janitor(config_path, url, token) as janitor:
+        found = janitor.plans(None if state == "all" else state, project, limit)
     if as_json:
-        _echo_json([plan_json(p) for p in found])
-        return
-    if not found:
-        click.echo(f"no {'' if state == 'all' else state + ' '}plans")
-        return
-    click.echo(table(["ID", "PROJECT", "TRIGGER", "STATE", "UNTAGS", "CREATED", "NOTE"],
-                     [[p.id, p.project_path, p.trigger_kind, p.state, p.untag_count, iso(p.created_at),
-                       _short(p.note, 50)] for p in found], right=[0, 4]))
-    if state == "held":
-        click.echo("\napprove with `registry-janitor approve ID`, cancel with `registry-janitor reject ID`")
-    store.close()
+        _echo_json(found)
+    else:
+        print_plans(found, state)
 
 
-def _decide(config_path: str | None, plan_id: int, approve: bool) -> None:
-    settings = settings_or_exit(config_path)
-    store = _store(settings)
-    try:
-        decided = actions.decide_plan(store, plan_id, approve, _who(), time.time())
-    except ActionRefused as exc:
-        click.echo(f"registry-janitor: {exc.message}", err=True)
-        sys.exit(1)
+def _decide(config_path: str | None, url: str | None, token: str | None, plan_id: int, approve: bool) -> None:
+    with open_janitor(config_path, url, token) as janitor:
+        decided = janitor.decide(plan_id, approve)
     if approve:
-        click.echo(f"plan {plan_id} approved: {decided.untag_count} untag(s) run on the worker's next tick")
+        click.echo(f"plan {plan_id} approved: {decided['untag_count']} untag(s) run on the worker's next tick")
     else:
         click.echo(f"plan {plan_id} rejected: nothing of it will be untagged")
-    store.close()
 
 
 @click.command()
-@config_option
+@janitor_options
 @click.argument("plan_id", type=int)
-def approve(config_path: str | None, plan_id: int) -> None:
+def approve(config_path: str | None, url: str | None, token: str | None, plan_id: int) -> None:
     """Approve a held plan: it runs on the worker's next tick, every guard checked again."""
-    _decide(config_path, plan_id, True)
+    _decide(config_path, url, token, plan_id, True)
 
 
 @click.command()
-@config_option
+@janitor_options
 @click.argument("plan_id", type=int)
-def reject(config_path: str | None, plan_id: int) -> None:
-    """Reject a held plan: it is cancelled and none of its tags are untagged."""
-    _decide(config_path, plan_id, False)
+def reject(config_path: str | None, url: str | None, token: str | None, plan_id: int) -> None:
+    """Reject a held or scheduled plan: it is cancelled and none of its tags is untagged; a plan the worker
+    has already started cannot be rejected (409 not_cancellable)."""
+    _decide(config_path, url, token, plan_id, False)
 
 
 @click.command()
-@config_option
+@janitor_options
 @click.option("--project", default=None, help="only this project path")
 @click.option("--since", default=None, help="finished since: a duration (2h, 7d) or an ISO date (2026-11-01)")
 @click.option("--outcome", default=None, type=click.Choice(OUTCOMES))
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--json", "as_json", is_flag=True)
-def audit(config_path: str | None, project: str | None, since: str | None, outcome: str | None, limit: int,
-          as_json: bool) -> None:
+def audit(config_path: str | None, url: str | None, token: str | None, project: str | None, since: str | None,
+          outcome: str | None, limit: int, as_json: bool) -> None:
     """The untag log, newest first: what was untagged, skipped or failed, and why."""
-    settings = settings_or_exit(config_path)
     try:
         since_ts = parse_since(since, time.time()) if since else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
-    store = _store(settings)
-    views = store.untag_views(project_path=project, outcome=outcome, since=since_ts, limit=limit)
+    with open_janitor(config_path, url, token) as janitor:
+        found = janitor.untags(project, since_ts, outcome, limit)
     if as_json:
-        requests = store.latest_requests(v.untag.id for v in views)
-        _echo_json([untag_json(v, requests) for v in views])
-        return
-    if not views:
-        click.echo("no untags match")
-        return
-    rows = []
-    for v in views:
-        u = v.untag
-        detail = u.reason or u.method or ""
-        if v.restored_at is not None:
-            detail += f" (restored {iso(v.restored_at)})"
-        rows.append([u.id, iso(u.finished_at) or "pending", u.project_path, f"{u.repository}:{u.tag}", u.outcome,
-                     _short(detail, 60)])
-    click.echo(table(["ID", "FINISHED", "PROJECT", "IMAGE", "OUTCOME", "REASON / METHOD"], rows, right=[0]))
-    store.close()
+        _echo_json(found)
+    else:
+        print_untags(found)
 
 
 @click.command()
-@config_option
+@janitor_options
 @click.argument("untag_id", type=int)
 @click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(0), help="seconds to wait")
 @click.option("--no-wait", is_flag=True, help="record the request and return")
-def restore(config_path: str | None, untag_id: int, timeout: float, no_wait: bool) -> None:
+def restore(config_path: str | None, url: str | None, token: str | None, untag_id: int, timeout: float,
+            no_wait: bool) -> None:
     """Put an untagged tag back at the manifest saved before the untag (done by the worker)."""
-    settings = settings_or_exit(config_path)
-    store = _store(settings)
-    try:
-        req, created = actions.ask_restore(store, untag_id, _who(), time.time())
-    except ActionRefused as exc:
-        click.echo(f"registry-janitor: {exc.message}", err=True)
-        sys.exit(1)
-    view = store.untag_view(untag_id)
-    image = f"{view.untag.repository}:{view.untag.tag}" if view else f"untag {untag_id}"
-    click.echo(f"restore of {image} {'requested' if created else 'already requested'} (request {req.id})")
-    age, fresh = worker_heartbeat_age(settings, store, time.time())
-    if not fresh:
-        seen = "never" if age is None else f"{ago(age)} ago"
-        click.echo(f"registry-janitor: the worker is not running (last heartbeat: {seen}). The request is "
-                   "recorded and will be carried out when `registry-janitor worker` (or `run`) starts.", err=True)
+    with open_janitor(config_path, url, token) as janitor:
+        req, created, image = janitor.restore(untag_id)
+        click.echo(f"restore of {image} {'requested' if created else 'already requested'} (request {req['id']})")
+        age, fresh = janitor.worker()
+        if not fresh:
+            click.echo(f"registry-janitor: {worker_not_running(age, 'request')}", err=True)
+            sys.exit(3)
+        if no_wait:
+            return
+        final = wait_for_request(lambda: janitor.request(req["id"]), timeout)
+    if final is None or not finished(final):
+        click.echo(f"registry-janitor: still {final['state'] if final else 'unknown'} after {timeout:.0f}s; check "
+                   f"later with `registry-janitor audit` (request {req['id']})", err=True)
         sys.exit(3)
-    if no_wait:
+    if final["state"] == "done":
+        click.echo(f"restored: {final['reason']}")
         return
-    final = _wait(lambda: store.get_request(req.id), timeout)
-    if final is None or not final.finished:
-        click.echo(f"registry-janitor: still {final.state if final else 'unknown'} after {timeout:.0f}s; check "
-                   f"later with `registry-janitor audit` (request {req.id})", err=True)
-        sys.exit(3)
-    if final.state == "done":
-        click.echo(f"restored: {final.reason}")
-        return
-    click.echo(f"registry-janitor: restore failed: {final.reason}", err=True)
+    click.echo(f"registry-janitor: restore failed: {final['reason']}", err=True)
     sys.exit(1)
 
 
-def _wait(poll: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
-    """Poll until the request is finished or the timeout passes, showing progress on stderr."""
+def finished(request: dict[str, Any]) -> bool:
+    return request.get("state") in ("done", "failed")
+
+
+def wait_for_request(poll: Callable[[], dict[str, Any] | None], timeout: float,
+                     interval: float = 0.5) -> dict[str, Any] | None:
+    """Poll a request (its JSON) until it is finished or the timeout passes, showing progress on stderr."""
     started = time.monotonic()
     last_state = None
     while True:
         current = poll()
-        if current is None or current.finished:
+        if current is None or finished(current):
             return current
-        if current.state != last_state:
-            click.echo(f"  {current.state}…", err=True)
-            last_state = current.state
+        if current["state"] != last_state:
+            click.echo(f"  {current['state']}…", err=True)
+            last_state = current["state"]
         if time.monotonic() - started >= timeout:
             return current
         time.sleep(interval)

@@ -1,5 +1,6 @@
 """``registry-janitor hooks install|verify`` and ``registry-janitor reconcile``: wiring and printing only
-(the rules live in ``daemon.gitlab.hooks`` and ``daemon.ingest.catchup``)."""
+(the rules live in ``daemon.gitlab.hooks`` and ``daemon.ingest.catchup``; a reconcile is a request a worker
+runs, recorded locally or through ``--url`` like the admin commands)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,18 @@ from typing import TYPE_CHECKING
 
 import click
 
+from daemon.cli.admin import (
+    finished,
+    janitor_options,
+    open_janitor,
+    print_reconcile,
+    wait_for_request,
+    worker_not_running,
+)
 from daemon.cli.options import config_option, settings_or_exit
+from daemon.cli.remote import CommandFailed
 from daemon.config import Settings
-from daemon.wiring import build_gitlab, build_ingest, build_reconciler, build_ref_lookup, build_store
+from daemon.wiring import build_gitlab
 
 if TYPE_CHECKING:
     from daemon.gitlab.api import GitLabAPI
@@ -94,28 +104,38 @@ def hooks_verify(config_path: str | None, project: str | None, url: str | None) 
 
 
 @click.command()
-@config_option
+@janitor_options
 @click.option("--project", "project", metavar="P", help="only this project (default: every configured one)")
-def reconcile(config_path: str | None, project: str | None) -> None:
+@click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(0), help="seconds to wait")
+@click.option("--no-wait", is_flag=True, help="record the request and return")
+def reconcile(config_path: str | None, url: str | None, token: str | None, project: str | None, timeout: float,
+              no_wait: bool) -> None:
     """Catch up now from the GitLab API: merged or closed MRs and deleted branches whose webhooks were
-    missed. Prints per project what it found and the plans it made; exit 1 if any project failed."""
-    settings = settings_or_exit(config_path)
-    store = build_store(settings)
-    try:
-        gitlab = build_gitlab(settings)
-        ingest = build_ingest(settings, store, ref_lookup=build_ref_lookup(settings, gitlab))
-        reconciler = build_reconciler(settings, store, ingest, gitlab=gitlab)
-        if project is not None and not reconciler.projects(project):
-            raise click.UsageError(f"{project} is not configured (or, under a group/* entry, not in the ledger)")
-        reports = reconciler.run(project)
-    finally:
-        store.close()
-    for report in reports:
-        click.echo(f"{report.project_path}: {report.summary()}")
-        for plan in report.plans:
-            click.echo(f"  plan {plan.id}: {plan.trigger_kind} ({plan.trigger_key}), {plan.untag_count} untag(s),"
-                       f" {plan.state}")
-    if not reports:
-        click.echo("no project to reconcile")
-    if not all(r.ok for r in reports):
+    missed. A worker runs it with the daemon's settings; this prints per project what it found and the
+    plans it made. Exit 1 if any project failed, 3 if no worker is running."""
+    with open_janitor(config_path, url, token) as janitor:
+        try:
+            req, created = janitor.ask_reconcile(project)
+        except CommandFailed as exc:
+            if exc.status == 404:
+                raise click.UsageError(exc.message) from None
+            raise
+        what = project or "every project"
+        click.echo(f"reconcile of {what} {'requested' if created else 'already requested'} (request {req['id']})",
+                   err=True)
+        age, fresh = janitor.worker()
+        if not fresh:
+            click.echo(f"registry-janitor: {worker_not_running(age, 'reconcile request')}", err=True)
+            sys.exit(3)
+        if no_wait:
+            return
+        final = wait_for_request(lambda: janitor.reconcile_request(req["id"]), timeout)
+    if final is None or not finished(final):
+        click.echo(f"registry-janitor: still {final['state'] if final else 'unknown'} after {timeout:.0f}s; the "
+                   f"worker goes on (reconcile request {req['id']})", err=True)
+        sys.exit(3)
+    if final["state"] == "failed":
+        click.echo(f"registry-janitor: reconcile failed: {final['error']}", err=True)
+        sys.exit(1)
+    if not print_reconcile(final):
         sys.exit(1)

@@ -13,6 +13,9 @@ pipeline is caught up when the ledger never heard of it (it is recorded, its tag
 has not heard the status GitLab reports (a finish makes its ``pipeline_finished`` trigger and resolves
 its expected tags).
 
+Operators ask for a run now (``registry-janitor reconcile``, ``POST /api/v1/reconcile``): the request is
+stored and a worker runs it (``run_requests``), so the daemon's settings decide, never the asker's.
+
 Owns: the per-project watermarks (``kv``), the bounds of one run, the per-project report. Must not: call
 python-gitlab (``daemon.gitlab`` does), untag (plans wait their grace period and run in the worker like
 any other), or let one project's failure stop the others."""
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from daemon.config import ProjectSettings, Settings
 from daemon.domain.events import MergeRequestEvent, PipelineEvent, PushEvent, merge_request_of_ref, time_or_none
 from daemon.domain.model import Pipeline, Plan
+from daemon.domain.policy import LEASE_SECONDS
 from daemon.errors import GitLabError
 from daemon.gitlab.errors import GitLabAPIError
 from daemon.ingest.inbox import Ingest
@@ -82,6 +86,13 @@ class ProjectReport:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def as_json(self) -> dict[str, Any]:
+        """What a reconcile request keeps of this report: the project, whether it went well, the summary
+        line, and the ids of the plans made."""
+        return {"project": self.project_path, "ok": self.ok, "summary": self.summary(),
+                "skipped": self.skipped, "error": self.error, "more": self.more,
+                "plan_ids": [plan.id for plan in self.plans]}
 
     def summary(self) -> str:
         if self.error is not None:
@@ -151,7 +162,9 @@ class Reconciler:
         return sorted(found.items())
 
     # a run -----------------------------------------------------------------------------------------
-    def run(self, only: str | None = None) -> list[ProjectReport]:
+    def run(self, only: str | None = None, *,
+            after_each: Callable[[ProjectReport], None] | None = None) -> list[ProjectReport]:
+        """Catch up every project (or ``only``); ``after_each`` is called with each project's report."""
         reports = []
         projects = self.projects(only)
         log.info("reconcile: %d project(s)", len(projects))
@@ -160,7 +173,43 @@ class Reconciler:
             level = logging.WARNING if not report.ok else logging.INFO
             log.log(level, "reconcile %d/%d %s: %s", index, len(projects), path, report.summary())
             reports.append(report)
+            if after_each is not None:
+                after_each(report)
         return reports
+
+    def run_requests(self, limit: int = 5) -> int:
+        """Run the reconcile requests operators recorded (CLI or admin API), oldest first, with this
+        process's settings; each one's lease is renewed after every project, so a worker that died
+        running one leaves it to another. Returns how many finished."""
+        finished = 0
+        while finished < limit:
+            req = self.store.claim_reconcile_request(self.clock(), LEASE_SECONDS)
+            if req is None:
+                break
+
+            def renew(report: ProjectReport, request_id: int = req.id) -> None:
+                now = self.clock()
+                self.store.renew_reconcile_request(request_id, now + LEASE_SECONDS, now)
+
+            result: dict[str, Any]
+            try:
+                reports = self.run(req.project_path, after_each=renew)
+                state, result = "done", {"projects": [r.as_json() for r in reports]}
+            except Exception as exc:  # the request says so; the worker goes on
+                log.exception("reconcile request %s failed", req.id)
+                state, result = "failed", {"error": f"{type(exc).__name__}: {exc}"}
+            self.store.finish_reconcile_request(req.id, state, result, self.clock())
+            log.info("reconcile request %s (%s, by %s): %s", req.id, req.project_path or "every project",
+                     req.requested_by, state)
+            finished += 1
+        return finished
+
+    def run_requests_logged(self) -> None:
+        """For the scheduler: a failure is logged and the next interval tries again."""
+        try:
+            self.run_requests()
+        except Exception:
+            log.exception("reconcile requests failed; retrying next interval")
 
     def run_logged(self) -> None:
         """For the scheduler: a failure is logged and the next interval tries again."""
@@ -188,6 +237,8 @@ class Reconciler:
         except Exception as exc:  # one project's surprise must not stop the others
             log.exception("reconcile %s failed", path)
             report.error = f"{type(exc).__name__}: {exc}"
+        if report.error is None:  # janitor_reconcile_last_success_timestamp_seconds
+            self.store.reconcile_succeeded(path, self.clock())
         return report
 
     # merge requests --------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Owns: the status snapshot (per-project and total counters, queue, plans, webhook health, worker
 heartbeat, what is wrong with a project's setup, stuck pipelines, events set aside as unusable), the JSON
-shape of plans, untags and operator requests, time formatting, and reading a ``since`` filter. Reads
+shape of plans, untags, operator and reconcile requests, time formatting, and reading a ``since`` filter. Reads
 storage and settings only: no requests, no registry, no GitLab.
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 
 from daemon.config import Settings
 from daemon.domain.model import IGNORED_REASONS, PLAN_STATES, Plan
-from daemon.domain.patterns import parse_duration
+from daemon.domain.patterns import format_duration, parse_duration
 from daemon.domain.policy import HEARTBEAT_KEY, heartbeat_fresh
-from daemon.store import OperatorRequest, ProjectProblem, Store, UntagView
+from daemon.store import OperatorRequest, ProjectProblem, ReconcileRequest, Store, UntagView
 
 QUIET_AFTER = 24 * 3600.0
 STUCK_LISTED = 50
@@ -90,6 +90,23 @@ def request_json(req: OperatorRequest | None) -> dict[str, Any] | None:
             "finished_at": iso(req.finished_at)}
 
 
+def reconcile_request_json(req: ReconcileRequest, store: Store) -> dict[str, Any]:
+    """A reconcile request; once it ran, per project what it found and the plans it made (as they are now)."""
+    result = req.result or {}
+    projects = None
+    if isinstance(result.get("projects"), list):
+        projects = []
+        for found in result["projects"]:
+            plans = [store.get_plan(plan_id) for plan_id in found.get("plan_ids", [])]
+            projects.append({"project": found.get("project"), "ok": bool(found.get("ok")),
+                             "summary": found.get("summary", ""), "skipped": found.get("skipped"),
+                             "error": found.get("error"), "more": bool(found.get("more")),
+                             "plans": [plan_json(p) for p in plans if p is not None]})
+    return {"id": req.id, "project": req.project_path, "state": req.state, "requested_by": req.requested_by,
+            "requested_at": iso(req.requested_at), "finished_at": iso(req.finished_at), "projects": projects,
+            "error": result.get("error")}
+
+
 def untag_json(view: UntagView, requests: dict[tuple[int, str], OperatorRequest]) -> dict[str, Any]:
     u = view.untag
     saved = None
@@ -117,7 +134,7 @@ def stuck_pipelines(settings: Settings, store: Store, now: float) -> dict[str, A
     wait for a finish that may never come. How many, and the longest waiting first."""
     after = settings.worker.stuck_pipeline_after
     count, found = store.unfinished_pipelines(now - after, STUCK_LISTED)
-    return {"after_seconds": after, "count": count,
+    return {"after_seconds": after, "after": format_duration(after), "count": count,
             "pipelines": [{"project": p.project_path, "pipeline_id": p.pipeline_id, "ref": p.ref,
                            "status": p.status, "since": iso(since), "age_seconds": round(now - since, 1)}
                           for p, since in found]}
@@ -144,7 +161,8 @@ def unusable_events(store: Store, limit: int = UNUSABLE_LISTED) -> dict[str, Any
 
 
 def worker_heartbeat_age(settings: Settings, store: Store, now: float) -> tuple[float | None, bool]:
-    """(seconds since the worker's last heartbeat or None, fresh?) as /readyz judges it."""
+    """(seconds since the worker's last heartbeat or None, fresh?) as ``registry-janitor worker-health``
+    (the worker's probe) judges it."""
     age = store.value_age(HEARTBEAT_KEY, now)
     return age, heartbeat_fresh(age, settings.worker.poll_interval)
 

@@ -228,10 +228,101 @@ def _v13_unusable_events(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_inbox_unusable ON inbox(id) WHERE error IS NOT NULL")
 
 
+def _v14_reconcile_requests(db: sqlite_utils.Database) -> None:
+    # An operator's ask for a catch-up now (the CLI or the admin API records it; a worker runs it with the
+    # daemon's own settings): one project or all (project_path NULL), its lease while a worker runs it,
+    # and what it found (JSON: per project, the summary and the ids of the plans it made).
+    db.table("reconcile_requests").create(
+        {"id": int, "project_path": str, "state": str, "requested_by": str, "requested_at": float,
+         "finished_at": float, "lease_until": float, "result": str, "updated_at": float},
+        pk="id", not_null={"state", "requested_at", "updated_at"},
+    )
+    db.execute("CREATE INDEX idx_reconcile_requests_open ON reconcile_requests(id)"
+               " WHERE state IN ('pending', 'running')")
+
+
+def _v15_plan_rejections(db: sqlite_utils.Database) -> None:
+    # Who rejected a plan (held, or scheduled and not started), as ``approved_by`` records who approved one.
+    db.table("plans").add_column("rejected_by", str)
+
+
+def _v16_counters(db: sqlite_utils.Database) -> None:
+    # Running totals kept in rows of their own, so that pruning events, plans, untags and push records never
+    # lowers them and a retried untag never moves one from failed to done (Prometheus counters only rise).
+    # Triggers count each change in the statement that makes it (same transaction, nothing to forget):
+    #   events           (project, kind)    an event stored in the inbox
+    #   events_unusable  (project, '')      an event set aside as unusable (its error kept)
+    #   pushes_recorded  (project, source)  a push record becoming confirmed (or untagged, straight from expected)
+    #   untags           (project, outcome) an untag reaching an outcome, each time it does (failed, then done)
+    #   restores         (project, '')      an untagged image put back
+    # and per UTC day and project: created (the day the push was recorded) and untagged (the day it was done).
+    # The totals start from the rows present now, so an upgraded janitor keeps what it showed.
+    db.execute("CREATE TABLE counters (name TEXT NOT NULL, project_path TEXT NOT NULL, label TEXT NOT NULL,"
+               " value INTEGER NOT NULL, PRIMARY KEY (name, project_path, label))")
+    db.execute("CREATE TABLE daily_counters (day TEXT NOT NULL, project_path TEXT NOT NULL, name TEXT NOT NULL,"
+               " value INTEGER NOT NULL, PRIMARY KEY (day, project_path, name))")
+    db.execute("INSERT INTO counters (name, project_path, label, value) SELECT 'events', COALESCE(project_path, ''),"
+               " kind, COUNT(*) FROM inbox GROUP BY 2, 3")
+    db.execute("INSERT INTO counters (name, project_path, label, value) SELECT 'events_unusable',"
+               " COALESCE(project_path, ''), '', COUNT(*) FROM inbox WHERE error IS NOT NULL GROUP BY 2")
+    db.execute("INSERT INTO counters (name, project_path, label, value) SELECT 'pushes_recorded', project_path,"
+               " COALESCE(source, ''), COUNT(*) FROM push_records WHERE state IN ('confirmed', 'untagged')"
+               " GROUP BY 2, 3")
+    db.execute("INSERT INTO counters (name, project_path, label, value) SELECT 'untags', project_path, outcome,"
+               " COUNT(*) FROM untags WHERE outcome <> 'pending' GROUP BY 2, 3")
+    db.execute("INSERT INTO counters (name, project_path, label, value) SELECT 'restores', project_path, '',"
+               " COUNT(*) FROM untags WHERE restored_at IS NOT NULL GROUP BY 2")
+    db.execute("INSERT INTO daily_counters (day, project_path, name, value) SELECT date(recorded_at, 'unixepoch'),"
+               " project_path, 'created', COUNT(*) FROM push_records WHERE state IN ('confirmed', 'untagged')"
+               " AND recorded_at IS NOT NULL GROUP BY 1, 2")
+    db.execute("INSERT INTO daily_counters (day, project_path, name, value) SELECT date(finished_at, 'unixepoch'),"
+               " project_path, 'untagged', COUNT(*) FROM untags WHERE outcome = 'done' AND finished_at IS NOT NULL"
+               " GROUP BY 1, 2")
+
+    def bump(name: str, project: str, label: str) -> str:
+        return (f"INSERT INTO counters (name, project_path, label, value) VALUES ('{name}', {project}, {label}, 1)"
+                " ON CONFLICT (name, project_path, label) DO UPDATE SET value = value + 1;")
+
+    def bump_day(name: str, at: str) -> str:
+        return ("INSERT INTO daily_counters (day, project_path, name, value) VALUES"
+                f" (date(COALESCE({at}, CAST(strftime('%s', 'now') AS REAL)), 'unixepoch'), NEW.project_path,"
+                f" '{name}', 1) ON CONFLICT (day, project_path, name) DO UPDATE SET value = value + 1;")
+
+    event_project = "COALESCE(NEW.project_path, '')"
+    recorded = "NEW.state IN ('confirmed', 'untagged')"
+    push = (bump("pushes_recorded", "NEW.project_path", "COALESCE(NEW.source, '')")
+            + bump_day("created", "NEW.recorded_at"))
+    untag = bump("untags", "NEW.project_path", "NEW.outcome")
+    untagged = bump_day("untagged", "NEW.finished_at")
+    triggers = {
+        "count_events": ("AFTER INSERT ON inbox", bump("events", event_project, "NEW.kind")),
+        "count_unusable_events": ("AFTER UPDATE OF error ON inbox WHEN NEW.error IS NOT NULL AND OLD.error IS NULL",
+                                  bump("events_unusable", event_project, "''")),
+        "count_pushes_inserted": (f"AFTER INSERT ON push_records WHEN {recorded}", push),
+        "count_pushes_confirmed": (f"AFTER UPDATE OF state ON push_records WHEN {recorded}"
+                                   " AND OLD.state NOT IN ('confirmed', 'untagged')", push),
+        "count_untags_inserted": ("AFTER INSERT ON untags WHEN NEW.outcome <> 'pending'", untag),
+        "count_untags_finished": ("AFTER UPDATE OF outcome ON untags WHEN NEW.outcome <> 'pending'"
+                                  " AND NEW.outcome IS NOT OLD.outcome", untag),
+        "count_untagged_inserted": ("AFTER INSERT ON untags WHEN NEW.outcome = 'done'", untagged),
+        "count_untagged_finished": ("AFTER UPDATE OF outcome ON untags WHEN NEW.outcome = 'done'"
+                                    " AND NEW.outcome IS NOT OLD.outcome", untagged),
+        "count_restores": ("AFTER UPDATE OF restored_at ON untags WHEN NEW.restored_at IS NOT NULL"
+                           " AND OLD.restored_at IS NULL", bump("restores", "NEW.project_path", "''")),
+    }
+    for name, (when, body) in triggers.items():
+        db.execute(f"CREATE TRIGGER {name} {when} BEGIN {body} END")
+    # Requests to GitLab's API per endpoint and status, with latency buckets, as registry_requests keeps them.
+    db.table("gitlab_requests").create(
+        {"endpoint": str, "code": int, "count": int, "seconds_sum": float}, pk=("endpoint", "code"))
+    db.table("gitlab_request_buckets").create({"endpoint": str, "le": str, "count": int}, pk=("endpoint", "le"))
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2_ci_records, _v3_race_repair, _v4_operations, _v5_untags_by_record, _v6_ttl_expiry,
     _v7_open_merge_requests, _v8_project_problems, _v9_delivery_keys, _v10_mr_notes,
-    _v11_triggers_from_state, _v12_plan_holders, _v13_unusable_events,
+    _v11_triggers_from_state, _v12_plan_holders, _v13_unusable_events, _v14_reconcile_requests,
+    _v15_plan_rejections, _v16_counters,
 ]
 
 

@@ -1,8 +1,10 @@
-"""The admin API (``/api/v1/status``, ``plans``, ``untags``, ``requests``), behind the admin token.
+"""The admin API (``/api/v1/status``, ``plans``, ``untags``, ``requests``, ``reconcile``), behind the admin
+token.
 
-Reads come from storage; the only writes are decisions on held plans and operator requests (restore,
-retry) that the worker carries out on its next tick: this process never calls the registry. The
-actions are ``daemon.ops.actions``, shared with the dashboard's forms and the CLI.
+Reads come from storage; the only writes are decisions on held plans (a reject also cancels a scheduled
+one), operator requests (restore, retry) that the worker carries out on its next tick, and reconcile
+requests a worker runs with the daemon's settings: this process never calls the registry or GitLab for
+them. The actions are ``daemon.ops.actions``, shared with the dashboard's forms and the CLI.
 Lists are newest first, paged with ``limit`` and ``offset`` or with the ``next_cursor`` of the page before.
 """
 
@@ -21,12 +23,14 @@ from daemon.ops.actions import ActionRefused
 from daemon.ops.status import (
     parse_since,
     plan_json,
+    reconcile_request_json,
     request_json,
     status_snapshot,
     untag_json,
 )
 from daemon.store import OperatorRequest, UntagView
 from daemon.web.auth import admin_name, admin_required
+from daemon.web.bodies import BadJson, load_json
 from daemon.web.context import now, settings, store
 from daemon.web.errors import json_error
 
@@ -115,6 +119,7 @@ def get_plan(plan_id: int) -> ResponseReturnValue:
     views = store().untag_views(plan_id=plan_id, limit=100_000)
     requests = _requests_of(views)
     return jsonify({**plan_json(plan), "approved_by": store().plan_approver(plan_id),
+                    "rejected_by": store().plan_rejecter(plan_id),
                     "untags": [untag_json(v, requests) for v in reversed(views)]})
 
 
@@ -182,6 +187,51 @@ def retry(untag_id: int) -> ResponseReturnValue:
         return _accepted(*actions.ask_retry(store(), untag_id, admin_name(), now()))
     except ActionRefused as exc:
         return _refused(exc)
+
+
+def _reconcile_project(data: bytes) -> str | None:
+    """The project a reconcile request names: an empty body or ``{}`` for every project, else exactly
+    ``{"project": "group/app"}`` (a string, or null for every project)."""
+    if not data.strip():
+        return None
+    body = load_json(data)
+    if not isinstance(body, dict):
+        raise BadJson('the body is a JSON object: {"project": "group/app"}, or {} for every project')
+    unknown = sorted(str(k)[:40] for k in body if k != "project")
+    if unknown:
+        raise BadJson(f"unknown field(s) {', '.join(unknown)}; the body has only \"project\"")
+    project = body.get("project")
+    if project is not None and (not isinstance(project, str) or not project.strip()):
+        raise BadJson('"project" is a project path (group/app), or null for every project')
+    return project
+
+
+@bp.post("/api/v1/reconcile")
+@admin_required
+def ask_reconcile() -> ResponseReturnValue:
+    try:
+        project = _reconcile_project(request.get_data())
+        req, created = actions.ask_reconcile(settings(), store(), project, admin_name(), now())
+    except BadJson as exc:
+        return json_error(400, "bad_body", str(exc))
+    except ActionRefused as exc:
+        return _refused(exc)
+    where = url_for("api.get_reconcile", request_id=req.id)
+    response = jsonify({"request": reconcile_request_json(req, store()), "created": created,
+                        "message": f"a catch-up of {req.project_path or 'every project'} is recorded; a worker "
+                                   f"runs it with the daemon's settings (poll {where})"})
+    response.status_code = 202
+    response.headers["Location"] = where
+    return response
+
+
+@bp.get("/api/v1/reconcile/<int:request_id>")
+@admin_required
+def get_reconcile(request_id: int) -> ResponseReturnValue:
+    req = store().get_reconcile_request(request_id)
+    if req is None:
+        return json_error(404, "not_found", f"there is no reconcile request {request_id}")
+    return jsonify({"request": reconcile_request_json(req, store())})
 
 
 @bp.get("/api/v1/requests/<int:request_id>")

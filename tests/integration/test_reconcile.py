@@ -10,7 +10,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from click.testing import CliRunner
 from openapi_schema_validator import OAS31Validator
 from support.images import push_image, tags
-from support.janitor import ADMIN, SECRET, mr_hook, pipeline_hook, push_hook, registry_section
+from support.janitor import ADMIN, SECRET, RealClock, mr_hook, pipeline_hook, push_hook, registry_section
 
 from daemon.cli import main
 from daemon.ingest.catchup import PIPELINE_WATERMARK_KEY, REF_CURSOR_KEY, WATERMARK_KEY
@@ -254,7 +254,8 @@ def test_group_entries_cover_the_ledger_projects_below_the_group(janitor, regist
 
 
 def test_the_reconcile_command_prints_what_it_found_and_the_plans_it_made(tmp_path, registry, gitlab, project, janitor):
-    j = on_standin(janitor, registry, gitlab, [entry(project)])
+    j = janitor([entry(project), {"path": "absent/thing", "webhook_secret": "s"}], registry=registry_section(registry),
+                gitlab={"url": gitlab.url, "timeout": 5}, clock=RealClock())
     repo = project.path
     j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=1001, ref="cli", mr_iid=11, status="running"))
     j.tick()
@@ -265,13 +266,14 @@ def test_the_reconcile_command_prints_what_it_found_and_the_plans_it_made(tmp_pa
         "storage": {"url": j.settings.storage.url},
         "projects": [entry(project), {"path": "absent/thing", "webhook_secret": "s"}]}))
 
-    result = CliRunner().invoke(main, ["reconcile", "--config", str(config), "--project", repo])
+    with j.working():  # the worker runs what the command asks for
+        result = CliRunner().invoke(main, ["reconcile", "--config", str(config), "--project", repo])
+        again = CliRunner().invoke(main, ["reconcile", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert f"{repo}: " in result.output and "merged not yet seen: !11" in result.output
     assert f"merge_request_merged (merge_request_merged:{repo}:11)" in result.output
     assert "branch(es) checked; deleted: cli" in result.output
 
-    again = CliRunner().invoke(main, ["reconcile", "--config", str(config)])
     assert again.exit_code == 0, again.output
     assert "absent/thing: skipped: no gitlab.api_token" in again.output
     assert f"{repo}: " in again.output and "0 plan(s) made" in again.output
@@ -445,7 +447,7 @@ def test_a_pipeline_left_at_manual_shows_as_stuck_until_gitlab_says_it_finished(
     j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=3002, ref="deploy", status="success"))
     j.tick()
     heard = j.clock()
-    assert stuck(j) == {"after_seconds": 7200.0, "count": 0, "pipelines": []}
+    assert stuck(j) == {"after_seconds": 7200.0, "after": "2h", "count": 0, "pipelines": []}
 
     j.tick(advance=3600)
     j.hook("Pipeline Hook", pipeline_hook(repo, pipeline_id=3003, ref="deploy", status="running"))

@@ -7,8 +7,11 @@ and closes them all at its end (the `janitor` fixture in `tests/conftest.py`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -137,6 +140,29 @@ class Harness:
     def tick(self, advance: float = 0.0) -> dict[str, int]:
         self.clock.advance(advance)
         return self.worker.tick()
+
+    @contextlib.contextmanager
+    def working(self, interval: float = 0.05) -> Iterator[None]:
+        """A worker at work in a thread meanwhile, as ``registry-janitor worker`` runs: ticks (its heartbeat,
+        operator requests, due plans) and the reconcile requests it is asked for. A CLI judging the heartbeat
+        by the wall clock sees it running only with a `RealClock`."""
+        stop = threading.Event()
+
+        def work() -> None:
+            while not stop.is_set():
+                self.worker.tick()
+                if self.worker.reconciler is not None:
+                    self.worker.reconciler.run_requests()
+                stop.wait(interval)
+            self.store.release_connection()
+
+        thread = threading.Thread(target=work, name="test-worker", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(30)
 
     def close(self) -> None:
         self.store.close()
