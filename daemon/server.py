@@ -1,17 +1,35 @@
 """Running the web app under gunicorn (``registry-janitor web``): one app per gunicorn worker process,
-each built by ``daemon.wiring`` after the fork, with its own store connection."""
+each built by ``daemon.wiring`` after the fork, with its own store connection. Gunicorn's own lines go
+through the process's logging set-up (the format of ``--log-format``), as the app's do; the app writes the
+access log (``daemon.web.access``), so gunicorn's is off."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 from daemon.config import Settings
 from daemon.wiring import build_app, build_store
+
+
+class JanitorLogger(Logger):
+    """Gunicorn's logger, writing through the root logger's handlers (one format for the whole process)
+    instead of handlers of its own; its syslog and log config settings still apply as gunicorn documents."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for logger, output in ((self.error_log, cfg.errorlog), (self.access_log, cfg.accesslog)):
+            if output == "-":  # to stderr: as the rest of the process writes
+                handler = self._get_gunicorn_handler(logger)
+                if handler is not None:
+                    logger.removeHandler(handler)
+                logger.propagate = True
 
 
 class _Gunicorn(BaseApplication):
@@ -44,8 +62,10 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "threads": int(os.environ.get("JANITOR_WEB_THREADS", "4")),
         "timeout": 30,
         "graceful_timeout": 10,
-        "accesslog": "-" if os.environ.get("JANITOR_ACCESS_LOG") else None,
+        "accesslog": None,  # the app logs each request (daemon.web.access)
         "errorlog": "-",
+        "logger_class": JanitorLogger,
+        "loglevel": logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
         # No per-field limit of gunicorn's own (its 431 is an HTML page): the app answers a header field over
         # daemon.web.MAX_HEADER_BYTES with a JSON 431. Gunicorn still bounds the whole header block to
         # limit_request_fields (100) fields of 8190 bytes.

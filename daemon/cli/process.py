@@ -1,8 +1,11 @@
-"""The daemon's processes: ``run`` (web and worker together), ``web``, ``worker``, and ``check-config``.
+"""The daemon's processes: ``run`` (web and worker together), ``web``, ``worker``, ``worker-health`` (the
+worker's probe), and ``check-config``.
 Wiring only: each command loads settings once and hands them to ``daemon.wiring``."""
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import subprocess
 import sys
@@ -11,9 +14,15 @@ import time
 import click
 
 from daemon.cli.admin import online_checks
-from daemon.cli.options import config_option, settings_or_exit, setup_logging
+from daemon.cli.options import config_option, log_format_option, settings_or_exit, setup_logging
+from daemon.domain.patterns import format_duration
+from daemon.domain.policy import heartbeat_limit
+from daemon.ops.status import ago, worker_heartbeat_age
 from daemon.server import serve
+from daemon.store import StoreMissing
 from daemon.wiring import build_store, build_worker_from_config
+
+log = logging.getLogger(__name__)
 
 
 @click.command("check-config")
@@ -28,7 +37,7 @@ def check_config(config_path: str | None, online: bool) -> None:
     for project in settings.projects:
         mode = "dry-run" if project.dry_run else "live"
         click.echo(f"  {project.path}: {len(project.tags)} tag pattern(s), {mode}, "
-                   f"grace {int(project.grace_period)}s")
+                   f"grace {format_duration(project.grace_period)}")
     if online:
         click.echo("online checks:")
         if not online_checks(settings):
@@ -37,34 +46,67 @@ def check_config(config_path: str | None, online: bool) -> None:
 
 @click.command()
 @config_option
-def web(config_path: str | None) -> None:
+@log_format_option
+def web(config_path: str | None, log_format: str) -> None:
     """Serve the HTTP routes under gunicorn (never untags; the worker does)."""
-    setup_logging()
+    setup_logging(log_format)
     settings = settings_or_exit(config_path)
     serve(settings, config_path)
 
 
 @click.command()
 @config_option
-def worker(config_path: str | None) -> None:
+@log_format_option
+def worker(config_path: str | None, log_format: str) -> None:
     """Process events and run due plans (the only process that writes to the registry)."""
-    setup_logging()
+    setup_logging(log_format)
     settings = settings_or_exit(config_path)
     build_worker_from_config(settings).run_forever()
 
 
+@click.command("worker-health")
+@config_option
+def worker_health(config_path: str | None) -> None:
+    """The worker's probe (its container's livenessProbe): exit 0 when its heartbeat is fresh, 1 when it is
+    stale or missing, or the database cannot be read; what was found is printed either way. A working
+    worker beats every few seconds however long a tick runs, so a stale heartbeat means a worker that is
+    stuck or gone."""
+    settings = settings_or_exit(config_path)
+    limit = heartbeat_limit(settings.worker.poll_interval)
+    try:
+        store = build_store(settings, create=False)
+        try:
+            age, fresh = worker_heartbeat_age(settings, store, time.time())
+        finally:
+            store.close()
+    except StoreMissing as exc:
+        click.echo(f"worker-health: no database yet ({exc}); the worker creates it when it starts")
+        sys.exit(1)
+    except Exception as exc:  # whatever keeps the heartbeat from being read, the probe fails
+        click.echo(f"worker-health: the database cannot be read: {exc}; check the data volume")
+        sys.exit(1)
+    seen = "never" if age is None else f"{ago(age)} ago"
+    if not fresh:
+        click.echo(f"worker-health: STALE: last heartbeat {seen} (limit {int(limit)}s); the worker is stuck or "
+                   "not running: see its log, restart it")
+        sys.exit(1)
+    click.echo(f"worker-health: ok: last heartbeat {seen} (limit {int(limit)}s)")
+
+
 @click.command("run")
 @config_option
-def run(config_path: str | None) -> None:
+@log_format_option
+def run(config_path: str | None, log_format: str) -> None:
     """Web server and worker together (the single-node default); SIGTERM or SIGINT stops both."""
-    setup_logging()
+    setup_logging(log_format)
     settings = settings_or_exit(config_path)
     build_store(settings).close()  # create and migrate once, before two processes race
     args = ["--config", config_path] if config_path else []
-    children = {name: subprocess.Popen([sys.executable, "-m", "daemon", name, *args])
+    env = {**os.environ, "JANITOR_LOG_FORMAT": log_format.lower()}  # both children log as this one does
+    children = {name: subprocess.Popen([sys.executable, "-m", "daemon", name, *args], env=env)
                 for name in ("worker", "web")}
-    click.echo(f"registry-janitor: web on http://{settings.server.bind}, worker running "
-               f"(pids {', '.join(str(p.pid) for p in children.values())})", err=True)
+    log.info("web on http://%s, worker running (pids %s)", settings.server.bind,
+             ", ".join(str(p.pid) for p in children.values()))
     stopping = False
 
     def _stop(signum: int, frame: object) -> None:
@@ -80,11 +122,11 @@ def run(config_path: str | None) -> None:
     while any(c.poll() is None for c in children.values()):
         for name, child in children.items():
             if child.poll() is not None and not stopping:
-                click.echo(f"registry-janitor: {name} exited with {child.returncode}; stopping", err=True)
+                log.error("%s exited with %s; stopping", name, child.returncode)
                 code = child.returncode or 1
                 _stop(signal.SIGTERM, None)
         time.sleep(0.2)
     sys.exit(code)
 
 
-COMMANDS = (check_config, web, worker, run)
+COMMANDS = (check_config, web, worker, worker_health, run)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from daemon.domain.model import Pipeline
 
@@ -226,6 +226,20 @@ def event_kind(header: str | None, payload: Any) -> str:
     if header:
         return header.removesuffix(" Hook").lower().replace(" ", "_")
     return "unknown"
+
+
+class HeaderReader(Protocol):
+    def get(self, key: str, /) -> str | None: ...
+
+
+def delivery_id(headers: HeaderReader) -> str | None:
+    """What GitLab's hook log names a delivery by: its ``Idempotency-Key`` (GitLab 17.4+), else its
+    ``X-Gitlab-Event-UUID``; bounded, for logs. None when it sent neither."""
+    for header in ("Idempotency-Key", "X-Gitlab-Event-UUID"):
+        value = headers.get(header)
+        if value:
+            return value[:MAX_KIND]
+    return None
 
 
 def project_path_of(payload: Any) -> str | None:

@@ -42,6 +42,7 @@ from daemon.domain.policy import LEASE_SECONDS, in_scope
 from daemon.execute.lease import Holder, LeaseKeeper, LeaseLost, this_process
 from daemon.plan.planning import LiveRefs, policy_for
 from daemon.registry.errors import NoDeletePermissionError, RestoreConflictError
+from daemon.registry.failures import failure_detail, failure_parts, failure_reason
 from daemon.registry.types import Manifest, OnSaved, UntagRequest, UntagResult
 from daemon.store import Store
 
@@ -66,8 +67,18 @@ class ProjectRegistryLike(Protocol):
 RegistryFactory = Callable[[str, ProjectSettings], ProjectRegistryLike | None]
 
 
+#: A failed untag's reason when the project has no ``registry_token`` to untag with.
+NO_REGISTRY_TOKEN = ("no_registry_token: this project has no registry_token configured; add one to its entry, "
+                     "then retry the untag")
+
+
 class ManifestNotKept(Exception):
     """A manifest could not be stored before its write: the plan stops there, as if interrupted."""
+
+
+def plan_fields(plan: Plan) -> dict[str, object]:
+    """The log fields of a line about ``plan``."""
+    return {"project": plan.project_path, "plan": plan.id}
 
 
 def next_hour(now: float) -> float:
@@ -77,13 +88,15 @@ def next_hour(now: float) -> float:
 class Executor:
     def __init__(self, settings: Settings, store: Store, registries: RegistryFactory,
                  clock: Callable[[], float], live_refs: LiveRefs | None = None,
-                 holder: Holder | None = None) -> None:
+                 holder: Holder | None = None, beat: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.registries = registries
         self.clock = clock
         self.live_refs = live_refs or LiveRefs(store, None, clock)
         self.holder = holder or this_process()
+        #: Shows the worker's progress (its heartbeat): called on each plan, untag and stored manifest.
+        self._beat = beat
         #: Projects found this tick to hold a token that may not untag, with what was found.
         self._refused: dict[str, NoDeletePermissionError] = {}
         self._lease: LeaseKeeper | None = None
@@ -114,7 +127,7 @@ class Executor:
             if plan is None or not self.store.take_back_plan(plan_id, held_by, claim, self.clock(), LEASE_SECONDS):
                 continue
             log.warning("plan %s was left running by worker process %s on %s, which is gone; resuming it now",
-                        plan_id, earlier.pid, earlier.host)
+                        plan_id, earlier.pid, earlier.host, extra=plan_fields(plan))
             self._run_held(plan, claim)
             taken += 1
         return taken
@@ -125,14 +138,18 @@ class Executor:
             try:
                 self.run_plan(plan)
             except LeaseLost as exc:
-                log.warning("%s; leaving it to that worker", exc)
+                log.warning("%s; leaving it to that worker", exc, extra=plan_fields(plan))
             except ManifestNotKept:
-                log.exception("plan %s stopped before a write; it resumes when its lease runs out", plan.id)
+                log.exception("plan %s stopped before a write; it resumes when its lease runs out", plan.id,
+                              extra=plan_fields(plan))
             finally:
                 self._lease = None
 
     def _keep_lease(self) -> None:
-        """Renew the running plan's lease when due; ``LeaseLost`` when another worker holds it now."""
+        """Renew the running plan's lease when due; ``LeaseLost`` when another worker holds it now. Each
+        call is progress, shown by a beat of the worker's heartbeat."""
+        if self._beat is not None:
+            self._beat()
         if self._lease is not None:
             self._lease.keep()
 
@@ -143,9 +160,12 @@ class Executor:
             for untag in self.store.pending_untags(plan.id):
                 self._finish(untag, "skipped", "cancelled", None, None)
             self.store.set_plan_state(plan.id, "cancelled", now, note="project no longer configured")
+            log.info("plan %s cancelled: project no longer configured", plan.id, extra=plan_fields(plan))
             return
         registry = self.registries(plan.project_path, project)
         pending = self.store.pending_untags(plan.id)
+        log.info("plan %s (%s) started: %d untag(s) pending%s", plan.id, plan.trigger_kind, len(pending),
+                 " (dry run)" if project.dry_run else "", extra=plan_fields(plan))
         refused = self._token_refusal(plan.project_path, project, registry, pending)
         if refused is not None and (not project.dry_run or "pull" not in refused.granted):
             self._not_attempted(plan, project, pending)
@@ -156,13 +176,14 @@ class Executor:
                                                     or not self.store.plan_progressed(plan.id)):
             reason = self._bulk_reason(plan, project, pending, registry)
             if reason:
-                log.warning("plan %s held: %s", plan.id, reason)
+                log.warning("plan %s held: %s", plan.id, reason, extra=plan_fields(plan))
                 self.store.set_plan_state(plan.id, "held", now, note=reason)
                 return
         budget = project.max_untags_per_hour - self.store.untags_done_since(plan.project_path, now - 3600)
         if budget <= 0 and pending:
             self.store.set_plan_state(plan.id, "ready", now, due_at=next_hour(now),
                                       note="max_untags_per_hour reached; resumes next hour")
+            log.info("plan %s: max_untags_per_hour reached; resumes next hour", plan.id, extra=plan_fields(plan))
             return
         batch, rest = pending[:budget], pending[budget:]
         self._run_untags(plan, project, registry, batch)
@@ -170,9 +191,12 @@ class Executor:
         if rest:
             self.store.set_plan_state(plan.id, "ready", self.clock(), due_at=next_hour(self.clock()),
                                       note=f"{len(rest)} untag(s) deferred by max_untags_per_hour")
+            log.info("plan %s: %d untag(s) deferred to the next hour by max_untags_per_hour", plan.id, len(rest),
+                     extra=plan_fields(plan))
         else:
             final = "dry_run" if project.dry_run else "done"
             self.store.set_plan_state(plan.id, final, self.clock())
+            log.info("plan %s finished: %s", plan.id, final, extra=plan_fields(plan))
 
     def _token_refusal(self, project_path: str, project: ProjectSettings, registry: ProjectRegistryLike | None,
                        pending: Sequence[Untag]) -> NoDeletePermissionError | None:
@@ -201,6 +225,7 @@ class Executor:
         note = ("not attempted: the project's token may not untag (see the project's status); retry its "
                 "untags once the token is fixed")
         self.store.set_plan_state(plan.id, "dry_run" if project.dry_run else "done", self.clock(), note=note)
+        log.warning("plan %s finished, %s", plan.id, note, extra=plan_fields(plan))
 
     def _flag(self, project_path: str, project: ProjectSettings, detail: str,
               refused: NoDeletePermissionError | None) -> None:
@@ -262,7 +287,7 @@ class Executor:
                     self._finish(untag, "skipped", reason, None, None)
                 continue
             if registry is None:
-                self._finish(untag, "failed", "no registry_token configured for this project", None, None)
+                self._finish(untag, "failed", NO_REGISTRY_TOKEN, None, None)
                 continue
             # resumed: the tag was guarded at the digest of the manifest the interrupted run kept
             digest = untag.expected_digest or (saved.digest if saved is not None else "")
@@ -270,7 +295,7 @@ class Executor:
                 try:
                     digest = registry.head(untag.repository, untag.tag) or ""
                 except Exception as exc:
-                    self._finish(untag, "failed", f"could not resolve the tag: {exc}", None, None)
+                    self._finish(untag, "failed", failure_reason(exc), None, None, failure_detail(exc))
                     continue
                 if not digest:
                     self._finish(untag, "skipped", "missing", None, None)
@@ -290,16 +315,16 @@ class Executor:
             except (LeaseLost, ManifestNotKept):
                 raise
             except Exception as exc:
-                log.exception("untag batch in %s failed", repo)
+                log.exception("untag batch in %s failed", repo, extra=plan_fields(plan))
                 self._keep_lease()
                 for untag, _ in items:
-                    self._finish(untag, "failed", str(exc)[:300], None, None)
+                    self._finish(untag, "failed", failure_reason(exc), None, None, failure_detail(exc))
                 continue
             self._keep_lease()
             for (untag, _), result in zip(items, results, strict=True):
                 # a resumed untag finished without a write of its own was done by the method that wrote
                 written_by = result.method or (methods.get(untag.id) if result.outcome == "done" else None)
-                self._finish(untag, result.outcome, result.reason, written_by, result.saved)
+                self._finish(untag, result.outcome, result.reason, written_by, result.saved, result.detail)
             self._judge_token(plan.project_path, project, results)
 
     def _saver(self, items: Sequence[tuple[Untag, UntagRequest]], methods: dict[int, str]) -> OnSaved:
@@ -328,8 +353,10 @@ class Executor:
         except RestoreConflictError:
             pass  # pushed again since: that image holds the tag
         except Exception as exc:
-            self._finish(untag, "failed", f"{reason}, but putting back the tag an interrupted untag had "
-                                          f"removed failed: {exc}"[:300], None, None)
+            self._finish(untag, "failed", f"put_back_failed: the guards keep the tag now ({reason}), but putting "
+                                          "back the tag an interrupted untag had removed failed "
+                                          f"({failure_parts(exc)[1]}); retry the untag", None, None,
+                         failure_detail(exc))
             return
         self._finish(untag, "skipped", reason, None, None)
 
@@ -343,7 +370,9 @@ class Executor:
             log.info("project %s: its token untags again", project_path)
 
     def _finish(self, untag: Untag, outcome: str, reason: str | None, method: str | None,
-                saved: Manifest | None) -> None:
+                saved: Manifest | None, detail: str | None = None) -> None:
+        """Store how ``untag`` ended. A failure is logged at WARNING with ``detail`` (the whole exception
+        behind the stored one-sentence ``reason``)."""
         now = self.clock()
         self.store.finish_untag(untag.id, outcome=outcome, reason=reason, method=method, saved=saved,
                                 now=now)
@@ -351,8 +380,13 @@ class Executor:
             self.store.mark_tag_gone(untag.push_record_id, now)
         elif outcome == "skipped" and reason == "missing" and self._settled(untag):
             self.store.mark_untagged(untag.push_record_id, now)
+        fields = {"project": untag.project_path, "plan": untag.plan_id, "untag": untag.id}
+        if outcome == "failed":
+            log.warning("untag %s of plan %s (%s:%s) failed: %s%s", untag.id, untag.plan_id, untag.repository,
+                        untag.tag, reason, f" [{detail}]" if detail else "", extra=fields)
+            return
         log.info("untag %s %s:%s -> %s%s", untag.id, untag.repository, untag.tag, outcome,
-                 f" ({reason})" if reason else "")
+                 f" ({reason})" if reason else "", extra=fields)
 
     def _settled(self, untag: Untag) -> bool:
         """A missing tag ends its record, unless the record is only expected and its pipeline still

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
@@ -21,6 +22,7 @@ from daemon.domain.events import (
     PipelineEvent,
     PushEvent,
     RegistryPush,
+    delivery_id,
     parse_gitlab,
     parse_registry,
 )
@@ -46,6 +48,9 @@ OPEN_STATES = ("opened", "reopened")
 RESOLVE_RETRY = 60.0
 #: How much of the error an unusable event is set aside with is kept.
 UNUSABLE_REASON_CHARS = 500
+#: Records whose failed resolution was logged at WARNING, remembered per process (then DEBUG): the oldest
+#: are forgotten first beyond this many.
+REPORTED_UNRESOLVED = 10_000
 
 
 class ManifestReader(Protocol):
@@ -84,6 +89,7 @@ class Ingest:
         self.clock = clock
         self._resolve_after_id = 0
         self._next_resolve_sweep = 0.0
+        self._reported: OrderedDict[int, None] = OrderedDict()
 
     # inbox ------------------------------------------------------------------------------------------
     def drain(self, limit: int = 500) -> int:
@@ -125,8 +131,10 @@ class Ingest:
                 to_resolve = []
                 error = unusable_reason(exc)
                 log.error("inbox event %s (%s of %r) is unusable and set aside: %s", event.id, event.kind,
-                          event.project_path, error)
+                          event.project_path, error, extra=_event_fields(event))
             self.store.mark_processed(event.id, now, error)
+        if error is None:
+            log.info("inbox event %s (%s) applied", event.id, event.kind, extra=_event_fields(event))
         for project_path, pipeline_id in to_resolve:
             self.resolve_pipeline(project_path, pipeline_id)
 
@@ -296,8 +304,9 @@ class Ingest:
             try:
                 digest = reader.head(record.repository, record.tag)
             except Exception as exc:
-                log.warning("could not resolve %s:%s: %s", record.repository, record.tag, exc)
+                self.cannot_resolve(record, exc)
                 continue
+            self._reported.pop(record.id, None)
             with self.store.transaction():
                 self.store.set_record_digest(record.id, digest, self.clock())
                 pipeline = self.store.get_pipeline(record.project_path, record.pipeline_id)
@@ -332,7 +341,9 @@ class Ingest:
         if project is None or not expected:
             return
         reader = self.readers(project_path, project)
-        found, unresolvable = ([], True) if reader is None else _head_each(reader, expected)
+        found, unresolvable = ([], True) if reader is None else _head_each(reader, expected, self.cannot_resolve)
+        for record_id, _ in found:
+            self._reported.pop(record_id, None)
         if not found and not unresolvable:
             return
         with self.store.transaction():
@@ -345,6 +356,22 @@ class Ingest:
             if pipeline is not None and (unresolvable or any(digest for _, digest in found)):
                 self.raise_ended(pipeline, now)
 
+    def cannot_resolve(self, record: PushRecord, exc: Exception) -> None:
+        """A record's tag could not be read now; it is asked again later. Logged at WARNING the first time
+        for that record, at DEBUG after (each tick would repeat it)."""
+        first = record.id not in self._reported
+        if first:
+            self._reported[record.id] = None
+            while len(self._reported) > REPORTED_UNRESOLVED:
+                self._reported.popitem(last=False)
+        log.log(logging.WARNING if first else logging.DEBUG, "could not resolve %s:%s: %s%s", record.repository,
+                record.tag, exc, "; asked again later (further failures of it are logged at DEBUG)" if first else "",
+                extra={"project": record.project_path})
+
+
+def _event_fields(event: InboxEvent) -> dict[str, str | None]:
+    return {"project": event.project_path, "delivery": delivery_id(event.headers)}
+
 
 def unusable_reason(exc: BaseException) -> str:
     """What is kept (and shown) of why an event was set aside: the error's type and message, bounded."""
@@ -352,9 +379,10 @@ def unusable_reason(exc: BaseException) -> str:
     return text if len(text) <= UNUSABLE_REASON_CHARS else text[:UNUSABLE_REASON_CHARS - 1] + "…"
 
 
-def _head_each(reader: ManifestReader, records: list[PushRecord]) -> tuple[list[tuple[int, str | None]], bool]:
-    """(record id, digest or None when absent) for each record, until the registry cannot be asked; and
-    whether it refused to be read (which asking again will not change)."""
+def _head_each(reader: ManifestReader, records: list[PushRecord],
+               cannot_resolve: Callable[[PushRecord, Exception], None]) -> tuple[list[tuple[int, str | None]], bool]:
+    """(record id, digest or None when absent) for each record, until the registry cannot be asked (told
+    to ``cannot_resolve``); and whether it refused to be read (which asking again will not change)."""
     found: list[tuple[int, str | None]] = []
     for record in records:
         try:
@@ -364,6 +392,6 @@ def _head_each(reader: ManifestReader, records: list[PushRecord]) -> tuple[list[
                         record.tag, exc)
             return found, True
         except Exception as exc:  # asked again by resolve_finished_pipelines; nothing is lost
-            log.warning("could not resolve %s:%s: %s", record.repository, record.tag, exc)
+            cannot_resolve(record, exc)
             break
     return found, False

@@ -19,6 +19,7 @@ from werkzeug.routing import IntegerConverter
 from daemon.config import Settings
 from daemon.domain.events import MAX_ID
 from daemon.store import Store
+from daemon.web.access import log_requests
 from daemon.web.errors import json_error
 
 #: The longest header field (name and value) the app reads, as gunicorn's default limit: longer is 431.
@@ -63,6 +64,7 @@ def create_app(settings: Settings, store: Store, *, clock: Callable[[], float] =
     # One byte more than allowed is read, so that a chunked body over the limit shows it is.
     app.config["MAX_CONTENT_LENGTH"] = max_body + 1
     app.extensions["janitor"] = {"settings": settings, "store": store, "clock": clock, **services}
+    log_requests(app)  # first: a request the limits refuse is logged too
     app.before_request(lambda: _check_limits(max_body))
 
     @app.errorhandler(HTTPException)

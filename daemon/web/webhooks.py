@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from functools import lru_cache
 from typing import Any
 
@@ -23,13 +24,22 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from daemon.config import Settings
-from daemon.domain.events import MalformedEvent, event_kind, parse_gitlab, parse_registry, project_path_of
+from daemon.domain.events import (
+    MalformedEvent,
+    delivery_id,
+    event_kind,
+    parse_gitlab,
+    parse_registry,
+    project_path_of,
+)
 from daemon.domain.model import IgnoredReason
+from daemon.web.access import request_id
 from daemon.web.bodies import BadJson, load_json
 from daemon.web.context import janitor, now, settings, store
 from daemon.web.errors import json_error
 
 bp = Blueprint("webhooks", __name__)
+log = logging.getLogger(__name__)
 STORED_KINDS = frozenset({"pipeline", "merge_request", "push", "tag_push"})
 _KEPT_HEADERS = ("X-Gitlab-Event", "X-Gitlab-Event-UUID", "X-Gitlab-Instance", "Idempotency-Key",
                  "Content-Type")
@@ -38,6 +48,13 @@ SYSTEM_HOOK = "System Hook"
 #: How long a delivery's body identifies it: before GitLab 17.4 a manual resend carries no
 #: ``Idempotency-Key`` and a new ``X-Gitlab-Event-UUID``, and only its body shows it is the same delivery.
 SAME_BODY_WINDOW = 24 * 3600.0
+
+
+def _log(level: int, message: str, *args: object, project: str | None = None) -> None:
+    """A line about this delivery, with its project (when known) and GitLab's name for it."""
+    if log.isEnabledFor(level):
+        log.log(level, message, *args, extra={"project": project, "delivery": delivery_id(request.headers),
+                                              "request_id": request_id()})
 
 
 def _same(a: str | None, b: str | None) -> bool:
@@ -78,6 +95,7 @@ def _ignored(parts: dict[str, Any], reason: IgnoredReason, kind: str, project_pa
         parts["store"].count_ignored(reason, project_path, kind, float(parts["clock"]()))
     except Exception:
         current_app.logger.warning("could not count an ignored delivery (%s)", reason, exc_info=True)
+    _log(logging.INFO, "%s delivery ignored: %s", kind, reason, project=project_path)
     return Response(_ignored_body(kind, reason), 200, mimetype="application/json")
 
 
@@ -125,6 +143,7 @@ def gitlab_hook() -> ResponseReturnValue:
     known = [given is not None and hmac.compare_digest(given, secret) for secret in project_secrets]
     system = given is not None and system_secret is not None and hmac.compare_digest(given, system_secret)
     if not any(known) and not system:
+        _log(logging.WARNING, "GitLab delivery refused: X-Gitlab-Token matches no configured secret")
         return json_error(401, "bad_token", "X-Gitlab-Token does not match any configured webhook_secret"
                           " (or gitlab.system_hook_secret)")
     payload, error = _json_body()
@@ -140,6 +159,8 @@ def gitlab_hook() -> ResponseReturnValue:
         return _ignored(parts, "unconfigured_project", kind, path)
     if project is not None and not (_same(token, project.webhook_secret.get_secret_value())
                                     or (system and header == SYSTEM_HOOK)):
+        _log(logging.WARNING, "%s delivery refused: X-Gitlab-Token is not the project's webhook_secret", kind,
+             project=path)
         return json_error(401, "bad_token", f"X-Gitlab-Token is not the webhook_secret of {path}"
                           + (" (gitlab.system_hook_secret is only for system hooks)" if system else ""))
     if kind not in STORED_KINDS:
@@ -148,8 +169,10 @@ def gitlab_hook() -> ResponseReturnValue:
     try:
         parse_gitlab(header, payload, received_at)
     except MalformedEvent as exc:
+        _log(logging.WARNING, "%s delivery refused as malformed: %s", kind, exc, project=path)
         return json_error(400, "malformed_event", f"{kind} event: {exc}")
     if not path:
+        _log(logging.WARNING, "%s delivery refused: it names no project", kind)
         return json_error(400, "malformed_event", f"{kind} event: 'project.path_with_namespace' is missing")
     body = request.get_data(cache=True)
     kept = {h: v for h in _KEPT_HEADERS if (v := headers.get(h))}
@@ -158,7 +181,9 @@ def gitlab_hook() -> ResponseReturnValue:
                                       headers=kept, body=body, received_at=received_at, body_key=body_key,
                                       same_body_since=received_at - SAME_BODY_WINDOW)
     if not stored:
+        _log(logging.INFO, "%s delivery is a duplicate; not stored again", kind, project=path)
         return _answer(200, "duplicate", kind)
+    _log(logging.INFO, "%s delivery stored", kind, project=path)
     return _answer(202, "stored", kind)
 
 
@@ -168,6 +193,7 @@ def registry_hook() -> ResponseReturnValue:
     auth = request.headers.get("Authorization", "")
     given = auth[7:] if auth.startswith("Bearer ") else None
     if expected is None or not _same(given, expected.get_secret_value()):
+        _log(logging.WARNING, "registry notification refused: its Authorization is not the configured token")
         return json_error(401, "bad_token",
                           "Authorization must be 'Bearer <server.registry_notification_token>'")
     envelope, error = _json_body()
@@ -184,4 +210,6 @@ def registry_hook() -> ResponseReturnValue:
                                kind="registry_push", project_path=None,
                                headers={"Content-Type": request.content_type or ""}, body=body,
                                received_at=now())
+    _log(logging.INFO, "registry notification of %d push(es) %s", len(pushes),
+         "stored" if stored else "is a duplicate; not stored again")
     return jsonify({"status": "stored" if stored else "duplicate", "pushes": len(pushes)}), 202

@@ -1,0 +1,65 @@
+"""The access log: one line per request the app answers, through the ``daemon.web.access`` logger, with the
+fields ``request_id``, ``method``, ``path``, ``status``, ``duration_ms``, ``remote`` and ``agent``.
+
+What a request carries as a secret is never written: no header value but the User-Agent's first word
+(so never ``Authorization``, ``X-Gitlab-Token``, ``JOB-TOKEN`` or ``PRIVATE-TOKEN``), and the path without
+its query string (where a ``token`` parameter would be). The probes (``/healthz``, ``/readyz``) are logged
+at DEBUG, every other request at INFO.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+
+log = logging.getLogger(__name__)
+
+PROBES = frozenset({"/healthz", "/readyz"})
+#: A request id a proxy in front sent (``X-Request-Id``) is kept when it looks like one; else one is made.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_AGENT = re.compile(r"[^\s/]{1,48}(?:/[^\s]{1,24})?")
+#: The longest path written; gunicorn bounds the request line, a test client does not.
+MAX_PATH_CHARS = 512
+
+
+def request_id() -> str:
+    """This request's id, as its access log line and the route's own lines carry it."""
+    rid: str | None = g.get("request_id")
+    if rid is None:
+        given = request.headers.get("X-Request-Id", "")
+        rid = g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+    return rid
+
+
+def _started() -> None:
+    g.access_started = time.perf_counter()
+    request_id()
+
+
+def _agent() -> str | None:
+    found = _AGENT.match(request.headers.get("User-Agent", ""))
+    return found.group() if found else None
+
+
+def _logged(response: Response) -> Response:
+    started = g.get("access_started")
+    duration = round((time.perf_counter() - started) * 1000, 1) if started is not None else None
+    level = logging.DEBUG if request.path in PROBES else logging.INFO
+    if log.isEnabledFor(level):
+        path = request.path[:MAX_PATH_CHARS]
+        log.log(level, "%s %s %s", request.method, path, response.status_code,
+                extra={"request_id": request_id(), "method": request.method, "path": path,
+                       "status": response.status_code, "duration_ms": duration, "remote": request.remote_addr,
+                       "agent": _agent()})
+    return response
+
+
+def log_requests(app: Flask) -> None:
+    """Time each request from before the app's own checks, and log it when its answer is made (errors
+    included: the app answers every one)."""
+    app.before_request(_started)
+    app.after_request(_logged)
