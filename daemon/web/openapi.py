@@ -68,7 +68,8 @@ SCHEMAS: dict[str, Any] = {
         "trigger_key": {"type": "string"}, "state": {"type": "string", "enum": PLAN_STATES},
         "untag_count": {"type": "integer"}, "note": STR_OR_NULL, "created_at": TIME, "due_at": TIME}},
     "PlanDetail": {"allOf": [_ref("Plan"), {"type": "object", "properties": {
-        "approved_by": STR_OR_NULL, "untags": {"type": "array", "items": _ref("Untag")}}}]},
+        "approved_by": STR_OR_NULL, "rejected_by": STR_OR_NULL,
+        "untags": {"type": "array", "items": _ref("Untag")}}}]},
     "PlanPage": {"type": "object", "required": ["plans", "next_cursor"], "properties": {
         "plans": {"type": "array", "items": _ref("Plan")}, "limit": {"type": "integer"},
         "offset": {"type": "integer"}, "next_cursor": STR_OR_NULL}},
@@ -99,6 +100,23 @@ SCHEMAS: dict[str, Any] = {
         "request": _ref("OperatorRequest"), "created": {"type": "boolean"}, "message": {"type": "string"}}},
     "RequestDetail": {"type": "object", "required": ["request"], "properties": {
         "request": _ref("OperatorRequest"), "untag": _ref("Untag")}},
+    "ReconcileRequest": {"type": "object", "required": ["id", "project", "state", "projects"], "properties": {
+        "id": {"type": "integer"},
+        "project": {**STR_OR_NULL, "description": "the project caught up; null for every configured one"},
+        "state": {"type": "string", "enum": ["pending", "running", "done", "failed"],
+                  "description": "done: it ran (each project says whether it went well); failed: the run broke"},
+        "requested_by": {"type": "string"}, "requested_at": TIME, "finished_at": TIME,
+        "error": {**STR_OR_NULL, "description": "why the run broke (state failed)"},
+        "projects": {"type": ["array", "null"], "description": "once done: per project what it found",
+                     "items": {"type": "object", "required": ["project", "ok", "summary", "plans"], "properties": {
+                         "project": {"type": "string"}, "ok": {"type": "boolean"}, "summary": {"type": "string"},
+                         "skipped": STR_OR_NULL, "error": STR_OR_NULL, "more": {"type": "boolean"},
+                         "plans": {"type": "array", "items": _ref("Plan"),
+                                   "description": "the plans it made, as they are now"}}}}}},
+    "ReconcileAccepted": {"type": "object", "required": ["request", "created"], "properties": {
+        "request": _ref("ReconcileRequest"), "created": {"type": "boolean"}, "message": {"type": "string"}}},
+    "ReconcileDetail": {"type": "object", "required": ["request"], "properties": {
+        "request": _ref("ReconcileRequest")}},
     "Counters": {"type": "object", "properties": {
         **{k: {"type": "integer"} for k in ("created", "untagged", "scheduled", "held", "failed", "dry_run",
                                             "restored")},
@@ -158,6 +176,7 @@ SCHEMAS: dict[str, Any] = {
                        " heard of them (their pipeline-lifetime tags wait for a finish)",
         "properties": {
             "after_seconds": {"type": "number", "description": "worker.stuck_pipeline_after"},
+            "after": {"type": "string", "description": "worker.stuck_pipeline_after as configured (14d, 1h30m)"},
             "count": {"type": "integer", "description": "how many there are"},
             "pipelines": {"type": "array", "description": "the longest waiting first (at most 50)", "items": {
                 "type": "object", "required": ["project", "pipeline_id", "ref", "status", "since"],
@@ -288,8 +307,9 @@ def _paths() -> dict[str, Any]:
         "/api/v1/plans/{plan_id}/approve": _admin_action(
             "Approve a held plan: it runs on the worker's next tick", plan_id, "200", "Plan", "plan is not held"),
         "/api/v1/plans/{plan_id}/reject": _admin_action(
-            "Reject a held plan: it is cancelled, nothing is untagged", plan_id, "200", "Plan",
-            "plan is not held"),
+            "Reject a held plan, or a scheduled one during its grace period: it is cancelled, nothing is "
+            "untagged", plan_id, "200", "Plan",
+            "not_cancellable: the plan is neither held nor scheduled, or a worker has already started it"),
         "/api/v1/untags": _admin_get("The untag log (audit), newest first", "UntagPage", bad_query=True, params=[
             _query("project", "only this project path", {"type": "string"}),
             _query("outcome", "only this outcome", {"type": "string", "enum": OUTCOMES}),
@@ -304,25 +324,44 @@ def _paths() -> dict[str, Any]:
         "/api/v1/requests/{request_id}": _admin_get(
             "A restore or retry request and its outcome", "RequestDetail",
             params=[_id("request_id", "operator request id")], not_found=True),
+        "/api/v1/reconcile": {"post": {
+            "summary": "Ask a worker to catch up from the GitLab API now (one project, or every one), with the"
+                       " daemon's settings",
+            "security": ADMIN,
+            "requestBody": {"required": False, "content": {JSON: {"schema": {
+                "type": "object", "additionalProperties": False, "properties": {
+                    "project": {**STR_OR_NULL, "description": "a configured project; absent or null: all"}}}}}},
+            "responses": {"202": {**_json(_ref("ReconcileAccepted"), "recorded (or the same one still open);"
+                                          " poll the Location"),
+                                  "headers": {"Location": {"schema": {"type": "string"},
+                                                           "description": "/api/v1/reconcile/{request_id}"}}},
+                          "400": _error("the body is not {\"project\": \"group/app\"} (or empty, or {})"),
+                          "404": _error("the project is not configured (or, under a group/* entry, not in the"
+                                        " ledger)"), **ADMIN_ERRORS}}},
+        "/api/v1/reconcile/{request_id}": _admin_get(
+            "A reconcile request and, once it ran, what it found per project", "ReconcileDetail",
+            params=[_id("request_id", "reconcile request id")], not_found=True),
         "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
                                          "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}},
         "/metrics": {"get": {
-            "summary": "Prometheus metrics (text format 0.0.4), derived from storage",
+            "summary": "Prometheus metrics (text format 0.0.4), read from storage, and this process's own",
             "description": "Needs the admin token when server.metrics_require_token is true.",
             "security": [{}, *ADMIN],
             "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
                           **ADMIN_ERRORS}}},
         "/healthz": {"get": {"summary": "Liveness", "security": [],
                              "responses": {"200": _json({"type": "object"}, "alive")}}},
-        "/readyz": {"get": {"summary": "Readiness: storage writable and a fresh worker heartbeat", "security": [],
+        "/readyz": {"get": {"summary": "Readiness: this web can store events (the worker's heartbeat is reported, "
+                                       "not judged: the worker has its own probe)", "security": [],
                             "responses": {"200": _json({"type": "object"}, "ready"),
-                                          "503": _error("storage not writable, or no fresh worker heartbeat")}}},
+                                          "503": _error("storage_unavailable: events cannot be stored")}}},
         "/dashboard": {"get": {
             "summary": "The operators' page (HTML)", "security": ADMIN, "tags": ["dashboard"],
             "responses": {"200": {"description": "the page",
                                   "content": {"text/html": {"schema": {"type": "string"}}}}, **ADMIN_ERRORS}}},
         "/dashboard/plans/{plan_id}/approve": _dashboard_action("Approve a held plan (form)", plan_id),
-        "/dashboard/plans/{plan_id}/reject": _dashboard_action("Reject a held plan (form)", plan_id),
+        "/dashboard/plans/{plan_id}/reject": _dashboard_action("Reject a held or scheduled plan (form)",
+                                                                plan_id),
         "/dashboard/untags/{untag_id}/restore": _dashboard_action("Ask for a restore (form)", untag_id),
         "/dashboard/untags/{untag_id}/retry": _dashboard_action("Ask for a retry (form)", untag_id),
     }
