@@ -13,16 +13,14 @@ Must not: send requests itself, or let a storage failure fail the request it cou
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
 
-from daemon.domain.measures import BUCKETS, INF, bucket_label
+from daemon.domain.measures import Buckets, Counts, RequestTally
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +83,7 @@ def observe_session(session: requests.Session, observer: GitLabObserver) -> requ
 
 
 class GitLabObservationSink(Protocol):
-    def add_gitlab_observations(self, counts: Mapping[tuple[str, int], tuple[int, float]],
-                                buckets: Mapping[tuple[str, str], int]) -> None: ...
+    def add_gitlab_observations(self, counts: Counts, buckets: Buckets) -> None: ...
 
 
 class GitLabStats:
@@ -95,35 +92,17 @@ class GitLabStats:
 
     def __init__(self, sink: GitLabObservationSink) -> None:
         self.sink = sink
-        self._lock = threading.Lock()
-        self._counts: dict[tuple[str, int], tuple[int, float]] = {}
-        self._buckets: dict[tuple[str, str], int] = defaultdict(int)
+        self._tally = RequestTally()
 
     def __call__(self, endpoint: str, status: int, seconds: float) -> None:
-        label = next((bucket_label(b) for b in BUCKETS if seconds <= b), INF)
-        with self._lock:
-            n, total = self._counts.get((endpoint, status), (0, 0.0))
-            self._counts[(endpoint, status)] = (n + 1, total + max(seconds, 0.0))
-            self._buckets[(endpoint, label)] += 1
+        self._tally.observe(endpoint, status, seconds)
         self.flush()
 
     def flush(self) -> int:
         """Add what was counted and not yet stored; returns how many requests (0 when storage failed:
         they are kept for the next flush)."""
-        with self._lock:
-            counts, buckets = self._counts, dict(self._buckets)
-            self._counts, self._buckets = {}, defaultdict(int)
-        if not counts:
-            return 0
         try:
-            self.sink.add_gitlab_observations(counts, buckets)
+            return self._tally.hand_over(self.sink.add_gitlab_observations)
         except Exception as exc:
             log.warning("GitLab request counters not stored (kept for the next request): %s", exc)
-            with self._lock:
-                for key, (n, total) in counts.items():
-                    m, t = self._counts.get(key, (0, 0.0))
-                    self._counts[key] = (m + n, t + total)
-                for bkey, n in buckets.items():
-                    self._buckets[bkey] += n
             return 0
-        return sum(n for n, _ in counts.values())

@@ -1,5 +1,5 @@
 """The key-value table (``kv``): small named values kept between runs with when each was last set (the
-worker's heartbeat, catch-up watermarks and cursors).
+worker's heartbeat, catch-up watermarks and cursors, when each project's catch-up last succeeded).
 
 Holds strings only; it must not become a second place for what has a table of its own.
 """
@@ -7,6 +7,9 @@ Holds strings only; it must not become a second place for what has a table of it
 from __future__ import annotations
 
 from daemon.store.base import StoreBase
+
+#: Where the time of each project's last successful catch-up is kept, by project.
+_RECONCILE_SUCCESS = "reconcile:last_success:"
 
 
 class ValueStore(StoreBase):
@@ -23,3 +26,13 @@ class ValueStore(StoreBase):
     def value_age(self, key: str, now: float) -> float | None:
         row = self._db.execute("SELECT updated_at FROM kv WHERE key = ?", [key]).fetchone()
         return None if row is None else now - float(row[0])
+
+    def reconcile_succeeded(self, project_path: str, now: float) -> None:
+        """A catch-up of ``project_path`` ran to its end without an error at ``now``."""
+        self.set_value(_RECONCILE_SUCCESS + project_path, repr(float(now)), now)
+
+    def last_reconcile_successes(self) -> dict[str, float]:
+        """Project -> when its last successful catch-up ended."""
+        rows = self._db.execute("SELECT substr(key, ?), updated_at FROM kv WHERE substr(key, 1, ?) = ?",
+                                [len(_RECONCILE_SUCCESS) + 1, len(_RECONCILE_SUCCESS), _RECONCILE_SUCCESS])
+        return {str(r[0]): float(r[1]) for r in rows}
