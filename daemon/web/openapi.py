@@ -205,28 +205,34 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+def _op(operation_id: str | None) -> dict[str, str]:
+    """The ``operationId`` entry: unique across the document, camelCase, what generated clients name the call."""
+    return {"operationId": operation_id} if operation_id else {}
+
+
 def _admin_get(summary: str, schema: str, *, params: list[dict[str, Any]] | None = None,
-               not_found: bool = False, bad_query: bool = False) -> dict[str, Any]:
+               not_found: bool = False, bad_query: bool = False, op: str | None = None) -> dict[str, Any]:
     responses: dict[str, Any] = {"200": _json(_ref(schema), summary), **ADMIN_ERRORS}
     if not_found:
         responses["404"] = _error("no such id")
         responses["400"] = _error(ID_OUT_OF_RANGE)
     if bad_query:
         responses["400"] = _error("a query parameter is malformed (limit, offset or cursor out of range)")
-    return {"get": {"summary": summary, "security": ADMIN, "parameters": params or [],
+    return {"get": {"summary": summary, **_op(op), "security": ADMIN, "parameters": params or [],
                     "responses": responses}}
 
 
-def _admin_action(summary: str, param: dict[str, Any], ok: str, schema: str, conflict: str) -> dict[str, Any]:
-    return {"post": {"summary": summary, "security": ADMIN, "parameters": [param],
+def _admin_action(summary: str, param: dict[str, Any], ok: str, schema: str, conflict: str, *,
+                  op: str | None = None) -> dict[str, Any]:
+    return {"post": {"summary": summary, **_op(op), "security": ADMIN, "parameters": [param],
                      "responses": {ok: _json(_ref(schema), summary), "400": _error(ID_OUT_OF_RANGE),
                                    "404": _error("no such id"),
                                    "409": _error(conflict), **ADMIN_ERRORS}}}
 
 
-def _dashboard_action(summary: str, param: dict[str, Any]) -> dict[str, Any]:
+def _dashboard_action(summary: str, param: dict[str, Any], *, op: str | None = None) -> dict[str, Any]:
     return {"post": {
-        "summary": summary, "security": ADMIN, "parameters": [param], "tags": ["dashboard"],
+        "summary": summary, **_op(op), "security": ADMIN, "parameters": [param], "tags": ["dashboard"],
         "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
             "type": "object", "required": ["csrf"], "properties": {"csrf": {"type": "string"}}}}}},
         "responses": {"303": {"description": "back to /dashboard with a flash message"},
@@ -245,6 +251,7 @@ def _paths() -> dict[str, Any]:
     return {
         "/webhooks/gitlab": {"post": {
             "summary": "GitLab project, group or system hook (pipeline, merge request, push events)",
+            "operationId": "receiveGitlabWebhook",
             "security": [{"gitlabToken": []}],
             "parameters": [{"name": "X-Gitlab-Event", "in": "header", "schema": {"type": "string"}},
                            {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
@@ -263,7 +270,8 @@ def _paths() -> dict[str, Any]:
                                         " project's"),
                           "413": _error("body over server.max_body_bytes"), "415": _error("not JSON")}}},
         "/webhooks/registry": {"post": {
-            "summary": "Registry notifications (v1 and v2 envelopes)", "security": [{"registryBearer": []}],
+            "summary": "Registry notifications (v1 and v2 envelopes)", "operationId": "receiveRegistryNotification",
+            "security": [{"registryBearer": []}],
             "requestBody": {"required": True, "content": {JSON: {"schema": {"type": "object"}},
                                                           "application/vnd.docker.distribution.events.v1+json":
                                                               {"schema": {"type": "object"}}}},
@@ -274,7 +282,8 @@ def _paths() -> dict[str, Any]:
                           "401": _error("not Bearer <server.registry_notification_token>"),
                           "415": _error("not JSON")}}},
         "/api/v1/ci/pushes": {"post": {
-            "summary": "A CI job records a tag its pipeline pushed", "security": ci_auth,
+            "summary": "A CI job records a tag its pipeline pushed", "operationId": "recordCiPush",
+            "security": ci_auth,
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("CiImage")}}},
             "responses": {"201": _json(_ref("CiPush"), "recorded"),
                           "200": _json(_ref("CiPush"), "already recorded"), **ci_errors,
@@ -289,6 +298,7 @@ def _paths() -> dict[str, Any]:
                                   "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}}},
         "/api/v1/ci/untag": {"post": {
             "summary": "A CI job asks to untag one tag a pipeline of its project and ref pushed",
+            "operationId": "requestCiUntag",
             "security": ci_auth,
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("CiImage")}}},
             "responses": {"202": _json(_ref("CiUntag"), "accepted, with the untag id"), **ci_errors,
@@ -298,36 +308,41 @@ def _paths() -> dict[str, Any]:
                                            " tokens from this address lately (too_many_refused_tokens)"),
                                   "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}}},
         "/api/v1/status": _admin_get("Per-project and total counters, queue, plans, webhook health",
-                                     "Status"),
-        "/api/v1/plans": _admin_get("Plans, newest first", "PlanPage", bad_query=True, params=[
+                                     "Status", op="getStatus"),
+        "/api/v1/plans": _admin_get("Plans, newest first", "PlanPage", bad_query=True, op="listPlans", params=[
             _query("state", "only plans in this state", {"type": "string", "enum": PLAN_STATES}),
             _query("project", "only this project path", {"type": "string"}), *PAGING]),
         "/api/v1/plans/{plan_id}": _admin_get("One plan with its untags", "PlanDetail", params=[plan_id],
-                                              not_found=True),
+                                              not_found=True, op="getPlan"),
         "/api/v1/plans/{plan_id}/approve": _admin_action(
-            "Approve a held plan: it runs on the worker's next tick", plan_id, "200", "Plan", "plan is not held"),
+            "Approve a held plan: it runs on the worker's next tick", plan_id, "200", "Plan", "plan is not held",
+            op="approvePlan"),
         "/api/v1/plans/{plan_id}/reject": _admin_action(
             "Reject a held plan, or a scheduled one during its grace period: it is cancelled, nothing is "
             "untagged", plan_id, "200", "Plan",
-            "not_cancellable: the plan is neither held nor scheduled, or a worker has already started it"),
-        "/api/v1/untags": _admin_get("The untag log (audit), newest first", "UntagPage", bad_query=True, params=[
+            "not_cancellable: the plan is neither held nor scheduled, or a worker has already started it",
+            op="rejectPlan"),
+        "/api/v1/untags": _admin_get("The untag log (audit), newest first", "UntagPage", bad_query=True,
+                                     op="listUntags", params=[
             _query("project", "only this project path", {"type": "string"}),
             _query("outcome", "only this outcome", {"type": "string", "enum": OUTCOMES}),
             _query("since", "finished since: a duration back from now (2h, 7d), an ISO date or date-time",
                    {"type": "string"}), *PAGING]),
-        "/api/v1/untags/{untag_id}": _admin_get("One untag", "Untag", params=[untag_id], not_found=True),
+        "/api/v1/untags/{untag_id}": _admin_get("One untag", "Untag", params=[untag_id], not_found=True,
+                                                op="getUntag"),
         "/api/v1/untags/{untag_id}/restore": _admin_action(
             "Ask the worker to put the tag back at its saved manifest", untag_id, "202", "Accepted",
-            "not restorable: not carried out, already restored, or no saved manifest"),
+            "not restorable: not carried out, already restored, or no saved manifest", op="restoreUntag"),
         "/api/v1/untags/{untag_id}/retry": _admin_action(
-            "Ask the worker to retry a failed untag", untag_id, "202", "Accepted", "the untag is not failed"),
+            "Ask the worker to retry a failed untag", untag_id, "202", "Accepted", "the untag is not failed",
+            op="retryUntag"),
         "/api/v1/requests/{request_id}": _admin_get(
             "A restore or retry request and its outcome", "RequestDetail",
-            params=[_id("request_id", "operator request id")], not_found=True),
+            params=[_id("request_id", "operator request id")], not_found=True, op="getOperatorRequest"),
         "/api/v1/reconcile": {"post": {
             "summary": "Ask a worker to catch up from the GitLab API now (one project, or every one), with the"
                        " daemon's settings",
-            "security": ADMIN,
+            "operationId": "requestReconcile", "security": ADMIN,
             "requestBody": {"required": False, "content": {JSON: {"schema": {
                 "type": "object", "additionalProperties": False, "properties": {
                     "project": {**STR_OR_NULL, "description": "a configured project; absent or null: all"}}}}}},
@@ -340,30 +355,37 @@ def _paths() -> dict[str, Any]:
                                         " ledger)"), **ADMIN_ERRORS}}},
         "/api/v1/reconcile/{request_id}": _admin_get(
             "A reconcile request and, once it ran, what it found per project", "ReconcileDetail",
-            params=[_id("request_id", "reconcile request id")], not_found=True),
-        "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
+            params=[_id("request_id", "reconcile request id")], not_found=True, op="getReconcileRequest"),
+        "/api/v1/openapi.json": {"get": {"summary": "This document", "operationId": "getOpenApiDocument",
+                                         "security": [],
                                          "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}},
         "/metrics": {"get": {
             "summary": "Prometheus metrics (text format 0.0.4), read from storage, and this process's own",
+            "operationId": "getMetrics",
             "description": "Needs the admin token when server.metrics_require_token is true.",
             "security": [{}, *ADMIN],
             "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
                           **ADMIN_ERRORS}}},
-        "/healthz": {"get": {"summary": "Liveness", "security": [],
+        "/healthz": {"get": {"summary": "Liveness", "operationId": "getLiveness", "security": [],
                              "responses": {"200": _json({"type": "object"}, "alive")}}},
         "/readyz": {"get": {"summary": "Readiness: this web can store events (the worker's heartbeat is reported, "
-                                       "not judged: the worker has its own probe)", "security": [],
+                                       "not judged: the worker has its own probe)",
+                             "operationId": "getReadiness", "security": [],
                             "responses": {"200": _json({"type": "object"}, "ready"),
                                           "503": _error("storage_unavailable: events cannot be stored")}}},
         "/dashboard": {"get": {
-            "summary": "The operators' page (HTML)", "security": ADMIN, "tags": ["dashboard"],
+            "summary": "The operators' page (HTML)", "operationId": "getDashboard", "security": ADMIN,
+            "tags": ["dashboard"],
             "responses": {"200": {"description": "the page",
                                   "content": {"text/html": {"schema": {"type": "string"}}}}, **ADMIN_ERRORS}}},
-        "/dashboard/plans/{plan_id}/approve": _dashboard_action("Approve a held plan (form)", plan_id),
+        "/dashboard/plans/{plan_id}/approve": _dashboard_action("Approve a held plan (form)", plan_id,
+                                                                 op="dashboardApprovePlan"),
         "/dashboard/plans/{plan_id}/reject": _dashboard_action("Reject a held or scheduled plan (form)",
-                                                                plan_id),
-        "/dashboard/untags/{untag_id}/restore": _dashboard_action("Ask for a restore (form)", untag_id),
-        "/dashboard/untags/{untag_id}/retry": _dashboard_action("Ask for a retry (form)", untag_id),
+                                                                plan_id, op="dashboardRejectPlan"),
+        "/dashboard/untags/{untag_id}/restore": _dashboard_action("Ask for a restore (form)", untag_id,
+                                                                   op="dashboardRestoreUntag"),
+        "/dashboard/untags/{untag_id}/retry": _dashboard_action("Ask for a retry (form)", untag_id,
+                                                                 op="dashboardRetryUntag"),
     }
 
 

@@ -10,6 +10,7 @@ a non-root read-only container with only /data and /tmp writable, and a config t
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 from functools import cache
@@ -180,6 +181,56 @@ SERVICE_MONITOR_SCHEMA = {
 }
 
 
+# The optional monitoring: prometheus-operator's PrometheusRule and Grafana's sidecar dashboard.
+MONITORING: dict[str, Any] = {
+    "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"},
+                       "alertLabels": {"team": "platform"}, "queueGrowing": {"threshold": 250}},
+    "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Registry"}},
+}
+DASHBOARD = CHART / "dashboards" / "registry-janitor.json"
+ALERTS = {"RegistryJanitorQueueGrowing", "RegistryJanitorWorkerHeartbeatStale", "RegistryJanitorUntagFailures",
+          "RegistryJanitorWebhooksQuiet"}
+DURATION = "^([0-9]+(ms|s|m|h|d|w|y))+$"
+
+# PrometheusRule (monitoring.coreos.com/v1, prometheus-operator's API reference): the fields the chart uses.
+PROMETHEUS_RULE_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": SERVICE_MONITOR_SCHEMA["properties"]["metadata"],  # type: ignore[index]
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["groups"],
+            "properties": {"groups": {"type": "array", "minItems": 1, "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "rules"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "interval": {"type": "string", "pattern": DURATION},
+                    "rules": {"type": "array", "minItems": 1, "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["alert", "expr"],
+                        "properties": {
+                            "alert": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"},
+                            "expr": {"type": "string", "minLength": 1},
+                            "for": {"type": "string", "pattern": DURATION},
+                            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                            "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                        },
+                    }},
+                },
+            }}},
+        },
+    },
+}
+
+
 def _missing(package: str, module: str) -> str:
     return (
         f"{package} is not installed (import {module} failed). The deployment tests need it: run `.ci/run`, "
@@ -275,6 +326,9 @@ def assert_valid(objects: list[dict[str, Any]], versions: tuple[str, ...]) -> No
         name = f"{obj['kind']}/{obj['metadata']['name']}"
         if obj["kind"] == "ServiceMonitor":
             jsonschema.validate(obj, SERVICE_MONITOR_SCHEMA)
+            continue
+        if obj["kind"] == "PrometheusRule":
+            jsonschema.validate(obj, PROMETHEUS_RULE_SCHEMA)
             continue
         for version in versions:
             try:
@@ -394,16 +448,16 @@ def test_chart_metadata(helm: Any) -> None:
         chart.validate_schema(chart.values)
 
 
-@pytest.mark.parametrize("case", ["default", "full"])
+@pytest.mark.parametrize("case", ["default", "full", "monitoring"])
 def test_lints_clean_in_strict_mode(helm: Any, case: str) -> None:
-    assert_lint_clean(helm, None if case == "default" else FULL_VALUES)
+    assert_lint_clean(helm, {"default": None, "full": FULL_VALUES, "monitoring": MONITORING}[case])
 
 
-@pytest.mark.parametrize("case", ["default", "full", "secrets"])
+@pytest.mark.parametrize("case", ["default", "full", "secrets", "monitoring"])
 def test_every_rendered_object_is_valid_kubernetes(
     helm: Any, kube_versions: tuple[str, ...], case: str
 ) -> None:
-    values = {"default": None, "full": FULL_VALUES, "secrets": WITH_SECRETS}[case]
+    values = {"default": None, "full": FULL_VALUES, "secrets": WITH_SECRETS, "monitoring": MONITORING}[case]
     objects = render(helm, values)
     assert_valid(objects, kube_versions)
     for obj in objects:
@@ -656,8 +710,23 @@ def test_notes_tell_how_to_point_gitlab_and_the_registry_at_the_service(helm: An
     assert "JANITOR_REGISTRY_TOKEN in Secret janitor-credentials" in text
 
     default = notes(helm)
-    assert f"--url http://{FULLNAME}.{NAMESPACE}.svc:8080/webhooks/gitlab" in default
     assert "-c janitor --" in default and "-c web --" in text
+
+
+def test_notes_warn_instead_of_giving_gitlab_an_in_cluster_address(helm: Any) -> None:
+    in_cluster = f"http://{FULLNAME}.{NAMESPACE}.svc:8080"
+    default = notes(helm)
+    assert "WARNING: publicUrl is empty and the Ingress is disabled" in default
+    assert "--set publicUrl=https://janitor.example.com" in default
+    assert f"{in_cluster}/webhooks" not in default, "an in-cluster address is no webhook URL for GitLab"
+    assert "--url <publicUrl>/webhooks/gitlab" in default and "URL:           <publicUrl>/webhooks/gitlab" in default
+
+    given = notes(helm, {"publicUrl": "https://janitor.example.net/"})
+    assert "WARNING: publicUrl" not in given
+    assert "--url https://janitor.example.net/webhooks/gitlab" in given
+    # GitLab in the same cluster: the operator says so by giving the in-cluster address.
+    assert f"--url {in_cluster}/webhooks/gitlab" in notes(helm, {"publicUrl": in_cluster})
+    assert "WARNING: publicUrl" not in notes(helm, FULL_VALUES), "the Ingress host is a public address"
 
 
 def test_schema_rejects_typos_and_bad_rules(helm: Any) -> None:
@@ -696,3 +765,147 @@ def test_schema_accepts_every_key_of_the_example_config(helm: Any) -> None:
     example = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     with helm.Chart.load(CHART) as chart:
         chart.validate_schema(chart.merge_values({"config": example}))
+
+
+# --- monitoring: PrometheusRule, Grafana dashboard, icon -------------------------------------------------
+
+PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset"}
+PROMQL_FUNCTIONS = {"sum", "max", "min", "avg", "count", "rate", "increase", "deriv", "delta", "absent",
+                    "histogram_quantile"}
+
+
+def promql_names(expr: str) -> tuple[set[str], set[str]]:
+    """(metric names, function names) an expression uses: label matchers, ranges, ``by (...)`` and strings
+    taken out first, then every identifier called is a function and every other one a metric name."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", "", text)
+    text = re.sub(r"\[[^\]]*\]", "", text)
+    text = re.sub(r"\b(?:by|without|on|ignoring)\s*\([^)]*\)", "", text)
+    assert text.count("(") == text.count(")"), f"unbalanced parentheses in {expr!r}"
+    functions = set(re.findall(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*\(", text))
+    words = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", re.sub(r"\b\d+(?:\.\d+)?\b", "", text)))
+    return words - functions - PROMQL_KEYWORDS, functions
+
+
+def exported_metric_names(client: Any) -> set[str]:
+    """Every series name ``/metrics`` can carry, read from the families it declares (so a histogram or
+    counter with no sample yet counts too)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    names: set[str] = set()
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
+                    "summary": ("", "_sum", "_count")}.get(family.type, ("",))
+        names |= {family.name + suffix for suffix in suffixes}
+    return names
+
+
+def rules(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    [group] = one(objects, "PrometheusRule")["spec"]["groups"]
+    return {rule["alert"]: rule for rule in group["rules"]}
+
+
+def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":  # Grafana's label_values(<series selector>, <label>)
+            match = re.fullmatch(r"label_values\((.+),\s*[A-Za-z_][A-Za-z0-9_]*\)", variable["query"]["query"])
+            assert match, variable["query"]
+            exprs.append(match.group(1))
+    return exprs
+
+
+def test_monitoring_is_optional_and_renders_when_asked(helm: Any) -> None:
+    assert not {"PrometheusRule"} & kinds(render(helm)), "off by default: the CRD may not be installed"
+    objects = render(helm, MONITORING)
+    rule = one(objects, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    by_name = rules(objects)
+    assert set(by_name) == ALERTS
+    for alert in by_name.values():
+        assert alert["labels"]["team"] == "platform" and alert["labels"]["severity"]
+        assert alert["annotations"]["summary"] and alert["annotations"]["description"]
+        # this release's series only: the labels the ServiceMonitor's scrape sets
+        assert f'namespace="{NAMESPACE}",job="{FULLNAME}"' in alert["expr"]
+    assert by_name["RegistryJanitorQueueGrowing"]["expr"].endswith("> 250")
+    assert "absent(janitor_worker_heartbeat_age_seconds" in by_name["RegistryJanitorWorkerHeartbeatStale"]["expr"]
+    assert 'outcome="failed"' in by_name["RegistryJanitorUntagFailures"]["expr"]
+    off = render(helm, {"prometheusRule": {"enabled": True, "untagFailures": {"enabled": False},
+                                           "selector": 'cluster="eu", job="janitor"'}})
+    assert set(rules(off)) == ALERTS - {"RegistryJanitorUntagFailures"}
+    assert all('{cluster="eu", job="janitor"}' in r["expr"] for r in rules(off).values())
+
+    maps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
+    dashboard_map = maps[f"{FULLNAME}-dashboard"]
+    assert dashboard_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard_map["metadata"]["annotations"] == {"grafana_folder": "Registry"}
+    assert json.loads(dashboard_map["data"]["registry-janitor.json"]) == json.loads(DASHBOARD.read_text())
+    # another sidecar label: Helm merges maps, so the default one is dropped with null
+    relabelled = render(helm, {"grafanaDashboard": {"enabled": True,
+                                                    "labels": {"grafana_dashboard": None, "dashboards": "janitor"},
+                                                    "namespace": "monitoring"}})
+    [moved] = [o for o in relabelled if o["metadata"]["name"] == f"{FULLNAME}-dashboard"]
+    assert moved["metadata"]["namespace"] == "monitoring"
+    assert moved["metadata"]["labels"]["dashboards"] == "janitor"
+    assert "grafana_dashboard" not in moved["metadata"]["labels"]
+
+
+def test_schema_refuses_bad_monitoring_values(helm: Any) -> None:
+    bad_cases = [
+        {"prometheusRule": {"enabled": True, "selector": "{job=\"x\"}"}},
+        {"prometheusRule": {"heartbeatStale": {"for": "five minutes"}}},
+        {"prometheusRule": {"queueGrowing": {"threshold": "many"}}},
+        {"prometheusRule": {"alertLables": {}}},
+        {"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}},
+    ]
+    with helm.Chart.load(CHART) as chart:
+        for values in bad_cases:
+            with pytest.raises(helm.HelmValuesError):
+                chart.validate_schema(chart.merge_values(values))
+
+
+def test_alerts_and_dashboard_read_only_metrics_the_janitor_exports(helm: Any, seeded_janitor: Any) -> None:
+    seeded_janitor.tick()  # the worker beats: the heartbeat gauge is there
+    exported = exported_metric_names(seeded_janitor.client)
+    assert "janitor_worker_heartbeat_age_seconds" in exported and "janitor_gitlab_request_seconds_bucket" in exported
+
+    used: dict[str, set[str]] = {}
+    for name, rule in rules(render(helm, MONITORING)).items():
+        metrics, functions = promql_names(rule["expr"])
+        assert functions <= PROMQL_FUNCTIONS, (name, functions)
+        used[name] = metrics
+    dashboard = json.loads(DASHBOARD.read_text())
+    for expr in dashboard_exprs(dashboard):
+        metrics, functions = promql_names(expr)
+        assert functions <= PROMQL_FUNCTIONS, (expr, functions)
+        used[expr] = metrics
+    unknown = {where: names - exported for where, names in used.items() if names - exported}
+    assert not unknown, f"not exported by /metrics (renamed?): {unknown}"
+
+    on_dashboard = set().union(*(promql_names(e)[0] for e in dashboard_exprs(dashboard)))
+    assert on_dashboard >= {
+        "janitor_events_total", "janitor_untags_total", "janitor_queue_depth", "janitor_worker_heartbeat_age_seconds",
+        "janitor_registry_requests_total", "janitor_registry_request_seconds_bucket", "janitor_gitlab_requests_total",
+        "janitor_gitlab_request_seconds_bucket",
+    }
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    assert all(p["datasource"] == {"type": "prometheus", "uid": "${datasource}"} for p in dashboard["panels"])
+
+
+def test_promql_names_finds_a_renamed_metric() -> None:
+    metrics, functions = promql_names(
+        'sum by (project) (increase(janitor_untag_total{job="j",outcome="failed"}[15m])) > 0 or absent(up{a="b"})')
+    assert metrics == {"janitor_untag_total", "up"}
+    assert functions == {"sum", "increase", "absent"}
+
+
+def test_chart_has_an_icon(helm: Any) -> None:
+    with helm.Chart.load(CHART) as chart:
+        icon = chart.metadata["icon"]
+    assert icon.startswith("https://") and icon.endswith("/helm/registry-janitor/icon.svg")
+    assert (CHART / "icon.svg").read_text().lstrip().startswith("<svg")
+    report = helm.lint(CHART, None, strict=True, namespace=NAMESPACE)
+    assert not [m for m in report["messages"] if "icon" in m["error"]], report["messages"]

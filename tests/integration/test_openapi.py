@@ -78,3 +78,17 @@ def test_answers_match_their_schemas(seeded_janitor, doc):
     conforms(doc, "Error", conflict.get_json())
     approved = seeded_janitor.client.post(f"/api/v1/plans/{seeded_janitor.ids['held_plan']}/approve", headers=BEARER)
     conforms(doc, "Plan", approved.get_json())
+
+
+def test_every_operation_has_a_unique_camel_case_operation_id(doc):
+    ids: dict[str, list[tuple[str, str]]] = {}
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            assert op.get("operationId"), f"{method.upper()} {path} has no operationId"
+            assert re.fullmatch(r"[a-z][A-Za-z0-9]*", op["operationId"]), (path, method, op["operationId"])
+            ids.setdefault(op["operationId"], []).append((method, path))
+    duplicates = {op_id: where for op_id, where in ids.items() if len(where) > 1}
+    assert not duplicates, f"operationIds used more than once: {duplicates}"
+    assert ids["receiveGitlabWebhook"] == [("post", "/webhooks/gitlab")]
+    assert ids["listPlans"] == [("get", "/api/v1/plans")]
+    assert ids["rejectPlan"] == [("post", "/api/v1/plans/{plan_id}/reject")]
