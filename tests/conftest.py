@@ -12,6 +12,10 @@
 - `payload(name)`: a deep copy of `tests/fixtures/gitlab-payloads/<name>.json`.
 - `unique_repo(project, name="img")`: a repository path under the project that no other test uses.
 - `project`: a fresh stand-in project with a unique path (its root repository is unique too).
+- `postgres`: one real PostgreSQL server for the session (`support.postgres.PostgresCluster`), started only
+  when a test asks for it; fails (never skips) when PostgreSQL is not installed.
+- `pg_url`: the URL of a new, empty database on `postgres` for this test, dropped at teardown
+  (`postgres.create_database(name, migrated=True)` makes one with the janitor's tables already in it).
 
 The registry is shared: tests must only touch repositories they own (`unique_repo`, `project`).
 """
@@ -30,6 +34,7 @@ from support.gitlab_standin import GitLabStandin
 from support.janitor import Harness, Janitors
 from support.ops import ops_projects, seeded
 from support.payloads import load_payload
+from support.postgres import PostgresCluster
 from support.registry import Registry
 
 
@@ -56,6 +61,28 @@ def registry(gitlab_session: GitLabStandin, tmp_path_factory: pytest.TempPathFac
     gitlab_session.attach_registry(registry.url)
     yield registry
     registry.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """The session's real PostgreSQL server, in a temporary folder, stopped and removed at the end."""
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+    except Exception as exc:
+        cluster.stop()
+        pytest.fail(f"could not start the test PostgreSQL: {exc}", pytrace=False)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresCluster) -> Iterator[str]:
+    """A new, empty database for this test (its URL), dropped at teardown."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    url = postgres.create_database(name)
+    yield url
+    postgres.drop_database(name)
 
 
 @pytest.fixture
