@@ -1,5 +1,7 @@
 """The access log: one line per request the app answers, through the ``daemon.web.access`` logger, with the
-fields ``request_id``, ``method``, ``path``, ``status``, ``duration_ms``, ``remote`` and ``agent``.
+fields ``request_id``, ``method``, ``path``, ``status``, ``duration_ms``, ``remote`` and ``agent``, and what the
+route did with the request when it says so (``note_outcome``: a webhook's ``pipeline delivery stored`` with
+its ``project`` and ``delivery``).
 
 What a request carries as a secret is never written: no header value but the User-Agent's first word
 (so never ``Authorization``, ``X-Gitlab-Token``, ``JOB-TOKEN`` or ``PRIVATE-TOKEN``), and the path without
@@ -35,6 +37,12 @@ def request_id() -> str:
     return rid
 
 
+def note_outcome(text: str, fields: dict[str, str | None]) -> None:
+    """What the route did with this request (``pipeline delivery stored``) and its fields (project,
+    delivery), said at the end of its access line instead of a line of its own."""
+    g.access_outcome = (text, fields)
+
+
 def _started() -> None:
     g.access_started = time.perf_counter()
     request_id()
@@ -51,8 +59,9 @@ def _logged(response: Response) -> Response:
     level = logging.DEBUG if request.path in PROBES else logging.INFO
     if log.isEnabledFor(level):
         path = request.path[:MAX_PATH_CHARS]
-        log.log(level, "%s %s %s", request.method, path, response.status_code,
-                extra={"request_id": request_id(), "method": request.method, "path": path,
+        outcome, fields = g.get("access_outcome") or ("", {})
+        log.log(level, "%s %s %s%s", request.method, path, response.status_code, f": {outcome}" if outcome else "",
+                extra={**fields, "request_id": request_id(), "method": request.method, "path": path,
                        "status": response.status_code, "duration_ms": duration, "remote": request.remote_addr,
                        "agent": _agent()})
     return response

@@ -33,7 +33,8 @@ from daemon.domain.events import (
     project_path_of,
 )
 from daemon.domain.model import IgnoredReason
-from daemon.web.access import request_id
+from daemon.domain.policy import SAME_BODY_WINDOW
+from daemon.web.access import note_outcome, request_id
 from daemon.web.bodies import BadJson, load_json
 from daemon.web.context import janitor, now, settings, store
 from daemon.web.errors import json_error
@@ -45,16 +46,17 @@ _KEPT_HEADERS = ("X-Gitlab-Event", "X-Gitlab-Event-UUID", "X-Gitlab-Instance", "
                  "Content-Type")
 #: ``X-Gitlab-Event`` of every system hook delivery, whatever the event (``WebHookService.hook_to_event``).
 SYSTEM_HOOK = "System Hook"
-#: How long a delivery's body identifies it: before GitLab 17.4 a manual resend carries no
-#: ``Idempotency-Key`` and a new ``X-Gitlab-Event-UUID``, and only its body shows it is the same delivery.
-SAME_BODY_WINDOW = 24 * 3600.0
 
 
 def _log(level: int, message: str, *args: object, project: str | None = None) -> None:
-    """A line about this delivery, with its project (when known) and GitLab's name for it."""
-    if log.isEnabledFor(level):
-        log.log(level, message, *args, extra={"project": project, "delivery": delivery_id(request.headers),
-                                              "request_id": request_id()})
+    """What became of this delivery, with its project (when known) and GitLab's name for it. A refusal is a
+    line of its own (WARNING); what was stored, found a duplicate or ignored is said by the request's access
+    line (one line per delivery: a second one would cost every webhook more than its write)."""
+    fields = {"project": project, "delivery": delivery_id(request.headers)}
+    if level < logging.WARNING:
+        note_outcome(message % args if args else message, fields)
+    elif log.isEnabledFor(level):
+        log.log(level, message, *args, extra={**fields, "request_id": request_id()})
 
 
 def _same(a: str | None, b: str | None) -> bool:

@@ -99,8 +99,9 @@ def test_the_web_process_writes_only_json_lines(tmp_path):
     assert any(m.startswith("Booting worker") for m in gunicorn), gunicorn
     access = [(r["method"], r["path"], r["status"]) for r in records if r["logger"] == "daemon.web.access"]
     assert access == [("POST", "/webhooks/gitlab", 202), ("POST", "/api/v1/ci/pushes", ci.status_code)]
-    [stored] = [r for r in records if r["logger"] == "daemon.web.webhooks"]
+    [stored] = [r for r in records if r["logger"] == "daemon.web.access" and r["path"] == "/webhooks/gitlab"]
     assert (stored["project"], stored["delivery"]) == ("grp/app", "uuid-e2e-3")
+    assert stored["message"].endswith(": pipeline delivery stored")
 
 
 def test_run_passes_the_json_format_to_its_web_and_worker(tmp_path):

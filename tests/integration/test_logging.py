@@ -81,17 +81,17 @@ def test_an_untag_outcome_and_a_webhook_carry_their_fields_in_json(janitor, regi
     finished = [r for r in records if r.get("plan") == plan.id and r["message"] == f"plan {plan.id} finished: done"]
     assert finished and finished[0]["project"] == project.path
 
-    stored = [r for r in records if r["logger"] == "daemon.web.webhooks"]
-    assert [(r["delivery"], r["project"], r["message"]) for r in stored] == [
-        ("uuid-pipeline-101", project.path, "pipeline delivery stored"),
-        ("idem-mr-42", project.path, "merge_request delivery stored"),
+    # one line per delivery: its access line says what became of it, with its project and delivery
+    assert not [r for r in records if r["logger"] == "daemon.web.webhooks"]
+    stored = [r for r in records if r["logger"] == "daemon.web.access" and r["path"] == "/webhooks/gitlab"]
+    assert [(r["delivery"], r["project"], r["status"], r["message"]) for r in stored] == [
+        ("uuid-pipeline-101", project.path, 202, "POST /webhooks/gitlab 202: pipeline delivery stored"),
+        ("idem-mr-42", project.path, 202, "POST /webhooks/gitlab 202: merge_request delivery stored"),
     ]
+    assert all(r["request_id"] for r in stored)
     applied = {r["delivery"]: r for r in records if r["logger"] == "daemon.ingest.inbox" and "applied" in r["message"]}
     assert set(applied) == {"uuid-pipeline-101", "idem-mr-42"}
     assert all(r["project"] == project.path for r in applied.values())
-    # the webhook's line and its access line share the request id
-    access = [r for r in records if r["logger"] == "daemon.web.access" and r["path"] == "/webhooks/gitlab"]
-    assert [r["request_id"] for r in access] == [r["request_id"] for r in stored]
 
 
 def test_a_duplicate_an_ignored_and_a_refused_delivery_are_logged_with_their_delivery(janitor, json_lines):
@@ -105,14 +105,18 @@ def test_a_duplicate_an_ignored_and_a_refused_delivery_are_logged_with_their_del
     refused = j.client.post("/webhooks/gitlab", json=body, headers={
         "X-Gitlab-Event": "Pipeline Hook", "X-Gitlab-Token": "not-the-secret", "X-Gitlab-Event-UUID": "uuid-9"})
     assert refused.status_code == 401
-    lines = {(r["delivery"], r["level"], r["message"]) for r in parsed(json_lines())
-             if r["logger"] == "daemon.web.webhooks"}
-    assert lines == {
-        ("uuid-7", "INFO", "pipeline delivery stored"),
-        ("uuid-7", "INFO", "pipeline delivery is a duplicate; not stored again"),
-        ("uuid-8", "INFO", "pipeline delivery ignored: unconfigured_project"),
-        ("uuid-9", "WARNING", "GitLab delivery refused: X-Gitlab-Token matches no configured secret"),
-    }
+    records = parsed(json_lines())
+    access = [(r.get("delivery"), r["level"], r["message"]) for r in records
+              if r["logger"] == "daemon.web.access" and r["path"] == "/webhooks/gitlab"]
+    assert access == [
+        ("uuid-7", "INFO", "POST /webhooks/gitlab 202: pipeline delivery stored"),
+        ("uuid-7", "INFO", "POST /webhooks/gitlab 200: pipeline delivery is a duplicate; not stored again"),
+        ("uuid-8", "INFO", "POST /webhooks/gitlab 200: pipeline delivery ignored: unconfigured_project"),
+        (None, "INFO", "POST /webhooks/gitlab 401"),
+    ]
+    # a refusal is a warning of its own, besides its access line
+    refusals = {(r["delivery"], r["level"], r["message"]) for r in records if r["logger"] == "daemon.web.webhooks"}
+    assert refusals == {("uuid-9", "WARNING", "GitLab delivery refused: X-Gitlab-Token matches no configured secret")}
 
 
 def test_no_token_value_reaches_the_access_log(janitor, registry, gitlab, project, json_lines):
