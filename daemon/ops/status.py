@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from daemon.config import Settings
 from daemon.domain.model import IGNORED_REASONS, PLAN_STATES, Plan
 from daemon.domain.patterns import format_duration, parse_duration
-from daemon.domain.policy import HEARTBEAT_KEY, heartbeat_fresh
+from daemon.domain.policy import BUDGET_WINDOW, HEARTBEAT_KEY, budget_spent, heartbeat_fresh, next_hour
 from daemon.store import OperatorRequest, ProjectProblem, ReconcileRequest, Store, UntagView
 
 QUIET_AFTER = 24 * 3600.0
+#: A project entry configured more recently than this is never called quiet (its webhook may be new).
+QUIET_GRACE = 24 * 3600.0
 STUCK_LISTED = 50
 UNUSABLE_LISTED = 20
 COUNTERS = ("created", "untagged", "scheduled", "held", "failed", "dry_run", "restored")
@@ -167,6 +170,61 @@ def worker_heartbeat_age(settings: Settings, store: Store, now: float) -> tuple[
     return age, heartbeat_fresh(age, settings.worker.poll_interval)
 
 
+def quiet(configured: bool, newest_event: float | None, configured_since: float | None, now: float) -> bool:
+    """A configured project with no event for over ``QUIET_AFTER`` (or none ever), whose entry a worker
+    has run with for at least ``QUIET_GRACE`` (an entry never noted, from before the worker noted them,
+    counts as old)."""
+    if not configured or (newest_event is not None and now - newest_event <= QUIET_AFTER):
+        return False
+    return configured_since is None or now - configured_since >= QUIET_GRACE
+
+
+def plan_waits(settings: Settings, store: Store, plans: Sequence[Plan], now: float) -> dict[int, dict[str, Any]]:
+    """What each plan not yet carried out waits for, as the executor will judge it (read here, nothing
+    run): ``approval`` (held), ``grace`` (scheduled, until its due time), ``budget`` (the project's
+    ``max_untags_per_hour`` reached: until the hour the executor moved it to, or the next one), ``worker``
+    (due: the worker's next tick) or ``running``. Per plan id: kind, until (ISO time or None) and a short
+    text (``grace until 14:05 UTC``)."""
+    spent: dict[str, bool] = {}
+
+    def budget_gone(project_path: str) -> bool:
+        if project_path not in spent:
+            config = settings.project_for(project_path)
+            spent[project_path] = config is not None and budget_spent(
+                config.max_untags_per_hour, store.untags_done_since(project_path, now - BUDGET_WINDOW))
+        return spent[project_path]
+
+    out: dict[int, dict[str, Any]] = {}
+    for plan in plans:
+        until: float | None = None
+        if plan.state == "held":
+            kind = "approval"
+        elif plan.state == "running":
+            kind = "running"
+        elif plan.state == "scheduled" and plan.due_at > now:
+            kind, until = "grace", plan.due_at
+        elif plan.state == "ready" and plan.due_at > now:  # only the hourly budget moves a ready plan on
+            kind, until = "budget", plan.due_at
+        elif plan.state in ("scheduled", "ready") and budget_gone(plan.project_path):
+            kind, until = "budget", next_hour(now)
+        elif plan.state in ("scheduled", "ready"):
+            kind = "worker"
+        else:
+            continue
+        out[plan.id] = {"kind": kind, "until": iso(until), "text": _wait_text(kind, until, now)}
+    return out
+
+
+def _wait_text(kind: str, until: float | None, now: float) -> str:
+    when = ""
+    if until is not None:
+        moment = dt.datetime.fromtimestamp(until, dt.UTC)
+        same_day = moment.date() == dt.datetime.fromtimestamp(now, dt.UTC).date()
+        when = moment.strftime("%H:%M UTC" if same_day else "%Y-%m-%d %H:%M UTC")
+    return {"approval": "approval", "running": "running now", "worker": "the worker's next tick",
+            "grace": f"grace until {when}", "budget": f"hourly budget (until {when})"}[kind]
+
+
 def status_snapshot(settings: Settings, store: Store, now: float) -> dict[str, Any]:
     """Per-project and total counters, queue, plans, webhook health and the worker's heartbeat."""
     counters = store.project_counters()
@@ -180,6 +238,7 @@ def status_snapshot(settings: Settings, store: Store, now: float) -> dict[str, A
         problems.setdefault(problem.project_path, []).append(problem)
     names = (set(counters) | set(last) | set(problems)
              | {p.path for p in settings.projects if "*" not in p.path})
+    configured_since = store.configured_since()
     projects: dict[str, dict[str, Any]] = {}
     for name in sorted(names):
         config = settings.project_for(name)
@@ -189,6 +248,7 @@ def status_snapshot(settings: Settings, store: Store, now: float) -> dict[str, A
         row["ratio"] = round(row["untagged"] / row["created"], 4) if row["created"] else 0.0
         events = last.get(name, {})
         newest = max(events.values()) if events else None
+        since = configured_since.get(config.path) if config is not None else None
         projects[name] = {
             **row,
             "untagged_image_bytes": reclaim.get(name),
@@ -196,7 +256,8 @@ def status_snapshot(settings: Settings, store: Store, now: float) -> dict[str, A
             "dry_run_mode": bool(config.dry_run) if config is not None else None,
             "last_events": {kind: iso(at) for kind, at in sorted(events.items())},
             "last_event_at": iso(newest),
-            "quiet": config is not None and (newest is None or now - newest > QUIET_AFTER),
+            "configured_since": iso(since),
+            "quiet": quiet(config is not None, newest, since, now),
             "misconfigured": bool(problems.get(name)),
             "problems": [problem_json(p) for p in problems.get(name, [])],
         }

@@ -4,7 +4,11 @@ Behind the admin token (HTTP Basic, any user name, or Bearer). Its buttons are H
 the routes below and do what the admin API does (``daemon.web.api``'s actions), then redirect back
 (303) with a flash message. Forms carry a CSRF token: an HMAC, keyed by the admin token, of a random
 nonce kept in a SameSite=Strict cookie; a POST whose token does not match, or that a browser marks as
-cross-site, is refused. Must not: call the registry (restores and retries are requests for the worker).
+cross-site, is refused. A restore is asked on a page of its own first (``GET`` of the restore route: what
+goes back, with the real button), so that no click on the main page alone puts a tag back. Each pending
+plan says what it waits for (``daemon.ops.status.plan_waits``). ``?refresh=30`` reloads the page every 30
+seconds (an HTML meta refresh; off unless asked for). Must not: call the registry (restores and retries are
+requests for the worker).
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, Response, make_response, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from daemon.ops import actions
-from daemon.ops.actions import ActionRefused
-from daemon.ops.status import HOOK_KINDS, ago, human_bytes, iso, status_snapshot
+from daemon.ops.actions import ActionRefused, why_not_restorable
+from daemon.ops.status import HOOK_KINDS, ago, human_bytes, iso, plan_waits, status_snapshot
 from daemon.web.auth import admin_name, admin_required, admin_token
 from daemon.web.context import now, settings, store
 from daemon.web.errors import json_error
@@ -34,6 +38,11 @@ CSRF_COOKIE = "janitor_csrf"
 FLASH_COOKIE = "janitor_flash"
 CHART_DAYS = 30
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+#: Seconds between reloads an operator may ask for with ``?refresh=``; the link offers ``REFRESH_DEFAULT``.
+REFRESH_RANGE = (10, 3600)
+REFRESH_DEFAULT = 30
+_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'")
 
 
 # CSRF and flash -----------------------------------------------------------------------------------------
@@ -180,6 +189,36 @@ def _ts(text: str) -> float:
     return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
 
 
+def _refresh_seconds() -> int | None:
+    """The reload period the operator asked for (``?refresh=30``), or None: off, also for any value that
+    is not a whole number of seconds in ``REFRESH_RANGE``."""
+    raw = request.args.get("refresh", "")
+    if not raw.isdigit() or len(raw) > 5:
+        return None
+    seconds = int(raw)
+    return seconds if REFRESH_RANGE[0] <= seconds <= REFRESH_RANGE[1] else None
+
+
+def _nonce() -> tuple[str, bool]:
+    """This browser's CSRF nonce (from its cookie), or a new one; and whether it is new."""
+    nonce = request.cookies.get(CSRF_COOKIE, "")
+    if _NONCE.match(nonce):
+        return nonce, False
+    return secrets.token_urlsafe(24), True
+
+
+def _html(html: str, nonce: str, fresh_nonce: bool, status: int = 200) -> Response:
+    response = make_response(html, status)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Content-Security-Policy"] = _CSP
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "same-origin"
+    if fresh_nonce:
+        response.set_cookie(CSRF_COOKIE, nonce, httponly=True, samesite="Strict", path="/dashboard",
+                            secure=request.is_secure)
+    return response
+
+
 @bp.get("/dashboard")
 @admin_required
 def page() -> ResponseReturnValue:
@@ -187,35 +226,31 @@ def page() -> ResponseReturnValue:
     s = store()
     snapshot = status_snapshot(settings(), s, current)
     held = s.plan_page(state="held", limit=50)
-    # plans waiting for their grace period, soonest first: an operator may still reject one
-    scheduled = sorted(s.plan_page(state="scheduled", limit=50), key=lambda p: (p.due_at, p.id))
+    # plans waiting for their grace period or the hourly budget, soonest first: an operator may still reject
+    # a scheduled one (a ready one was approved, or has started)
+    scheduled = sorted([*s.plan_page(state="scheduled", limit=50), *s.plan_page(state="ready", limit=50)],
+                       key=lambda p: (p.due_at, p.id))
     held_untags = {p.id: s.untag_views(plan_id=p.id, limit=8) for p in (*held, *scheduled)}
     failures = s.untag_views(outcome="failed", limit=50)
     recent = s.untag_views(limit=50)
     requests = s.latest_requests([v.untag.id for v in (*failures, *recent)])
+    plans = {p.id: p for p in (*held, *scheduled)}
+    for plan_id in {v.untag.plan_id for v in recent if v.untag.outcome == "pending"} - set(plans):
+        found = s.get_plan(plan_id)
+        if found is not None:
+            plans[plan_id] = found
     today = dt.datetime.fromtimestamp(current, dt.UTC).date()
     since = dt.datetime.combine(today - dt.timedelta(days=CHART_DAYS - 1), dt.time(), dt.UTC).timestamp()
     chart = build_chart(s.daily_created_untagged(since), today)
-    nonce = request.cookies.get(CSRF_COOKIE, "")
-    fresh_nonce = not _NONCE.match(nonce)
-    if fresh_nonce:
-        nonce = secrets.token_urlsafe(24)
+    nonce, fresh_nonce = _nonce()
     html = render_template(
         "dashboard.html", snap=snapshot, held=held, scheduled=scheduled, held_untags=held_untags, failures=failures,
         recent=recent, requests=requests, operator_requests=s.recent_requests(10), chart=chart,
+        waits=plan_waits(settings(), s, list(plans.values()), current),
         webhooks=_webhook_rows(snapshot, current), ignored=_ignored_rows(snapshot, current),
-        hook_kinds=HOOK_KINDS, csrf=csrf_token(nonce),
+        hook_kinds=HOOK_KINDS, csrf=csrf_token(nonce), refresh=_refresh_seconds(), refresh_default=REFRESH_DEFAULT,
         flash=_read_flash(), now=current, iso=iso, ago=ago, human_bytes=human_bytes, who=admin_name())
-    response = make_response(html)
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Content-Security-Policy"] = ("default-src 'none'; style-src 'unsafe-inline'; "
-                                                   "img-src 'self' data:; form-action 'self'; "
-                                                   "frame-ancestors 'none'; base-uri 'none'")
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "same-origin"
-    if fresh_nonce:
-        response.set_cookie(CSRF_COOKIE, nonce, httponly=True, samesite="Strict", path="/dashboard",
-                            secure=request.is_secure)
+    response = _html(html, nonce, fresh_nonce)
     if request.cookies.get(FLASH_COOKIE):
         response.delete_cookie(FLASH_COOKIE, path="/dashboard")
     return response
@@ -245,6 +280,23 @@ def reject(plan_id: int) -> ResponseReturnValue:
     anchor = "scheduled" if request.form.get("back") == "scheduled" else "held"
     return _act(anchor, lambda: actions.decide_plan(store(), plan_id, False, admin_name(), now()),
                 f"Plan {plan_id} rejected: none of its tags will be untagged.")
+
+
+@bp.get("/dashboard/untags/<int:untag_id>/restore")
+@admin_required
+def confirm_restore(untag_id: int) -> ResponseReturnValue:
+    """The step before a restore: what would be put back, with the button that asks for it and a way back.
+    Nothing is requested here."""
+    view = store().untag_view(untag_id)
+    nonce, fresh_nonce = _nonce()
+    refused: tuple[str, str] | None = ("not_found", f"there is no untag {untag_id}") if view is None else None
+    if view is not None:
+        refused = why_not_restorable(view)
+    status = 200 if refused is None else 404 if view is None else 409
+    html = render_template("confirm_restore.html", view=view, untag_id=untag_id, refused=refused,
+                           csrf=csrf_token(nonce), iso=iso, now=now(), ago=ago, human_bytes=human_bytes,
+                           who=admin_name())
+    return _html(html, nonce, fresh_nonce, status)
 
 
 @bp.post("/dashboard/untags/<int:untag_id>/restore")
