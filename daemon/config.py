@@ -32,7 +32,8 @@ from pydantic import (
 
 from daemon.domain.model import PatternLifetime, UntagMethod
 from daemon.domain.names import is_loopback, is_namespace_path, is_project_path
-from daemon.domain.patterns import Duration, parse_duration, validate_pattern
+from daemon.domain.patterns import Duration, format_duration, parse_duration, validate_pattern
+from daemon.domain.policy import MIN_EVENT_RETENTION, MIN_PLAN_RETENTION
 from daemon.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "config/janitor.yaml"
@@ -256,10 +257,34 @@ def _beside(base: Path, path: str | os.PathLike[str]) -> Path:
     return found if found.is_absolute() else base / found
 
 
+def _at_least(least: float, why: str) -> Callable[[float], float]:
+    def check(value: float) -> float:
+        if value < least:
+            raise ValueError(f"{format_duration(value)} is too short: give at least {format_duration(least)} ({why})")
+        return value
+    return check
+
+
+class RetentionSettings(_Frozen):
+    """How long the worker keeps what it no longer needs before pruning it (``daemon.store.retention``)."""
+
+    #: Applied events (the raw deliveries in the inbox).
+    events: DurationValue = Duration(7 * 86400, "7d")
+    #: Finished plans with their audit rows and saved manifests (a restore needs them), events set aside as
+    #: unusable, and push records whose tag is gone.
+    plans: DurationValue = Duration(180 * 86400, "180d")
+
+    _events = field_validator("events")(lambda cls, v: _at_least(
+        MIN_EVENT_RETENTION, "a stored delivery is what recognises GitLab resending it")(v))
+    _plans = field_validator("plans")(lambda cls, v: _at_least(
+        MIN_PLAN_RETENTION, "the audit and the manifests restores put back are kept at least that long")(v))
+
+
 class StorageSettings(_Frozen):
     #: ``sqlite:///relative/path.db`` is relative to the config file's folder (the current folder for
     #: settings that come from no file); ``sqlite:////absolute/path.db``.
     url: str = "sqlite:///data/janitor.db"
+    retention: RetentionSettings = RetentionSettings()
 
     @field_validator("url")
     @classmethod

@@ -3,7 +3,8 @@
 request counters live with the registry's, in ``registry_requests``.)
 
 Each change is counted as it happens, in the statement that makes it: the schema's triggers (``_v16_counters``)
-add one to ``events`` for every event stored, ``events_unusable`` for every event set aside, ``pushes_recorded``
+add one to ``events`` for every event stored (and keep when the last of each project and kind was,
+``last_at``: ``_v17_last_events``), ``events_unusable`` for every event set aside, ``pushes_recorded``
 for every push record that becomes confirmed, and ``untags`` for every outcome an untag reaches (a failed
 untag retried to done counts one ``failed`` and one ``done``) and ``restores`` for every image put back, with
 ``created`` and ``untagged`` per day.
@@ -25,6 +26,20 @@ class CounterStore(StoreBase):
     def event_counts(self) -> list[tuple[str, str, int]]:
         """(project or '', kind, n) of every event ever stored in the inbox."""
         return self._totals("events")
+
+    def last_events(self) -> list[tuple[str, str, float]]:
+        """(project, kind, when its last event was stored) for webhook health: kept in the ``events``
+        counter rows, so pruning the inbox leaves it."""
+        rows = self._db.execute(
+            "SELECT project_path, label, last_at FROM counters WHERE name = 'events' AND project_path <> ''"
+            " AND last_at IS NOT NULL ORDER BY project_path, label").fetchall()
+        return [(str(r[0]), str(r[1]), float(r[2])) for r in rows]
+
+    def last_registry_event(self) -> float | None:
+        """When the last registry notification was stored."""
+        row = self._db.execute("SELECT MAX(last_at) FROM counters WHERE name = 'events' AND project_path = ''"
+                               " AND label = 'registry_push'").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def unusable_event_count(self) -> int:
         """How many events were ever set aside as unusable."""
