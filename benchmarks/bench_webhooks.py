@@ -11,10 +11,12 @@ Durability: after the last round a Python client sends a batch whose every answe
 every janitor process is killed with SIGKILL at once; the inbox must hold exactly the deliveries
 answered 2xx in that batch, and for the wrk rounds at least every 2xx (wrk abandons the requests still
 in flight when its time is up, so up to one per connection may be stored without wrk seeing the answer).
-Prints throughputs, the ratio and the durability counts; exits 1 when a target is missed. Not part of
-pytest or ``.ci/run``.
+Prints throughputs, the ratio and the durability counts; exits 1 when a target is missed. Then, in a run
+of its own that is not measured, where a webhook's time goes: the janitor again under the same options,
+each stage timed by ``webhook_profile.py`` (``--profile`` adds a ``cProfile`` of the request threads).
+Not part of pytest or ``.ci/run``.
 
-    python benchmarks/bench_webhooks.py [--duration 10] [--rounds 3] [--connections 16]
+    python benchmarks/bench_webhooks.py [--duration 10] [--rounds 3] [--connections 16] [--profile]
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from common import (
     wait_for_port,
     webhook_secret,
 )
+from webhook_profile import report
 
 from daemon.config import load_settings
 from daemon.wiring import build_store
@@ -226,6 +229,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--projects", type=int, default=20, help="configured projects, one secret each")
     parser.add_argument("--exact", type=int, default=2000, help="deliveries in the SIGKILL durability batch")
+    parser.add_argument("--profile-seconds", type=float, default=5,
+                        help="seconds of load for the stage timings printed at the end (0: none)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also run each request under cProfile and print the costliest functions")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
@@ -271,17 +278,28 @@ def main() -> int:
         os.killpg(janitor.pid, signal.SIGKILL)  # S9: every janitor process, at once, right after the answers
         janitor.wait()
         janitor = None
+        keys = inbox_keys(db)
+        os.killpg(bare.pid, signal.SIGTERM)
+        bare.wait(timeout=15)
+        bare = None
+        if args.profile_seconds > 0:
+            profiled = workdir / "profile"
+            profiled.mkdir()
+            janitor = start([sys.executable, str(REPO / "benchmarks" / "webhook_profile.py"), "--config", str(config),
+                             "--out", str(profiled)] + (["--cprofile"] if args.profile else []), janitor_port, log)
+            wrk(janitor_port, lua_script(workdir, 99, args.projects), args.profile_seconds, conn, thr)
+            os.killpg(janitor.pid, signal.SIGTERM)  # workers write their figures as they exit
+            janitor.wait(timeout=30)
+            janitor = None
     finally:
         for proc in (janitor, bare):
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=15)
 
-    keys = inbox_keys(db)
     # Delivery keys are scoped by project: gitlab:<project>:idempotency-key:<key>.
     exact_keys = {k.rsplit(":", 1)[1] for k in keys if ":idempotency-key:exact-" in k}
     wrk_rows = sum(1 for k in keys if ":idempotency-key:wrk-" in k)
-    shutil.rmtree(workdir, ignore_errors=True)
 
     bare_rate, janitor_rate = statistics.median(bare_rates), statistics.median(janitor_rates)
     print(f"bare Flask 204   {bare_rate:8.0f} req/s  (median of {args.rounds} x {args.duration:g}s, "
@@ -299,6 +317,11 @@ def main() -> int:
     print(f"SIGKILL batch: {len(answered)} of {args.exact} answered 2xx, {refused} other; after SIGKILL the inbox "
           f"holds {len(exact_keys)} of them, {len(answered - exact_keys)} missing, {len(exact_keys - answered)} "
           f"unanswered  {'PASS' if exact_durable else 'FAIL'}")
+    if args.profile_seconds > 0:
+        print(f"\nprofile ({args.profile_seconds:g}s of the same load, instrumented: its figures are not comparable"
+              " with the rates above)")
+        report(workdir / "profile", cprofile=args.profile)
+    shutil.rmtree(workdir, ignore_errors=True)
     return 0 if ok and wrk_durable and exact_durable else 1
 
 
