@@ -23,7 +23,12 @@ from daemon.registry.site import RegistrySite
 from daemon.registry.transport import Observer, RetryPolicy, Transport
 from daemon.registry.types import TagDeleter
 
-__all__ = ["ProjectRegistry", "RegistryClient", "new_session"]
+__all__ = ["UNTAG_LANES", "ProjectRegistry", "RegistryClient", "new_session"]
+
+#: The untag lanes of the janitor's clients (``daemon.wiring``): a placeholder batch's tags are guarded
+#: and parked four at a time over keep-alive connections, within the rate limit every request still
+#: waits for. A client built without it works one tag after another.
+UNTAG_LANES = 4
 
 
 def new_session(pool_size: int = 16, user_agent: str = "registry-janitor") -> requests.Session:
@@ -64,6 +69,7 @@ class RegistryClient:
         observer: Observer | None = None,
         tag_deleter: TagDeleter | None = None,
         placeholder_batch: int = 50,
+        untag_lanes: int = 1,
     ) -> None:
         policy = RetryPolicy(max_retries, backoff_base, backoff_cap, max_retry_after, rng or random.Random())
         transport = Transport(
@@ -83,6 +89,7 @@ class RegistryClient:
             realms=TokenRealms(gitlab_url, token_realms),
             tag_deleter=tag_deleter,
             placeholder_batch=placeholder_batch,
+            untag_lanes=untag_lanes,
         )
 
     def for_project(

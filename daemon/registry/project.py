@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -68,6 +69,11 @@ class ProjectRegistry:
     def placeholder_batch(self) -> int:
         """Most tags parked on one placeholder before it is deleted (shared by the registry's views)."""
         return self.site.placeholder_batch
+
+    def lanes(self) -> Executor | None:
+        """The threads a placeholder batch's tags are guarded and parked in side by side (shared by the
+        registry's views); None when they go one after another."""
+        return self.site.lanes()
 
     @property
     def auto_method(self) -> str:

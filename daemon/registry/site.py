@@ -2,17 +2,19 @@
 
 Owns: the base URL, the ``Transport`` (session, limiter, retries), the token cache, the token services a
 credential may go to (``TokenRealms``), the remembered Bearer challenge (only ever one whose realm those
-allow), the default tag deleter, the placeholder batch size, and what the janitor has learnt about
-the registry at run time (it cannot delete a tag, so ``auto`` parks tags on placeholders; it does delete
-manifests, so the placeholder probe is done). Thread safe: every worker thread's view reads and updates
-the same instance. Must not: send requests (the project view does, scoped to its project, S6), hold any
-project's credential, or decide what to untag.
+allow), the default tag deleter, the placeholder batch size, the untag lanes (threads that guard and park
+the tags of a placeholder batch side by side, sharing the session, tokens and limiter), and what the
+janitor has learnt about the registry at run time (it cannot delete a tag, so ``auto`` parks tags on
+placeholders; it does delete manifests, so the placeholder probe is done). Thread safe: every worker
+thread's view reads and updates the same instance. Must not: send requests (the project view does,
+scoped to its project, S6), hold any project's credential, or decide what to untag.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
@@ -37,6 +39,7 @@ class RegistrySite:
         realms: TokenRealms,
         tag_deleter: TagDeleter | None = None,
         placeholder_batch: int = 50,
+        untag_lanes: int = 1,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.transport = transport
@@ -47,11 +50,24 @@ class RegistrySite:
         #: Most tags parked on one placeholder before it is deleted (bounds how long they show an empty
         #: image to someone pulling them).
         self.placeholder_batch = max(1, placeholder_batch)
+        #: How many tags of a placeholder batch are guarded and parked at once (1: one after another).
+        self.untag_lanes = max(1, untag_lanes)
+        self._lanes: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._challenge: Challenge | None = None
         self._serves_without_token = False
         self._tag_delete_unsupported = False
         self._placeholder_delete_works = False
+
+    def lanes(self) -> ThreadPoolExecutor | None:
+        """The threads untags run in side by side (made on first use, kept for the site's life, so each
+        lane keeps its keep-alive connection); None with one lane."""
+        if self.untag_lanes < 2:
+            return None
+        with self._lock:
+            if self._lanes is None:
+                self._lanes = ThreadPoolExecutor(self.untag_lanes, thread_name_prefix="untag-lane")
+            return self._lanes
 
     @property
     def auto_method(self) -> str:

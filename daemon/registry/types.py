@@ -10,6 +10,7 @@ no decisions. The worker turns ``UntagResult`` into audit rows; ``Manifest`` is 
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -110,6 +111,8 @@ class ProjectView(Protocol):
 
     @property
     def placeholder_batch(self) -> int: ...
+
+    def lanes(self) -> Executor | None: ...
 
     @property
     def auto_method(self) -> str: ...

@@ -8,7 +8,11 @@ check and the write is one round trip and one local store write, and an untag in
 call, at any point, still has its manifest. A request carrying such a manifest (``UntagRequest.saved``,
 from an interrupted attempt) is resumed: its tag parked on a placeholder is finished by deleting that
 placeholder, and its tag found gone was removed by that attempt; both are ``done`` with the manifest,
-never ``skipped: missing``. Before the first write of a repository's batch it reads what the
+never ``skipped: missing``. The placeholder method works in the view's lanes when it has them
+(``lanes()``): several tags of a batch guarded, kept and parked side by side, each still guarded right
+before its own write, and a batch's placeholder deleted while the next batch is parked; an exception
+from ``on_saved`` begins nothing more, and is raised once the requests already sent are answered.
+Before the first write of a repository's batch it reads what the
 project's token was granted (``granted_actions``, from the token itself): when the method needs an action
 the token lacks (GitLab leaves ``delete`` out of tokens without the ``api`` scope and the Maintainer role),
 nothing is written and every untag of the batch fails ``no_delete_permission``, so no tag is ever parked
@@ -23,9 +27,11 @@ label).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, replace
-from typing import cast
+from typing import TypeVar, cast
 
 from daemon.domain.credentials import actions_needed, missing_actions, registry_fix
 from daemon.domain.model import NO_DELETE_PERMISSION, UntagMethod
@@ -58,6 +64,7 @@ _NO_TAG_DELETE_CODES = frozenset({"UNSUPPORTED", "DIGEST_INVALID"})
 _BLOBS_GONE_CODES = frozenset({"MANIFEST_BLOB_UNKNOWN", "BLOB_UNKNOWN", "MANIFEST_UNKNOWN"})
 
 Batch = list[tuple[int, UntagRequest]]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -289,16 +296,34 @@ def _via_gitlab(reg: ProjectView, item: UntagRequest, on_saved: OnSaved | None) 
 
 
 def _placeholder(reg: ProjectView, batch: Batch, on_saved: OnSaved | None) -> Iterator[tuple[int, UntagResult]]:
+    """``placeholder_batch`` tags at a time. With lanes, a batch's placeholder is deleted in one of them
+    while the next batch is parked (a registry deletes a manifest in time that grows with the
+    repository's tags); every delete sent is waited for before this returns or raises."""
     size = reg.placeholder_batch
-    for start in range(0, len(batch), size):
-        yield from _placeholder_chunk(reg, batch[start : start + size], on_saved)
+    lanes = reg.lanes()
+    deleting: list[Future[list[tuple[int, UntagResult]]]] = []
+    try:
+        for start in range(0, len(batch), size):
+            settled, delete = _placeholder_chunk(reg, batch[start : start + size], on_saved)
+            yield from settled
+            if lanes is None:
+                yield from delete()
+            else:
+                deleting.append(lanes.submit(delete))
+    except BaseException:
+        wait(deleting)
+        raise
+    for future in deleting:
+        yield from future.result()
 
 
 def _placeholder_chunk(
     reg: ProjectView, chunk: Batch, on_saved: OnSaved | None
-) -> Iterator[tuple[int, UntagResult]]:
-    """Park each guarded tag on one fresh placeholder, its manifest kept first, then delete that one
-    digest."""
+) -> tuple[list[tuple[int, UntagResult]], Callable[[], list[tuple[int, UntagResult]]]]:
+    """Park each guarded tag on one fresh placeholder, its manifest kept first; returns the untags settled
+    without that, and the delete of that one digest that finishes the parked ones. With lanes
+    (``reg.lanes()``) several tags are guarded and parked at once, each still guarded right before its
+    own write and its manifest kept between the two."""
     repository = chunk[0][1].repository
     placeholder = new_placeholder()
     try:  # before any guard, so each guard is followed directly by its PUT
@@ -306,39 +331,81 @@ def _placeholder_chunk(
         if not reg.placeholder_delete_works:
             _probe_delete(reg, repository, placeholder)
     except RegistryError as exc:
-        for i, item in chunk:
-            yield i, _failed(item, exc)
-        return
-    parked: list[tuple[int, UntagRequest, Manifest]] = []
-    for i, item in chunk:
+        return [(i, _failed(item, exc)) for i, item in chunk], lambda: []
+
+    def park(i: int, item: UntagRequest) -> tuple[int, UntagResult | Manifest]:
+        """The tag parked (the manifest kept before it), or how its untag ended without that."""
         guard = _write_guard(reg, item)
         if isinstance(guard, UntagResult):
-            yield i, guard
-            continue
+            return i, guard
         if isinstance(guard, _Leftover):
-            yield i, _finish_leftover(reg, item, guard, on_saved)
-            continue
+            return i, _finish_leftover(reg, item, guard, on_saved)
         _keep(on_saved, item, guard, "placeholder")
         try:
             reg.put_manifest(repository, item.tag, placeholder.manifest)
         except RegistryError as exc:
-            yield i, UntagResult(item, "skipped", "missing") if exc.status == 404 else _failed(item, exc)
-            continue
-        parked.append((i, item, guard))
+            return i, UntagResult(item, "skipped", "missing") if exc.status == 404 else _failed(item, exc)
+        return i, guard
+
+    items = dict(chunk)
+    settled: list[tuple[int, UntagResult]] = []
+    parked: list[tuple[int, UntagRequest, Manifest]] = []
+    for i, outcome in _in_lanes(reg.lanes(), park, chunk):
+        if isinstance(outcome, UntagResult):
+            settled.append((i, outcome))
+        else:
+            parked.append((i, items[i], outcome))
+    return settled, lambda: _delete_parked(reg, repository, placeholder.manifest.digest, parked)
+
+
+def _delete_parked(reg: ProjectView, repository: str, digest: str,
+                   parked: list[tuple[int, UntagRequest, Manifest]]) -> list[tuple[int, UntagResult]]:
+    """Delete the placeholder ``parked`` tags point at: they are done, or failed when it stays."""
     if not parked:
-        return
-    digest = placeholder.manifest.digest
+        return []
     try:
         reg.delete_placeholder(repository, digest)
     except RegistryError as exc:
         if exc.status != 404:  # 404: someone deleted it already, so the tags are gone all the same
             reason = (f"placeholder_left: the tag points at placeholder {digest}, whose delete failed "
                       f"({failure_parts(exc)[1]}); retrying the untag finishes it")
-            for i, item, saved in parked:
-                yield i, UntagResult(item, "failed", reason, saved, "placeholder", detail=failure_detail(exc))
-            return
-    for i, item, saved in parked:
-        yield i, UntagResult(item, "done", None, saved, "placeholder")
+            return [(i, UntagResult(item, "failed", reason, saved, "placeholder", detail=failure_detail(exc)))
+                    for i, item, saved in parked]
+    return [(i, UntagResult(item, "done", None, saved, "placeholder")) for i, item, saved in parked]
+
+
+def _in_lanes(lanes: Executor | None, work: Callable[[int, UntagRequest], _T], batch: Batch) -> list[_T]:
+    """``work`` for each item of ``batch``: one after another without ``lanes``, else side by side in
+    them. An exception (the caller could not keep a manifest: an interruption) stops it the same way
+    either way: no item not yet begun is begun, the writes already sent finish, and the first exception
+    is raised once they have."""
+    if lanes is None or len(batch) < 2:
+        return [work(i, item) for i, item in batch]
+    stop = threading.Event()
+
+    def lane(i: int, item: UntagRequest) -> _T | None:
+        if stop.is_set():
+            return None
+        try:
+            return work(i, item)
+        except BaseException:
+            stop.set()
+            raise
+
+    futures = [lanes.submit(lane, i, item) for i, item in batch]
+    done: list[_T] = []
+    failure: BaseException | None = None
+    for future in futures:
+        try:
+            result = future.result()
+        except BaseException as exc:
+            failure = failure or exc
+            continue
+        if result is not None:
+            done.append(result)
+    if failure is not None:
+        raise failure
+    return done
 
 
 def _probe_delete(reg: ProjectView, repository: str, placeholder: Placeholder) -> None:

@@ -13,6 +13,7 @@ import yaml
 from support.images import digest_of, push_image, tags
 from support.janitor import SECRET, RealClock, mr_hook, pipeline_hook, registry_section
 
+from daemon.registry.client import UNTAG_LANES
 from daemon.wiring import build_worker
 
 TAGS = 20
@@ -73,7 +74,7 @@ def test_a_worker_killed_mid_batch_leaves_its_audit_and_the_next_worker_finishes
     (plan,) = j.store.list_plans()
     assert plan.state == "running"
     parked = {tag for tag, digest in pushed.items() if digest_of(registry, project.path, tag) != digest}
-    assert len(parked) == PARKED
+    assert PARKED <= len(parked) < PARKED + UNTAG_LANES  # the other lanes' PUTs in flight at the kill land too
     audit = {u.tag: j.store.get_untag(u.id) for u in j.store.list_untags()}
     assert {tag: audit[tag][1].digest for tag in parked} == {tag: pushed[tag] for tag in parked}  # type: ignore[index,union-attr]
 

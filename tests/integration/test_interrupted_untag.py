@@ -34,7 +34,7 @@ from support.registry import Registry
 from daemon.domain.model import Trigger
 from daemon.domain.policy import LEASE_SECONDS
 from daemon.execute.lease import Holder, LeaseKeeper, LeaseLost, this_process
-from daemon.registry.client import new_session
+from daemon.registry.client import UNTAG_LANES, new_session
 from daemon.registry.names import is_digest
 from daemon.wiring import build_registries, build_worker
 
@@ -134,7 +134,8 @@ def test_an_interrupted_placeholder_batch_keeps_its_audit_and_is_finished_from_i
     (plan,) = j.store.list_plans()
     assert plan.state == "running"
     gone_or_parked = {tag for tag, digest in pushed.items() if digest_of(registry, project.path, tag) != digest}
-    assert len(gone_or_parked) == (count if after == "put" else TAGS)
+    # the other lanes' PUTs already sent when one lane is cut off still land (as under a real SIGKILL)
+    assert count <= len(gone_or_parked) < count + UNTAG_LANES if after == "put" else len(gone_or_parked) == TAGS
     saved = saved_digests(j)
     assert {tag: saved[tag] for tag in gone_or_parked} == {tag: pushed[tag] for tag in gone_or_parked}, \
         "a tag was parked on the placeholder before its manifest was saved"
@@ -163,8 +164,8 @@ def test_the_lease_is_renewed_while_the_worker_works_so_no_other_worker_takes_th
     taken: list[bool] = []
 
     def slow_registry(response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        if tag_put(response):  # the batch takes the janitor's clock far past one lease
-            j.clock.advance(LEASE_SECONDS / 3)
+        if tag_put(response):  # the batch takes the janitor's clock far past one lease (its lanes side by side)
+            j.clock.advance(LEASE_SECONDS / 3 / UNTAG_LANES)
             taken.append(j.store.claim_plan(plan.id, j.clock(), LEASE_SECONDS, "another worker"))
 
     session = new_session()
