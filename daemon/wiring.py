@@ -24,6 +24,7 @@ from daemon.config import ProjectSettings, Settings
 from daemon.execute.executor import Executor, ProjectRegistryLike, RegistryFactory
 from daemon.execute.notes import MrNotes
 from daemon.execute.repair import RaceRepair
+from daemon.execute.retention import Pruner
 from daemon.gitlab.api import GitLab, GitLabAPI
 from daemon.gitlab.stats import GitLabStats
 from daemon.gitlab.tags import GitLabTagDeleter
@@ -31,7 +32,7 @@ from daemon.ingest.catchup import Reconciler
 from daemon.ingest.ci_gate import CiGate, JobVerifier, TagDetailsReader
 from daemon.ingest.inbox import Ingest, ReaderFactory
 from daemon.plan.planning import LiveRefs, Planner, RefLookup
-from daemon.registry.client import RegistryClient, new_session
+from daemon.registry.client import UNTAG_LANES, RegistryClient, new_session
 from daemon.registry.ratelimit import Beat, RateLimiter, sleep_beating
 from daemon.registry.stats import RegistryStats
 from daemon.registry.transport import Observer
@@ -65,9 +66,11 @@ def build_registry_client(settings: Settings, session: requests.Session | None =
                           **options: Any) -> RegistryClient:
     """One client for the configured registry: one keep-alive session, one rate limiter; project tokens
     go only to a token service on ``gitlab.url``'s host or in ``registry.token_realms``. ``beat`` (the
-    worker's heartbeat) is called on each request and while the client waits (rate limit, retries)."""
+    worker's heartbeat) is called on each request and while the client waits (rate limit, retries). It
+    untags in ``UNTAG_LANES`` lanes unless ``untag_lanes`` says otherwise."""
     reg = settings.registry
     options.setdefault("limiter", RateLimiter(reg.requests_per_second, reg.burst, beat=beat))
+    options.setdefault("untag_lanes", UNTAG_LANES)
     if beat is not None:
         options.setdefault("sleep", functools.partial(sleep_beating, sleep=time.sleep, beat=beat))
     return RegistryClient(reg.url, session or new_session(), gitlab_url=settings.gitlab.url,
@@ -141,7 +144,7 @@ def build_worker(settings: Settings, store: Store, *, registries: RegistryFactor
                  clock: Clock = time.time, ref_lookup: RefLookup | None = None,
                  registry_stats: RegistryStats | None = None, gitlab: GitLabAPI | None = None) -> Worker:
     """The worker with every stage it schedules: ingest, plan, execute (with the notes on merge requests,
-    posted through ``gitlab``), catch-up. Its heartbeat beats as the work progresses: in the executor and
+    posted through ``gitlab``), catch-up, pruning. Its heartbeat beats as the work progresses: in the executor and
     in the registry client's requests and waits."""
     heartbeat = Heartbeat(store, clock)
     registries = registries or build_registries(settings, observer=registry_stats, beat=heartbeat.beat)
@@ -153,7 +156,8 @@ def build_worker(settings: Settings, store: Store, *, registries: RegistryFactor
     return Worker(settings, store, ingest=ingest, executor=executor,
                   repair=RaceRepair(settings, store, registries, clock), reconciler=reconciler,
                   clock=clock, lock=lock, registry_stats=registry_stats,
-                  notes=MrNotes(settings, store, gitlab, clock), heartbeat=heartbeat)
+                  notes=MrNotes(settings, store, gitlab, clock), heartbeat=heartbeat,
+                  pruner=Pruner(settings, store, clock, lock=lock))
 
 
 def build_worker_from_config(settings: Settings) -> Worker:

@@ -1,10 +1,16 @@
 """The worker process's loop: APScheduler 3.x jobs over parts built elsewhere (``daemon.wiring``).
 
-One ``tick`` every ``worker.poll_interval``: heartbeat, inbox -> ledger -> plans, TTL triggers, operator
+One ``tick`` every ``worker.poll_interval``, and sooner when there is work: every ``WAKE_CHECK_SECONDS``
+the ``wake`` job looks (two reads of indexes, while no tick runs) for an event stored since the last tick
+began, or a plan that came due since then (``Worker.work_arrived``), and when it finds one moves the next
+tick to now, so neither a webhook nor a plan whose grace period ends waits out the rest of the poll
+interval. A tick: inbox -> ledger -> plans, TTL triggers, operator
 requests, due plans, race repairs, then the notes on merge requests whose plans are done, beating while it
 works (``Heartbeat``); catch-up from the GitLab API every ``worker.reconcile_interval``, and the catch-ups
-operators ask for every ``poll_interval``.
-Each job has ``max_instances=1`` and ``coalesce=True``: a slow tick is never run twice at once.
+operators ask for every ``poll_interval``, and pruning (``daemon.execute.retention``) every ``PRUNE_EVERY``
+seconds, a batch at a time under the same lock as the tick.
+Each job has ``max_instances=1`` and ``coalesce=True``, and ticks only ever run from the one ``tick``
+job (under the worker's lock): a slow tick is never run twice at once.
 Never started inside gunicorn workers (APScheduler's job store cannot be shared between processes).
 Must not: hold a rule of the product; it only says when each stage runs.
 """
@@ -15,7 +21,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
@@ -27,6 +33,7 @@ from daemon.execute.executor import Executor
 from daemon.execute.notes import MrNotes
 from daemon.execute.operator import carry_out_requests
 from daemon.execute.repair import RaceRepair
+from daemon.execute.retention import Pruner
 from daemon.ingest.catchup import Reconciler
 from daemon.ingest.inbox import Ingest
 from daemon.plan.ttl import raise_ttl_triggers
@@ -34,6 +41,12 @@ from daemon.registry.stats import RegistryStats
 from daemon.store import Store
 
 log = logging.getLogger(__name__)
+
+#: Seconds between pruning runs.
+PRUNE_EVERY = 300.0
+
+#: Seconds between two looks for work that arrived between polls (an event stored, a plan come due).
+WAKE_CHECK_SECONDS = 0.25
 
 
 class Heartbeat:
@@ -77,7 +90,7 @@ class Worker:
                  repair: RaceRepair, clock: Callable[[], float], reconciler: Reconciler | None = None,
                  lock: contextlib.AbstractContextManager[Any] | None = None,
                  registry_stats: RegistryStats | None = None, notes: MrNotes | None = None,
-                 heartbeat: Heartbeat | None = None) -> None:
+                 heartbeat: Heartbeat | None = None, pruner: Pruner | None = None) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
@@ -88,13 +101,25 @@ class Worker:
         self.reconciler = reconciler
         self.registry_stats = registry_stats
         self.notes = notes
+        self.pruner = pruner
         # Held around each tick and each of reconcile's writes (never around a GitLab call).
         self._lock = lock if lock is not None else threading.Lock()
+        #: When the last tick began (the worker's clock), the newest pending inbox event then, and whether
+        #: a tick runs now (for ``work_arrived`` and the ``wake`` job).
+        self._ticked_at = 0.0
+        self._seen_event = 0
+        self._ticking = False
+        #: Whether this process has noted its configured project entries (``Store.note_configured``).
+        self._noted_configured = False
 
     def tick(self) -> dict[str, int]:
         """One pass of everything due; safe to call from tests with an injected clock."""
-        with self._lock:
+        with self._lock, self._marked():
             self.heartbeat()
+            if not self._noted_configured:  # the dashboard's "quiet" waits a day after an entry is added
+                self.store.note_configured([p.path for p in self.settings.projects], self.clock())
+                self._noted_configured = True
+            self._seen_event = self.store.last_pending_event_id()
             events = self.ingest.drain()
             self.ingest.resolve_ci_pushes()
             ttl = raise_ttl_triggers(self.ingest.planner, self.clock())
@@ -108,6 +133,15 @@ class Worker:
         notes = self.notes.run() if self.notes is not None else 0
         return {"events": events, "ttl_plans": ttl, "plans": plans, "notes": notes}
 
+    @contextlib.contextmanager
+    def _marked(self) -> Iterator[None]:
+        """Around a tick's work: when it began (what ``work_arrived`` compares with), and that it runs."""
+        self._ticking, self._ticked_at = True, self.clock()
+        try:
+            yield
+        finally:
+            self._ticking = False
+
     def heartbeat(self) -> None:
         self._heartbeat.now()
 
@@ -117,10 +151,10 @@ class Worker:
 
         scheduler = BlockingScheduler(job_defaults={"max_instances": 1, "coalesce": True,
                                                     "misfire_grace_time": None})
-        scheduler.add_job(self._safe_tick, "interval", seconds=self.settings.worker.poll_interval,
-                          id="tick")
+        self.schedule_ticks(scheduler)
         self.schedule_reconcile(scheduler)
         self.schedule_reconcile_requests(scheduler)
+        self.schedule_prune(scheduler)
         stop = threading.Event()
 
         def _stop(signum: int, frame: FrameType | None) -> None:
@@ -137,6 +171,14 @@ class Worker:
         log.info("worker started: poll every %s", format_duration(self.settings.worker.poll_interval))
         if not stop.is_set():
             scheduler.start()
+
+    def schedule_ticks(self, scheduler: Any) -> None:
+        """Add the ``tick`` job (every ``worker.poll_interval``) and the ``wake`` job that moves it to now
+        when work arrives between polls (every ``WAKE_CHECK_SECONDS``)."""
+        scheduler.add_job(self._safe_tick, "interval", seconds=self.settings.worker.poll_interval, id="tick",
+                          max_instances=1, coalesce=True)
+        scheduler.add_job(self.wake, "interval", seconds=WAKE_CHECK_SECONDS, args=[scheduler], id="wake",
+                          max_instances=1, coalesce=True)
 
     def schedule_reconcile(self, scheduler: Any) -> Any:
         """Add the catch-up job (SPEC 11): every ``worker.reconcile_interval``, the first run soon after
@@ -156,6 +198,34 @@ class Worker:
             return None
         return scheduler.add_job(self.reconciler.run_requests_logged, "interval",
                                  seconds=self.settings.worker.poll_interval, id="reconcile_requests",
+                                 max_instances=1, coalesce=True)
+
+    def work_arrived(self) -> bool:
+        """Whether an event was stored, or a plan came due, since the last tick started (what it could not
+        have seen): two reads of indexes, no write."""
+        return (self.store.last_pending_event_id() > self._seen_event
+                or self.store.plan_came_due(self._ticked_at, self.clock()))
+
+    def wake(self, scheduler: Any) -> bool:
+        """The ``wake`` job: when no tick runs and work arrived since the last one began, move the next
+        tick to now (the poll interval counts from there). Returns whether it did."""
+        if self._ticking:  # what arrives meanwhile is found once the tick is over
+            return False
+        try:
+            if not self.work_arrived():
+                return False
+        except Exception as exc:  # storage unreadable now: the poll's tick meets and reports it
+            log.debug("could not look for new work: %s", exc)
+            return False
+        scheduler.modify_job("tick", next_run_time=datetime.now(UTC))
+        return True
+
+    def schedule_prune(self, scheduler: Any) -> Any:
+        """Add the pruning job (``storage.retention``): every ``PRUNE_EVERY`` seconds, beside the tick; each of
+        its batches takes the worker's lock, so a tick waits for one batch at most."""
+        if self.pruner is None:
+            return None
+        return scheduler.add_job(self.pruner.run_logged, "interval", seconds=PRUNE_EVERY, id="prune",
                                  max_instances=1, coalesce=True)
 
     def _safe_tick(self) -> None:

@@ -18,7 +18,10 @@ the token good).
 A plan is claimed by this worker process (``lease.Holder``) for ``LEASE_SECONDS`` and its lease is renewed
 while the plan runs (``lease.LeaseKeeper``); a plan found taken over meanwhile is left to its new holder
 with nothing more written. Each manifest is stored with its untag before the registry write that
-removes the tag (the client's ``on_saved``), so the audit survives an interruption at any point. A
+removes the tag (the client's ``on_saved``, called from the client's untag lanes as each tag is guarded),
+so the audit survives an interruption at any point; the outcomes of a repository's batch are stored
+together, in one transaction, once the client returns (an interruption before that leaves them pending,
+with their manifests, and the next run finishes them). A
 plan run again after an interruption hands each pending untag's stored manifest back to the client
 (``UntagRequest.saved``), which finishes what the interrupted run started: a tag left parked on a
 placeholder, or already gone, is ``done`` with that manifest. When the guards now keep a tag whose
@@ -38,7 +41,7 @@ from daemon.config import ProjectSettings, Settings
 from daemon.domain.model import NO_DELETE_PERMISSION, Plan, Trigger, Untag
 from daemon.domain.patterns import is_protected
 from daemon.domain.planner import Decision, PlannedUntag, bulk_guard, live_owner
-from daemon.domain.policy import LEASE_SECONDS, in_scope
+from daemon.domain.policy import BUDGET_WINDOW, LEASE_SECONDS, budget_spent, in_scope, next_hour
 from daemon.execute.lease import Holder, LeaseKeeper, LeaseLost, this_process
 from daemon.plan.planning import LiveRefs, policy_for
 from daemon.registry.errors import NoDeletePermissionError, RestoreConflictError
@@ -79,10 +82,6 @@ class ManifestNotKept(Exception):
 def plan_fields(plan: Plan) -> dict[str, object]:
     """The log fields of a line about ``plan``."""
     return {"project": plan.project_path, "plan": plan.id}
-
-
-def next_hour(now: float) -> float:
-    return (now // 3600 + 1) * 3600
 
 
 class Executor:
@@ -179,12 +178,13 @@ class Executor:
                 log.warning("plan %s held: %s", plan.id, reason, extra=plan_fields(plan))
                 self.store.set_plan_state(plan.id, "held", now, note=reason)
                 return
-        budget = project.max_untags_per_hour - self.store.untags_done_since(plan.project_path, now - 3600)
-        if budget <= 0 and pending:
+        done = self.store.untags_done_since(plan.project_path, now - BUDGET_WINDOW)
+        if budget_spent(project.max_untags_per_hour, done) and pending:
             self.store.set_plan_state(plan.id, "ready", now, due_at=next_hour(now),
                                       note="max_untags_per_hour reached; resumes next hour")
             log.info("plan %s: max_untags_per_hour reached; resumes next hour", plan.id, extra=plan_fields(plan))
             return
+        budget = project.max_untags_per_hour - done
         batch, rest = pending[:budget], pending[budget:]
         self._run_untags(plan, project, registry, batch)
         self._keep_lease()
@@ -321,10 +321,11 @@ class Executor:
                     self._finish(untag, "failed", failure_reason(exc), None, None, failure_detail(exc))
                 continue
             self._keep_lease()
-            for (untag, _), result in zip(items, results, strict=True):
-                # a resumed untag finished without a write of its own was done by the method that wrote
-                written_by = result.method or (methods.get(untag.id) if result.outcome == "done" else None)
-                self._finish(untag, result.outcome, result.reason, written_by, result.saved, result.detail)
+            with self.store.transaction():  # the batch's outcomes in one write: all of them, or none
+                for (untag, _), result in zip(items, results, strict=True):
+                    # a resumed untag finished without a write of its own was done by the method that wrote
+                    written_by = result.method or (methods.get(untag.id) if result.outcome == "done" else None)
+                    self._finish(untag, result.outcome, result.reason, written_by, result.saved, result.detail)
             self._judge_token(plan.project_path, project, results)
 
     def _saver(self, items: Sequence[tuple[Untag, UntagRequest]], methods: dict[int, str]) -> OnSaved:

@@ -1,18 +1,24 @@
 """Storage: all SQL lives here; the rest of the janitor asks for domain objects.
 
-SQLite (WAL) through sqlite-utils is the embedded default. Nothing outside this package may assume
-SQLite: no connection, row or ``sqlite_utils`` object leaves it, and claims are atomic statements.
+SQLite (WAL) through sqlite-utils is the embedded default; PostgreSQL (psycopg 3 and its pool) is the shared
+engine that several web processes and workers use at once (``open_store`` picks one by the URL). Nothing
+outside this package may assume either: no connection, row or driver object leaves it, and claims are
+atomic statements.
 ``Store`` is assembled from one part per thing stored (the inbox, the ledger, refs and merge requests,
 plans, untags, race repairs, operator requests, reconcile requests, registry request counters, project
 problems, ignored deliveries, notes on merge requests, the key-value table, the running totals that only
-rise and the GitLab request counters) and the counts that read across them; callers see only its methods.
+rise and the GitLab request counters), pruning and backups, and the counts that read across them; callers
+see only its methods.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import sqlite_utils
+import psycopg
+
+from daemon.store import postgres
 
 from daemon.store.counters import CounterStore
 from daemon.store.counts import CountStore
@@ -28,35 +34,38 @@ from daemon.store.reconcile_requests import ReconcileRequest, ReconcileRequestSt
 from daemon.store.refs import RefStore
 from daemon.store.registry_requests import LatencyHistogram, RegistryRequestStore
 from daemon.store.repairs import RepairStore
+from daemon.store.retention import BackupFailed, RetentionStore
 from daemon.store.schema import migrate
 from daemon.store.untags import UntagStore, UntagView
 from daemon.store.values import ValueStore
 
-__all__ = ["IgnoredCount", "InboxEvent", "LatencyHistogram", "MrNote", "MrPlan", "OperatorRequest",
-           "ProjectProblem", "ReconcileRequest", "Store", "StoreMissing", "UntagView", "open_store"]
+__all__ = ["BackupFailed", "IgnoredCount", "InboxEvent", "LatencyHistogram", "MrNote", "MrPlan", "OperatorRequest",
+           "ProjectProblem", "ReconcileRequest", "Store", "StoreMissing", "UntagView", "is_postgres_url", "open_store"]
 
 
 class Store(InboxStore, LedgerStore, RefStore, PlanStore, UntagStore, RepairStore, RequestStore,
             RegistryRequestStore, ProblemStore, ValueStore, CountStore, CounterStore, IgnoredStore,
-            MrNoteStore, ReconcileRequestStore):
+            MrNoteStore, ReconcileRequestStore, RetentionStore):
     """The one storage object the web app and the worker are given."""
 
     @property
-    def db(self) -> sqlite_utils.Database:
-        """The SQLite database itself, for tests and benchmarks that inspect or bulk-load the file. The
-        janitor never uses it: everything it stores or reads goes through the methods above."""
+    def db(self) -> Any:
+        """This thread's connection itself (``execute(sql, params)``), for tests and benchmarks that inspect
+        or bulk-load the database. The janitor never uses it: everything it stores or reads goes through
+        the methods above."""
         return self._db
 
-    def has_schema(self) -> bool:
-        """Whether the janitor's tables were ever made in this database."""
-        row = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'")
-        return row.fetchone() is not None
+    @property
+    def engine(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._pool.engine
 
     def close(self) -> None:
         self._pool.close()
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 class StoreMissing(Exception):
@@ -67,10 +76,22 @@ class StoreMissing(Exception):
         self.path, self.why = path, why
 
 
-def open_store(url_or_path: str, *, create: bool = True) -> Store:
-    """Open the database at ``sqlite:///path`` or a plain path, migrating it as needed; created when
-    missing, unless ``create`` is False: then ``StoreMissing`` when there is no file, or the file is not a
-    janitor database (one the janitor made has ``schema_version``)."""
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(POSTGRES_SCHEMES)
+
+
+def open_store(url_or_path: str, *, create: bool = True, password: str | None = None) -> Store:
+    """Open the database at ``url_or_path``, migrating it as needed.
+
+    ``postgresql://`` (or ``postgres://``) URLs open PostgreSQL (``password``, when given, is used instead
+    of one in the URL). The database itself must exist (it is never created): with ``create`` the
+    janitor's tables are made in it when missing; without, ``StoreMissing`` when it holds none.
+
+    ``sqlite:///path`` or a plain path opens SQLite, the file created when missing unless ``create`` is
+    False: then ``StoreMissing`` when there is no file, or the file is not a janitor database (one the
+    janitor made has ``schema_version``)."""
+    if is_postgres_url(url_or_path):
+        return _open_postgres(url_or_path, create=create, password=password)
     path = url_or_path.removeprefix("sqlite:///")
     if not create:
         found = Path(path).resolve() if path != ":memory:" else None
@@ -85,3 +106,23 @@ def open_store(url_or_path: str, *, create: bool = True) -> Store:
         raise StoreMissing(str(Path(path).resolve()), "the file holds no janitor tables")
     migrate(store._db)
     return store
+
+
+def _open_postgres(url: str, *, create: bool, password: str | None) -> Store:
+    shown = postgres.redact(url)
+    if not create:
+        try:
+            db = postgres.connect(url, password=password)
+        except psycopg.Error as exc:
+            raise StoreMissing(shown, f"cannot connect: {postgres.redact(str(exc).strip())}") from None
+        try:
+            if not postgres.schema_version(db):
+                raise StoreMissing(shown, "the database holds no janitor tables")
+        finally:
+            db.close()
+    db = postgres.connect(url, password=password, application_name="registry-janitor-migrate")
+    try:
+        postgres.migrate_postgres(db)
+    finally:
+        db.close()
+    return Store(postgres.ConnectionPool(url, password=password))

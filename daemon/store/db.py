@@ -53,6 +53,8 @@ def write_tx(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
 class ConnectionPool:
     """One connection per thread for one database file."""
 
+    engine = "sqlite"
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._local = threading.local()
@@ -100,6 +102,46 @@ class ConnectionPool:
             yield conn
         finally:
             conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction of the calling thread's connection (``write_tx``)."""
+        with write_tx(self.get()):
+            yield
+
+    def in_transaction(self) -> bool:
+        return bool(self.get().conn.in_transaction)
+
+    def has_schema(self) -> bool:
+        """Whether the janitor's tables were ever made in this database."""
+        row = self.get().execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'")
+        return row.fetchone() is not None
+
+    def probe_write(self, sql: str, params: list[object], wait: float) -> str | None:
+        """None when ``sql`` committed on a new connection (``probe_connection``) that took the write lock
+        within ``wait`` seconds, else why not."""
+        try:
+            with self.probe_connection(wait) as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute(sql, params)
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            return str(exc) or exc.__class__.__name__
+        return None
+
+    @staticmethod
+    def is_storage_failure(exc: BaseException) -> bool | None:
+        """True when ``exc`` is a failure of SQLite itself (locked, I/O, disk full, a damaged file), False
+        when it refused a value or a constraint, None when it is not SQLite's."""
+        if not isinstance(exc, sqlite3.Error):
+            return None
+        return not isinstance(
+            exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.InterfaceError | sqlite3.ProgrammingError)
 
     def release(self) -> None:
         """Close the calling thread's connection, if it has one (a thread that ends calls this)."""

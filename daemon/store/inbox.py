@@ -4,8 +4,10 @@ so that a resend GitLab sent with new delivery headers is found by its body with
 
 It must not read what an event says: parsing and applying events is the ingest stage's, and nobody may
 answer 2xx for a delivery this module has not committed. Events the worker could not apply keep their
-error and are never deleted: they are what ``unusable_events`` lists. Storing an event and setting one
-aside are counted in ``counters`` by the schema's triggers, in the same statement (``daemon.store.counters``).
+error and are kept as long as plans (``storage.retention.plans``; applied events go after
+``storage.retention.events``, ``daemon.store.retention``): they are what ``unusable_events`` lists.
+Storing an event and setting one aside are counted in ``counters`` by the schema's triggers, in the same
+statement (``daemon.store.counters``).
 
 Deliveries arriving together in one web process are committed together (group commit): the first
 request thread to take the write turn inserts every delivery queued so far in one transaction, and each
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,9 +30,12 @@ from daemon.store.base import StoreBase
 # Nothing is inserted when the delivery key was stored before, nor when a delivery with the body key to look
 # for was received since the given time (the last three parameters: that body key twice, NULL to not look,
 # and the time).
-_INSERT = ("INSERT OR IGNORE INTO inbox (delivery_key, source, kind, project_path, headers, body, received_at,"
-           " body_key) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE ? IS NULL OR NOT EXISTS"
-           " (SELECT 1 FROM inbox WHERE body_key = ? AND received_at >= ?)")
+# (The cast gives PostgreSQL the type of a parameter that may be NULL.) The unique index on the delivery key
+# decides between deliveries stored at once; on PostgreSQL a body key is locked while it is looked for
+# (``_lock_bodies``), as SQLite's one writer at a time does for it.
+_INSERT = ("INSERT INTO inbox (delivery_key, source, kind, project_path, headers, body, received_at,"
+           " body_key) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE CAST(? AS TEXT) IS NULL OR NOT EXISTS"
+           " (SELECT 1 FROM inbox WHERE body_key = ? AND received_at >= ?) ON CONFLICT DO NOTHING")
 
 
 @dataclass(frozen=True)
@@ -94,9 +98,9 @@ class InboxStore(StoreBase):
         check = body_key if same_body_since is not None else None
         row = (delivery_key, source, kind, project_path, json.dumps(dict(headers)), body, received_at, body_key,
                check, check, same_body_since)
-        db = self._db
-        if db.conn.in_transaction:  # the caller's own transaction decides
-            return db.conn.execute(_INSERT, row).rowcount == 1
+        if self._pool.in_transaction():  # the caller's own transaction decides
+            self._lock_bodies([row])
+            return self._db.execute(_INSERT, row).rowcount == 1
         mine = _Delivery(row)
         group = self._group()
         with group.queue_lock:
@@ -119,15 +123,23 @@ class InboxStore(StoreBase):
                     group = self._inbox_group = _GroupCommit()
         return group
 
+    def _lock_bodies(self, rows: list[tuple[Any, ...]]) -> None:
+        """On PostgreSQL, in the transaction about to insert ``rows``: lock each body key looked for (in
+        one order, so two batches never wait for each other), so that two processes storing the same
+        body at once do not both find it absent."""
+        for body_key in sorted({str(row[8]) for row in rows if row[8] is not None}):
+            self._lock_key(f"inbox body {body_key}")
+
     def _write_batch(self, batch: list[_Delivery]) -> None:
-        conn = self._db.conn
+        db = self._db
         try:
-            if len(batch) == 1:  # one statement is its own transaction
-                batch[0].stored = conn.execute(_INSERT, batch[0].row).rowcount == 1
+            if len(batch) == 1 and (batch[0].row[8] is None or not self._postgres):
+                batch[0].stored = db.execute(_INSERT, batch[0].row).rowcount == 1  # its own transaction
             else:
                 with self.transaction():
+                    self._lock_bodies([delivery.row for delivery in batch])
                     for delivery in batch:
-                        delivery.stored = conn.execute(_INSERT, delivery.row).rowcount == 1
+                        delivery.stored = db.execute(_INSERT, delivery.row).rowcount == 1
         except Exception as exc:
             if len(batch) > 1:  # one bad delivery must not fail the others: each on its own
                 for delivery in batch:
@@ -165,12 +177,11 @@ class InboxStore(StoreBase):
         """Whether ``exc``, raised while an event was applied, is a failure of storage itself (locked, I/O,
         disk full, a damaged file, the transaction or connection gone), which no event is to blame for,
         rather than a refusal of what the event asked it to keep (a value it cannot hold, a constraint)."""
-        if isinstance(exc, sqlite3.Error) and not isinstance(
-                exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.InterfaceError | sqlite3.ProgrammingError):
+        if self._pool.is_storage_failure(exc):
             return True
         try:
-            return not self._db.conn.in_transaction
-        except sqlite3.Error:
+            return not self._pool.in_transaction()
+        except Exception:
             return True
 
     def unusable_events(self, limit: int = 20) -> list[UnusableEvent]:
@@ -181,19 +192,14 @@ class InboxStore(StoreBase):
         return [UnusableEvent(int(r[0]), str(r[1]), str(r[2]), None if r[3] is None else str(r[3]), float(r[4]),
                               float(r[5] or 0.0), str(r[6])) for r in rows]
 
+    def last_pending_event_id(self) -> int:
+        """The id of the newest event not yet applied (0 when none): one read of the pending index, cheap
+        enough for the worker to ask several times a second whether something arrived."""
+        row = self._db.execute("SELECT MAX(id) FROM inbox WHERE processed_at IS NULL").fetchone()
+        return int(row[0] or 0)
+
     def queue_depth(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM inbox WHERE processed_at IS NULL").fetchone()[0])
-
-    def last_events(self) -> list[tuple[str, str, float]]:
-        """(project, kind, last received_at) for webhook health."""
-        rows = self._db.execute(
-            "SELECT project_path, kind, MAX(received_at) FROM inbox WHERE project_path IS NOT NULL"
-            " GROUP BY project_path, kind ORDER BY project_path, kind").fetchall()
-        return [(r[0], r[1], r[2]) for r in rows]
-
-    def last_registry_event(self) -> float | None:
-        row = self._db.execute("SELECT MAX(received_at) FROM inbox WHERE source = 'registry'").fetchone()
-        return None if row is None or row[0] is None else float(row[0])
 
     def oldest_pending_event(self) -> float | None:
         row = self._db.execute("SELECT MIN(received_at) FROM inbox WHERE processed_at IS NULL").fetchone()

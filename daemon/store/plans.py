@@ -107,6 +107,16 @@ class PlanStore(StoreBase):
             " OR (state = 'running' AND lease_until < ?) ORDER BY due_at, id LIMIT ?", [now, now, limit])
         return [to_plan(r) for r in rows]
 
+    def plan_came_due(self, since: float, now: float) -> bool:
+        """Whether a plan became due after ``since`` and by ``now`` (scheduled or ready with its due time
+        between them, or running with a lease that ran out between them): work a worker's pass that
+        started at ``since`` could not have found due. Reads the (state, due_at) index only."""
+        row = self._db.execute(
+            "SELECT EXISTS (SELECT 1 FROM plans WHERE state IN ('scheduled', 'ready') AND due_at > ? AND due_at <= ?)"
+            " OR EXISTS (SELECT 1 FROM plans WHERE state = 'running' AND lease_until >= ? AND lease_until < ?)",
+            [since, now, since, now]).fetchone()
+        return bool(row[0])
+
     def claim_plan(self, plan_id: int, now: float, lease_seconds: float, holder: str | None = None) -> bool:
         """Take a due plan (or one whose lease ran out) for ``lease_seconds``, held by ``holder``."""
         cur = self._db.execute(

@@ -208,6 +208,8 @@ class ConnectionPool:
     and kept until the thread releases it (each thread holds one, so ``max_size`` bounds the threads that
     use the store at once: a thread beyond it waits ``timeout`` seconds, then fails saying so)."""
 
+    engine = "postgresql"
+
     def __init__(self, url: str, *, password: str | None = None, max_size: int = 20, timeout: float = 30.0,
                  application_name: str = "registry-janitor") -> None:
         self.url = url
@@ -282,6 +284,40 @@ class ConnectionPool:
             self._local = threading.local()
             if os.getpid() == self._pid:
                 self._pool.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction of the calling thread's connection (``write_tx``)."""
+        with write_tx(self.get()):
+            yield
+
+    def in_transaction(self) -> bool:
+        return self.get().in_transaction
+
+    def has_schema(self) -> bool:
+        """Whether the janitor's tables were ever made in this database."""
+        return schema_version(self.get()) > 0
+
+    def probe_write(self, sql: str, params: list[object], wait: float) -> str | None:
+        """None when ``sql`` committed in a transaction of a new connection (``probe_connection``: it gives
+        up on connecting, on locks and on the statement after ``wait`` seconds or so), else why not."""
+        try:
+            with self.probe_connection(wait) as db, write_tx(db):
+                db.execute(sql, params)
+        except (psycopg.Error, OSError) as exc:
+            return redact(str(exc).strip()) or exc.__class__.__name__
+        return None
+
+    @staticmethod
+    def is_storage_failure(exc: BaseException) -> bool | None:
+        """True when ``exc`` is a failure of PostgreSQL itself (the connection or server gone, a lock or
+        serialization conflict, out of space), False when it refused a value or a constraint, None when
+        it is not PostgreSQL's."""
+        if isinstance(exc, psycopg_pool.PoolTimeout):
+            return True
+        if not isinstance(exc, psycopg.Error):
+            return None
+        return not isinstance(exc, psycopg.IntegrityError | psycopg.DataError | psycopg.ProgrammingError)
 
 
 def schema_version(db: PgConnection) -> int:

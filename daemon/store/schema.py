@@ -318,11 +318,32 @@ def _v16_counters(db: sqlite_utils.Database) -> None:
     db.table("gitlab_request_buckets").create({"endpoint": str, "le": str, "count": int}, pk=("endpoint", "le"))
 
 
+def _v17_last_events(db: sqlite_utils.Database) -> None:
+    # When each (project, kind) last had an event stored, kept in its ``events`` counter row by the trigger
+    # that counts it, so that webhook health and the quiet-hook check survive pruning of the inbox (and the
+    # webhook's insert gains no statement). Seeded from the events stored now.
+    db.execute("ALTER TABLE counters ADD COLUMN last_at REAL")
+    db.execute("UPDATE counters SET last_at = seen.at FROM (SELECT COALESCE(project_path, '') AS project, kind,"
+               " MAX(received_at) AS at FROM inbox GROUP BY 1, 2) AS seen WHERE counters.name = 'events'"
+               " AND counters.project_path = seen.project AND counters.label = seen.kind")
+    db.execute("DROP TRIGGER count_events")
+    db.execute("CREATE TRIGGER count_events AFTER INSERT ON inbox BEGIN INSERT INTO counters (name, project_path,"
+               " label, value, last_at) VALUES ('events', COALESCE(NEW.project_path, ''), NEW.kind, 1, NEW.received_at)"
+               " ON CONFLICT (name, project_path, label) DO UPDATE SET value = value + 1,"
+               " last_at = MAX(COALESCE(last_at, excluded.last_at), excluded.last_at); END")
+
+
+def _v18_lean_inbox(db: sqlite_utils.Database) -> None:
+    # Every webhook's insert updates each index of the inbox. Webhook health reads each (project, kind)'s
+    # last event from its counter row now (v17), so the index kept for that query only costs.
+    db.execute("DROP INDEX IF EXISTS idx_inbox_project_path_kind_received_at")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2_ci_records, _v3_race_repair, _v4_operations, _v5_untags_by_record, _v6_ttl_expiry,
     _v7_open_merge_requests, _v8_project_problems, _v9_delivery_keys, _v10_mr_notes,
     _v11_triggers_from_state, _v12_plan_holders, _v13_unusable_events, _v14_reconcile_requests,
-    _v15_plan_rejections, _v16_counters,
+    _v15_plan_rejections, _v16_counters, _v17_last_events, _v18_lean_inbox,
 ]
 
 

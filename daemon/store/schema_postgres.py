@@ -348,4 +348,6 @@ def _counting_triggers() -> str:
 
 MIGRATIONS: list[str] = [
     _V1_TABLES + _counting_triggers(),
+    # schema.py's _v18_lean_inbox: webhook health reads the counter rows, not this index.
+    "DROP INDEX IF EXISTS idx_inbox_project_path_kind_received_at;",
 ]

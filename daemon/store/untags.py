@@ -16,7 +16,7 @@ from typing import Any
 
 from daemon.domain.model import Manifest, Untag
 from daemon.store.base import StoreBase
-from daemon.store.rows import UNTAG_COLS, filters, to_untag
+from daemon.store.rows import UNTAG_COLS, filters, marks, to_untag
 
 _VIEW_COLS = (f"{UNTAG_COLS}, untags.restored_at, untags.attempts, untags.manifest_digest,"
               " untags.manifest_media_type, LENGTH(untags.manifest_body)")
@@ -109,8 +109,12 @@ class UntagStore(StoreBase):
         return bool(row[0])
 
     def mark_started(self, untag_ids: Sequence[int], now: float) -> None:
-        for untag_id in untag_ids:
-            self._db.execute("UPDATE untags SET started_at = ? WHERE id = ?", [now, untag_id])
+        """One write for a batch of untags about to be sent."""
+        with self.transaction():
+            for start in range(0, len(untag_ids), 500):
+                chunk = untag_ids[start:start + 500]
+                self._db.execute(f"UPDATE untags SET started_at = ? WHERE id IN ({marks(len(chunk))})",
+                                 [now, *chunk])
 
     def untags_in_window(self, repository: str, tag: str, at: float, slack: float) -> list[tuple[int, str]]:
         """Done untags of repository:tag whose guard-to-write window (plus ``slack``) holds ``at``:
@@ -192,10 +196,15 @@ class UntagStore(StoreBase):
     def untagged_image_bytes(self) -> dict[str, int]:
         """Per project: bytes of the blobs (config, layers) that untagged images reference, each blob
         counted once per project, from the manifests saved before each untag (restored ones left out).
-        What garbage collection frees at most: blobs another tagged image still uses stay."""
+        What garbage collection frees at most: blobs another tagged image still uses stay. Blobs of
+        untags pruned since (``daemon.store.retention``) are counted by what pruning kept of them."""
         seen: dict[str, dict[str, int]] = {}
         for project, body in self._db.execute(
                 "SELECT project_path, manifest_body FROM untags WHERE outcome = 'done' AND restored_at IS"
                 " NULL AND manifest_body IS NOT NULL"):
             seen.setdefault(project, {}).update(image_bytes(bytes(body)))
-        return {project: sum(blobs.values()) for project, blobs in seen.items()}
+        out = {project: sum(blobs.values()) for project, blobs in seen.items()}
+        for project, pruned in self._db.execute("SELECT project_path, value FROM counters WHERE"
+                                                " name = 'image_bytes_pruned' AND label = ''"):
+            out[str(project)] = out.get(str(project), 0) + int(pruned)
+        return out

@@ -178,9 +178,13 @@ def test_only_the_gitlab_package_imports_python_gitlab() -> None:
     assert not wrong, f"python-gitlab imported outside daemon/gitlab: {wrong}"
 
 
+#: The database drivers, SQLite's and PostgreSQL's: imported only inside daemon/store.
+DATABASE_DRIVERS = ("sqlite3", "sqlite_utils", "psycopg", "psycopg_pool")
+
+
 def test_only_the_store_touches_the_database() -> None:
     wrong = [f"{name}:{line} imports {target}" for name, path in modules().items() if part_of(name) != "store"
-             for target, line in imports_of(path, name) if target.split(".")[0] in ("sqlite3", "sqlite_utils")]
+             for target, line in imports_of(path, name) if target.split(".")[0] in DATABASE_DRIVERS]
     assert not wrong, f"database drivers used outside daemon/store: {wrong}"
 
 
