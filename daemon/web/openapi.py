@@ -131,7 +131,9 @@ SCHEMAS: dict[str, Any] = {
     "ProjectStatus": {"allOf": [_ref("Counters"), {"type": "object", "properties": {
         "configured": {"type": "boolean"}, "dry_run_mode": {"type": ["boolean", "null"]},
         "last_events": {"type": "object", "additionalProperties": {"type": "string", "format": "date-time"}},
-        "last_event_at": TIME, "quiet": {"type": "boolean", "description": "no event for over 24 hours"},
+        "last_event_at": TIME,
+        "configured_since": {**TIME, "description": "when a worker first ran with the project's entry configured"},
+        "quiet": {"type": "boolean", "description": "no event for over 24 hours, configured for at least a day"},
         "misconfigured": {"type": "boolean", "description": "the worker found something wrong with its setup"},
         "problems": {"type": "array", "items": _ref("ProjectProblem"),
                      "description": "what is wrong, until an untag of the project succeeds"}}}]},
@@ -376,14 +378,25 @@ def _paths() -> dict[str, Any]:
         "/dashboard": {"get": {
             "summary": "The operators' page (HTML)", "operationId": "getDashboard", "security": ADMIN,
             "tags": ["dashboard"],
+            "parameters": [{"name": "refresh", "in": "query", "required": False,
+                            "description": "reload the page every this many seconds (off when absent or out of range)",
+                            "schema": {"type": "integer", "minimum": 10, "maximum": 3600}}],
             "responses": {"200": {"description": "the page",
                                   "content": {"text/html": {"schema": {"type": "string"}}}}, **ADMIN_ERRORS}}},
         "/dashboard/plans/{plan_id}/approve": _dashboard_action("Approve a held plan (form)", plan_id,
                                                                  op="dashboardApprovePlan"),
         "/dashboard/plans/{plan_id}/reject": _dashboard_action("Reject a held or scheduled plan (form)",
                                                                 plan_id, op="dashboardRejectPlan"),
-        "/dashboard/untags/{untag_id}/restore": _dashboard_action("Ask for a restore (form)", untag_id,
-                                                                   op="dashboardRestoreUntag"),
+        "/dashboard/untags/{untag_id}/restore": {
+            **_dashboard_action("Ask for a restore (form)", untag_id, op="dashboardRestoreUntag"),
+            "get": {"summary": "The confirmation step before a restore (HTML): the tag, the digest it goes back to, "
+                               "Restore and Cancel; nothing is requested", "operationId": "dashboardConfirmRestore",
+                    "security": ADMIN, "parameters": [untag_id], "tags": ["dashboard"],
+                    "responses": {"200": {"description": "the confirmation page",
+                                          "content": {"text/html": {"schema": {"type": "string"}}}},
+                                  "404": {"description": "no such untag (HTML)"},
+                                  "409": {"description": "the untag cannot be restored, and why (HTML)"},
+                                  **ADMIN_ERRORS}}},
         "/dashboard/untags/{untag_id}/retry": _dashboard_action("Ask for a retry (form)", untag_id,
                                                                  op="dashboardRetryUntag"),
     }
