@@ -47,10 +47,15 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     return fields
 
 
+_NEEDS_QUOTES = re.compile(r'[\s="]')
+
+
 def _text_value(value: Any) -> str:
     """A field's value in the text format: as is, or JSON-quoted when it holds a space, ``=`` or quote."""
+    if type(value) is int:  # ids and statuses: most fields of most lines
+        return str(value)
     text = str(value)
-    return json.dumps(text, ensure_ascii=False) if not text or re.search(r'[\s="]', text) else text
+    return json.dumps(text, ensure_ascii=False) if not text or _NEEDS_QUOTES.search(text) else text
 
 
 class OneLineFormatter(logging.Formatter):
