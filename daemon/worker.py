@@ -28,8 +28,9 @@ from typing import Any
 
 from daemon.config import Settings
 from daemon.domain.patterns import format_duration
-from daemon.domain.policy import HEARTBEAT_BEAT_SECONDS, HEARTBEAT_KEY
+from daemon.domain.policy import HEARTBEAT_BEAT_SECONDS, HEARTBEAT_KEY, WORKER_FORGET_SECONDS, heartbeat_limit
 from daemon.execute.executor import Executor
+from daemon.execute.lease import Holder, this_process
 from daemon.execute.notes import MrNotes
 from daemon.execute.operator import carry_out_requests
 from daemon.execute.repair import RaceRepair
@@ -50,25 +51,72 @@ WAKE_CHECK_SECONDS = 0.25
 
 
 class Heartbeat:
-    """The worker's sign of life in storage (``HEARTBEAT_KEY``), written by the work itself and by nothing
-    else: ``now`` at the start and end of each tick, ``beat`` wherever work progresses (each untag, each
-    registry request, each slice of a wait for the rate limit), written at most every
-    ``HEARTBEAT_BEAT_SECONDS``. No thread of its own beats: a worker stuck anywhere stops beating, and its
-    probe (``registry-janitor worker-health``) finds the heartbeat stale. Safe to call from any thread."""
+    """The worker's sign of life in storage, written by the work itself and by nothing else: ``now`` at the
+    start and end of each tick, ``beat`` wherever work progresses (each untag, each registry request, each
+    slice of a wait for the rate limit), written at most every ``HEARTBEAT_BEAT_SECONDS``. No thread of its
+    own beats: a worker stuck anywhere stops beating, and its probe (``registry-janitor worker-health``)
+    finds the heartbeat stale. Safe to call from any thread.
 
-    def __init__(self, store: Store, clock: Callable[[], float], every: float = HEARTBEAT_BEAT_SECONDS) -> None:
+    Each beat writes this worker's row of ``workers`` (``worker_id``: host, pid and run; when it started;
+    the plan it runs, told by ``working_on``) and the newest beat of any worker (``HEARTBEAT_KEY``). Rows of
+    workers silent for ``WORKER_FORGET_SECONDS`` are pruned as ticks begin."""
+
+    def __init__(self, store: Store, clock: Callable[[], float], every: float = HEARTBEAT_BEAT_SECONDS,
+                 holder: Holder | None = None) -> None:
         self.store = store
         self.clock = clock
         self.every = every
+        holder = holder or this_process()
+        self.worker_id, self.host, self.pid = holder.worker_id, holder.host, holder.pid
+        self.started_at = clock()
+        self.plan_id: int | None = None
         self._last: float | None = None
+        self._pruned: float | None = None
         self._lock = threading.Lock()
 
+    def _write(self, at: float) -> None:
+        with self.store.transaction():
+            self.store.set_value(HEARTBEAT_KEY, str(at), at)
+            self.store.worker_beat(self.worker_id, self.host, self.pid, self.started_at, at, self.plan_id)
+
     def now(self) -> None:
-        """Write the heartbeat."""
+        """Write the heartbeat (and, every ``WORKER_FORGET_SECONDS / 10``, forget long silent workers)."""
         at = self.clock()
-        self.store.set_value(HEARTBEAT_KEY, str(at), at)
+        self._write(at)
         with self._lock:
             self._last = at
+            prune = self._pruned is None or not 0 <= at - self._pruned < WORKER_FORGET_SECONDS / 10
+            if prune:
+                self._pruned = at
+        if prune:
+            self.store.prune_workers(at - WORKER_FORGET_SECONDS)
+
+    def working_on(self, plan_id: int | None) -> None:
+        """This worker runs ``plan_id`` now (None: no plan any more), written at once. Never raises."""
+        self.plan_id = plan_id
+        at = self.clock()
+        try:
+            self._write(at)
+        except Exception as exc:
+            log.warning("could not store the worker's heartbeat: %s", exc)
+            return
+        with self._lock:
+            self._last = at
+
+    def started(self, poll_interval: float) -> None:
+        """A worker process starts: the row an earlier run of this same host and pid left (a restarted
+        container's worker has the pid its predecessor had) is removed once that row is stale."""
+        now = self.clock()
+        for row in self.store.workers_of_host(self.host):
+            if row.id != self.worker_id and row.pid == self.pid and now - row.beat_at > heartbeat_limit(poll_interval):
+                self.store.remove_worker(row.id)
+
+    def stopped(self) -> None:
+        """The worker stops: it is no longer listed."""
+        try:
+            self.store.remove_worker(self.worker_id)
+        except Exception as exc:
+            log.warning("could not remove worker %s from the list: %s", self.worker_id, exc)
 
     def beat(self) -> None:
         """Write the heartbeat unless it was written less than ``every`` seconds ago. Never raises: a
@@ -80,7 +128,7 @@ class Heartbeat:
                 return
             self._last = at
         try:
-            self.store.set_value(HEARTBEAT_KEY, str(at), at)
+            self._write(at)
         except Exception as exc:
             log.warning("could not store the worker's heartbeat: %s", exc)
 
@@ -167,10 +215,16 @@ class Worker:
 
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
+        try:
+            self._heartbeat.started(self.settings.worker.poll_interval)
+        except Exception as exc:  # the first tick meets and reports the same storage
+            log.warning("could not tidy this host's worker list: %s", exc)
         self._safe_tick()
-        log.info("worker started: poll every %s", format_duration(self.settings.worker.poll_interval))
+        log.info("worker %s started: poll every %s", self._heartbeat.worker_id,
+                 format_duration(self.settings.worker.poll_interval))
         if not stop.is_set():
             scheduler.start()
+        self._heartbeat.stopped()
 
     def schedule_ticks(self, scheduler: Any) -> None:
         """Add the ``tick`` job (every ``worker.poll_interval``) and the ``wake`` job that moves it to now

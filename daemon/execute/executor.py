@@ -1,8 +1,10 @@
 """Due plans to registry writes: the only code that untags.
 
 For each due plan: the bulk guard on first run (S7, unless an admin approved it), the hourly budget
-(S7, deferred to the next hour, never dropped), the guards re-checked at run time (S2, S4, S6), then the
-registry client, which re-checks the digest immediately before each write (S3) and writes tag-only (S5).
+(S7, deferred to the next hour, never dropped; held in storage while the batch runs, so the untags other
+workers' running plans of the project are about to send count against it too), the guards re-checked at
+run time (S2, S4, S6), then the registry client, which re-checks the digest immediately before each write
+(S3) and writes tag-only (S5).
 Dry-run is decided at the single point of write: the client is told, and sends no write at all.
 
 Before any registry request for a plan, the project's token is asked what it was granted (read from the
@@ -41,7 +43,7 @@ from daemon.config import ProjectSettings, Settings
 from daemon.domain.model import NO_DELETE_PERMISSION, Plan, Trigger, Untag
 from daemon.domain.patterns import is_protected
 from daemon.domain.planner import Decision, PlannedUntag, bulk_guard, live_owner
-from daemon.domain.policy import BUDGET_WINDOW, LEASE_SECONDS, budget_spent, in_scope, next_hour
+from daemon.domain.policy import BUDGET_WINDOW, LEASE_SECONDS, in_scope, next_hour
 from daemon.execute.lease import Holder, LeaseKeeper, LeaseLost, this_process
 from daemon.plan.planning import LiveRefs, policy_for
 from daemon.registry.errors import NoDeletePermissionError, RestoreConflictError
@@ -87,7 +89,8 @@ def plan_fields(plan: Plan) -> dict[str, object]:
 class Executor:
     def __init__(self, settings: Settings, store: Store, registries: RegistryFactory,
                  clock: Callable[[], float], live_refs: LiveRefs | None = None,
-                 holder: Holder | None = None, beat: Callable[[], None] | None = None) -> None:
+                 holder: Holder | None = None, beat: Callable[[], None] | None = None,
+                 working_on: Callable[[int | None], None] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.registries = registries
@@ -96,6 +99,8 @@ class Executor:
         self.holder = holder or this_process()
         #: Shows the worker's progress (its heartbeat): called on each plan, untag and stored manifest.
         self._beat = beat
+        #: Told the plan this worker runs (and None when it is over), for the list of workers.
+        self._working_on = working_on
         #: Projects found this tick to hold a token that may not untag, with what was found.
         self._refused: dict[str, NoDeletePermissionError] = {}
         self._lease: LeaseKeeper | None = None
@@ -134,6 +139,8 @@ class Executor:
     def _run_held(self, plan: Plan, claim: str) -> None:
         with LeaseKeeper(self.store, plan.id, claim, self.clock) as lease:
             self._lease = lease
+            if self._working_on is not None:
+                self._working_on(plan.id)
             try:
                 self.run_plan(plan)
             except LeaseLost as exc:
@@ -143,6 +150,8 @@ class Executor:
                               extra=plan_fields(plan))
             finally:
                 self._lease = None
+                if self._working_on is not None:
+                    self._working_on(None)
 
     def _keep_lease(self) -> None:
         """Renew the running plan's lease when due; ``LeaseLost`` when another worker holds it now. Each
@@ -178,15 +187,21 @@ class Executor:
                 log.warning("plan %s held: %s", plan.id, reason, extra=plan_fields(plan))
                 self.store.set_plan_state(plan.id, "held", now, note=reason)
                 return
-        done = self.store.untags_done_since(plan.project_path, now - BUDGET_WINDOW)
-        if budget_spent(project.max_untags_per_hour, done) and pending:
+        # The budget is held in storage: the untags of the project's other running plans, on any worker,
+        # count against it until they are done, so all workers together stay within it.
+        holder = self._lease.holder if self._lease is not None else ""
+        budget = self.store.hold_budget(plan.id, plan.project_path, holder, len(pending),
+                                        project.max_untags_per_hour, now - BUDGET_WINDOW, now)
+        if budget <= 0 and pending:
             self.store.set_plan_state(plan.id, "ready", now, due_at=next_hour(now),
                                       note="max_untags_per_hour reached; resumes next hour")
             log.info("plan %s: max_untags_per_hour reached; resumes next hour", plan.id, extra=plan_fields(plan))
             return
-        budget = project.max_untags_per_hour - done
         batch, rest = pending[:budget], pending[budget:]
-        self._run_untags(plan, project, registry, batch)
+        try:
+            self._run_untags(plan, project, registry, batch)
+        finally:
+            self.store.release_budget(plan.id, holder)
         self._keep_lease()
         if rest:
             self.store.set_plan_state(plan.id, "ready", self.clock(), due_at=next_hour(self.clock()),

@@ -13,8 +13,10 @@ Taking back: a worker that starts takes the plans whose holder's process is gone
 same machine and boot, same pid namespace, and the pid no longer runs, or is this very process's own from
 an earlier run), without waiting for the lease. A holder on another machine, in another pid namespace, or
 whose pid still runs (even a reused one) is left to its lease: a plan a live worker runs is never taken.
-A restarted container has a new pid namespace, so its worker's plans wait for the lease (``LEASE_SECONDS``
-at most, as they are renewed while they run). Must not: decide anything about what a plan holds.
+A restarted container has a new pid namespace, and a worker on another machine or pod is no process of this
+one: their plans wait for the lease, which is short (``LEASE_SECONDS``, renewed every
+``LEASE_RENEW_SECONDS`` while the plan runs), so another worker takes over a SIGKILLed worker's plan within
+it and a tick. Must not: decide anything about what a plan holds.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ class Holder:
     pid: int
     run: str
     claim: str = ""
+
+    @property
+    def worker_id(self) -> str:
+        """How this worker process is listed among the workers: host, pid and the start of its run."""
+        return f"{self.host}:{self.pid}:{self.run[:8]}"
 
     def new_claim(self) -> str:
         """The text a new claim by this process is stored under."""

@@ -115,6 +115,8 @@ class Ingest:
         to_resolve: list[tuple[str, int]] = []
         error: str | None = None
         with self.store.transaction():
+            if not self.store.claim_event(event.id, now):  # another worker applied it meanwhile
+                return
             try:
                 # A savepoint of its own: an event that fails half-way leaves none of its writes behind.
                 with self.store.transaction():

@@ -1,7 +1,7 @@
 """What operators see, computed once for the admin API, the dashboard and the admin CLI.
 
-Owns: the status snapshot (per-project and total counters, queue, plans, webhook health, worker
-heartbeat, what is wrong with a project's setup, stuck pipelines, events set aside as unusable), the JSON
+Owns: the status snapshot (per-project and total counters, queue, plans, webhook health, the workers and
+their heartbeats, what is wrong with a project's setup, stuck pipelines, events set aside as unusable), the JSON
 shape of plans, untags, operator and reconcile requests, time formatting, and reading a ``since`` filter. Reads
 storage and settings only: no requests, no registry, no GitLab.
 """
@@ -16,8 +16,15 @@ from typing import Any
 from daemon.config import Settings
 from daemon.domain.model import IGNORED_REASONS, PLAN_STATES, Plan
 from daemon.domain.patterns import format_duration, parse_duration
-from daemon.domain.policy import BUDGET_WINDOW, HEARTBEAT_KEY, budget_spent, heartbeat_fresh, next_hour
-from daemon.store import OperatorRequest, ProjectProblem, ReconcileRequest, Store, UntagView
+from daemon.domain.policy import (
+    BUDGET_WINDOW,
+    HEARTBEAT_KEY,
+    WORKER_FORGET_SECONDS,
+    budget_spent,
+    heartbeat_fresh,
+    next_hour,
+)
+from daemon.store import OperatorRequest, ProjectProblem, ReconcileRequest, Store, UntagView, WorkerRow
 
 QUIET_AFTER = 24 * 3600.0
 #: A project entry configured more recently than this is never called quiet (its webhook may be new).
@@ -170,6 +177,39 @@ def worker_heartbeat_age(settings: Settings, store: Store, now: float) -> tuple[
     return age, heartbeat_fresh(age, settings.worker.poll_interval)
 
 
+def workers_json(settings: Settings, store: Store, now: float) -> list[dict[str, Any]]:
+    """Every worker heard from in the last ``WORKER_FORGET_SECONDS``, the latest started first: its id,
+    host, pid, when it started, its last beat (and whether that is fresh) and the plan it runs."""
+    return [{"id": w.id, "host": w.host, "pid": w.pid, "started_at": iso(w.started_at),
+             "heartbeat_age_seconds": round(now - w.beat_at, 1),
+             "fresh": heartbeat_fresh(now - w.beat_at, settings.worker.poll_interval), "plan": w.plan_id}
+            for w in store.live_workers(now - WORKER_FORGET_SECONDS)]
+
+
+def probed_worker(settings: Settings, store: Store, now: float, host: str,
+                  worker_id: str | None = None) -> tuple[float | None, bool, str]:
+    """What the worker's probe (``registry-janitor worker-health``, run in the worker's own container)
+    judges: (seconds since the heartbeat or None, fresh?, which worker that is, for its message). That is
+    the worker ``worker_id`` when given; else the latest started worker on ``host`` (a container's hostname
+    is its pod's: the worker of this container); else, where no worker ever wrote a row of its own, the
+    newest heartbeat of any worker ("" names it)."""
+    found: WorkerRow | None
+    if worker_id is not None:
+        found = store.get_worker(worker_id)
+        missing = f"worker {worker_id}"
+    elif store.any_worker_row():
+        mine = store.workers_of_host(host)
+        found = mine[0] if mine else None
+        missing = f"any worker on host {host}"
+    else:
+        age, fresh = worker_heartbeat_age(settings, store, now)
+        return age, fresh, ""
+    if found is None:
+        return None, False, missing
+    age = now - found.beat_at
+    return age, heartbeat_fresh(age, settings.worker.poll_interval), f"worker {found.id}"
+
+
 def quiet(configured: bool, newest_event: float | None, configured_since: float | None, now: float) -> bool:
     """A configured project with no event for over ``QUIET_AFTER`` (or none ever), whose entry a worker
     has run with for at least ``QUIET_GRACE`` (an entry never noted, from before the worker noted them,
@@ -278,6 +318,7 @@ def status_snapshot(settings: Settings, store: Store, now: float) -> dict[str, A
         "registry_notifications": {"last_event_at": iso(store.last_registry_event())},
         "ignored_deliveries": ignored_deliveries(store),
         "worker": {"heartbeat_age_seconds": None if age is None else round(age, 1), "fresh": fresh},
+        "workers": workers_json(settings, store, now),
         "dry_run_projects": sorted(n for n, p in projects.items() if p["dry_run_mode"]),
         "misconfigured_projects": sorted(n for n, p in projects.items() if p["misconfigured"]),
         "stuck_pipelines": stuck_pipelines(settings, store, now),

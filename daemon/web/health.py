@@ -1,8 +1,9 @@
 """Liveness and readiness probes.
 
 Ready means this web can store events (SPEC 14): GitLab does not resend a webhook that found no one to
-take it, so readiness must not depend on anything else. The worker's heartbeat is reported in the answer
-and judged by the worker's own probe (``registry-janitor worker-health``), never here.
+take it, so readiness must not depend on anything else. The newest heartbeat and every live worker (each
+with its last beat) are reported in the answer and judged by each worker's own probe
+(``registry-janitor worker-health``), never here.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from daemon.ops.status import worker_heartbeat_age
+from daemon.ops.status import worker_heartbeat_age, workers_json
 from daemon.web.context import now, settings, store
 from daemon.web.errors import json_error
 
@@ -40,4 +41,5 @@ def readyz() -> ResponseReturnValue:
                           "or its file was removed or replaced); check the data volume and the web's log")
     age, fresh = worker_heartbeat_age(settings(), store(), now())
     return jsonify({"status": "ready",
-                    "worker": {"heartbeat_age_seconds": None if age is None else round(age, 1), "fresh": fresh}})
+                    "worker": {"heartbeat_age_seconds": None if age is None else round(age, 1), "fresh": fresh},
+                    "workers": workers_json(settings(), store(), now())})

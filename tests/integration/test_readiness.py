@@ -49,7 +49,8 @@ def test_ready_with_no_worker_at_all_and_with_a_stale_one(janitor):
     j = janitor()
     answer = j.client.get("/readyz")
     assert answer.status_code == 200, answer.get_json()
-    assert answer.json == {"status": "ready", "worker": {"heartbeat_age_seconds": None, "fresh": False}}
+    assert answer.json == {"status": "ready", "worker": {"heartbeat_age_seconds": None, "fresh": False},
+                           "workers": []}
     j.worker.heartbeat()
     j.clock.advance(heartbeat_limit(j.settings.worker.poll_interval) + 3600)
     answer = j.client.get("/readyz")

@@ -80,7 +80,7 @@ def test_dashboard_lists_scheduled_plans_with_their_due_time_and_a_reject_form(j
     plan_id = scheduled_plan(j, project.path)
 
     html = dashboard(j)
-    row = re.search(rf'<tr data-scheduled-plan="{plan_id}">(.*?)</tr>', html, re.S)
+    row = re.search(rf'<tr data-scheduled-plan="{plan_id}"[^>]*>(.*?)</tr>', html, re.S)
     assert row, "the scheduled plan has a row"
     assert "in 15m" in row.group(1), row.group(1)
     assert f'action="/dashboard/plans/{plan_id}/reject"' in row.group(1) and 'name="csrf"' in row.group(1)
