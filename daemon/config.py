@@ -89,6 +89,12 @@ def _shown(url: str) -> str:
     return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
 
 
+def redact(url: str) -> str:
+    """``url`` (a storage URL or libpq conninfo) with any password in it (``//user:password@``,
+    ``password=...``) replaced by ``***``: what messages and logs print."""
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", r"\1***", _shown(url))
+
+
 def _host_problem(host: str) -> str | None:
     """Why ``host`` (a URL's or ``server.bind``'s, IPv6 in brackets) names no host; None when it does."""
     if host.startswith("[") and host.endswith("]"):
@@ -237,8 +243,29 @@ def _sqlite_problem(url: str) -> str | None:
     return None
 
 
+def _postgres_problem(url: str) -> str | None:
+    """Why ``url`` is no libpq URL (``postgresql://user@host:5432/db?sslmode=verify-full``); None when it is."""
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        return "must not hold white space or control characters (percent-encode them)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number from 0 to 65535)
+    except ValueError as exc:
+        return f"is not a PostgreSQL URL ({exc}): write postgresql://user@host:5432/database"
+    if parts.fragment:
+        return "must not have a #fragment: write options as ?key=value (e.g. ?sslmode=verify-full)"
+    if not parts.path.strip("/"):
+        return "names no database: write postgresql://user@host:5432/database"
+    for option in filter(None, parts.query.split("&")):
+        key, sep, value = option.partition("=")
+        if not sep or not key or not value:
+            return f"option {option!r} is not key=value (e.g. sslmode=verify-full)"
+    return None
+
+
 #: The storage URL schemes (``scheme://...``) and the check of each: the one place a scheme is added.
-STORAGE_SCHEMES: dict[str, Callable[[str], str | None]] = {"sqlite": _sqlite_problem}
+STORAGE_SCHEMES: dict[str, Callable[[str], str | None]] = {
+    "sqlite": _sqlite_problem, "postgresql": _postgres_problem, "postgres": _postgres_problem}
 
 
 def _storage_problem(url: str) -> str | None:
@@ -247,7 +274,7 @@ def _storage_problem(url: str) -> str | None:
     check = STORAGE_SCHEMES.get(scheme) if sep else None
     if check is None:
         return (f"is not a storage URL the janitor knows: use {' or '.join(f'{s}://...' for s in STORAGE_SCHEMES)},"
-                " e.g. sqlite:///data/janitor.db")
+                " e.g. sqlite:///data/janitor.db or postgresql://janitor@db.example.com:5432/janitor")
     return check(url)
 
 
@@ -282,17 +309,45 @@ class RetentionSettings(_Frozen):
 
 class StorageSettings(_Frozen):
     #: ``sqlite:///relative/path.db`` is relative to the config file's folder (the current folder for
-    #: settings that come from no file); ``sqlite:////absolute/path.db``.
+    #: settings that come from no file); ``sqlite:////absolute/path.db``; or PostgreSQL's
+    #: ``postgresql://user@host:5432/database?sslmode=verify-full`` (libpq's options pass through).
     url: str = "sqlite:///data/janitor.db"
+    #: PostgreSQL's password, usually as ``password_file`` (or ``${VAR}`` in the URL): never printed.
+    password: SecretStr | None = None
     retention: RetentionSettings = RetentionSettings()
+
+    _blank = field_validator("password", mode="before")(lambda cls, v: _blank_is_none(v))
 
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
         why = _storage_problem(value)
         if why is not None:
-            raise ValueError(f"{_shown(value)!r} {why}")
+            raise ValueError(f"{redact(value)!r} {why}")
         return value
+
+    @model_validator(mode="after")
+    def _one_password(self) -> StorageSettings:
+        if self.password is None:
+            return self
+        if not self.is_postgres:
+            raise ValueError("password (or password_file) is for a PostgreSQL url; SQLite has none")
+        if urlsplit(self.url).password is not None or "password=" in urlsplit(self.url).query:
+            raise ValueError("the password is given twice: in url and as password (or password_file); keep one")
+        return self
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.url.startswith(("postgresql://", "postgres://"))
+
+    @property
+    def shown_url(self) -> str:
+        """``url`` as messages and logs may print it: a password in it masked."""
+        return redact(self.url)
+
+    @property
+    def password_value(self) -> str | None:
+        return None if self.password is None else self.password.get_secret_value()
 
     @property
     def sqlite_path(self) -> str:

@@ -33,7 +33,7 @@ from daemon.ingest.ci_gate import CiGate, JobVerifier, TagDetailsReader
 from daemon.ingest.inbox import Ingest, ReaderFactory
 from daemon.plan.planning import LiveRefs, Planner, RefLookup
 from daemon.registry.client import UNTAG_LANES, RegistryClient, new_session
-from daemon.registry.ratelimit import Beat, RateLimiter, sleep_beating
+from daemon.registry.ratelimit import Beat, RateLimiter, SharedRateLimiter, sleep_beating
 from daemon.registry.stats import RegistryStats
 from daemon.registry.transport import Observer
 from daemon.store import Store, open_store
@@ -52,7 +52,7 @@ def build_store(settings: Settings, *, create: bool = True) -> Store:
     """The configured store, migrated as needed: created when missing (the daemon's processes), or with
     ``create=False`` only opened (the admin commands: ``StoreMissing`` when there is none, never a new
     empty one)."""
-    return open_store(settings.storage.url, create=create)
+    return open_store(settings.storage.url, create=create, password=settings.storage.password_value)
 
 
 def build_gitlab(settings: Settings, store: Store | None = None) -> GitLabAPI:
@@ -63,12 +63,17 @@ def build_gitlab(settings: Settings, store: Store | None = None) -> GitLabAPI:
 
 def build_registry_client(settings: Settings, session: requests.Session | None = None,
                           observer: Observer | None = None, beat: Beat | None = None,
-                          **options: Any) -> RegistryClient:
+                          store: Store | None = None, **options: Any) -> RegistryClient:
     """One client for the configured registry: one keep-alive session, one rate limiter; project tokens
     go only to a token service on ``gitlab.url``'s host or in ``registry.token_realms``. ``beat`` (the
-    worker's heartbeat) is called on each request and while the client waits (rate limit, retries). It
-    untags in ``UNTAG_LANES`` lanes unless ``untag_lanes`` says otherwise."""
+    worker's heartbeat) is called on each request and while the client waits (rate limit, retries). With
+    ``store`` (the worker's), the rate limit is the registry's bucket in storage, which every worker takes
+    from; without, this process's own. It untags in ``UNTAG_LANES`` lanes unless ``untag_lanes`` says
+    otherwise."""
     reg = settings.registry
+    if store is not None:
+        options.setdefault("limiter", SharedRateLimiter(reg.url, reg.requests_per_second, reg.burst,
+                                                        store.take_rate_token, beat=beat))
     options.setdefault("limiter", RateLimiter(reg.requests_per_second, reg.burst, beat=beat))
     options.setdefault("untag_lanes", UNTAG_LANES)
     if beat is not None:
@@ -79,11 +84,12 @@ def build_registry_client(settings: Settings, session: requests.Session | None =
 
 def build_registries(settings: Settings, session: requests.Session | None = None,
                      observer: Observer | None = None, beat: Beat | None = None,
-                     **options: Any) -> RegistryFactory:
+                     store: Store | None = None, **options: Any) -> RegistryFactory:
     """Per-project views of one registry client; ``observer`` sees every registry answer
-    (``RegistryStats`` counts them for /metrics). None for a project without ``registry_token``.
-    ``options`` go to the client (``timeout``, ``max_retries`` ...)."""
-    client = build_registry_client(settings, session, observer, beat, **options)
+    (``RegistryStats`` counts them for /metrics). None for a project without ``registry_token``. With
+    ``store``, the rate limit is shared with every worker through it. ``options`` go to the client
+    (``timeout``, ``max_retries`` ...)."""
+    client = build_registry_client(settings, session, observer, beat, store, **options)
     deleters: dict[str, GitLabTagDeleter] = {}
 
     def tag_deleter(token: str) -> GitLabTagDeleter | None:
@@ -147,10 +153,11 @@ def build_worker(settings: Settings, store: Store, *, registries: RegistryFactor
     posted through ``gitlab``), catch-up, pruning. Its heartbeat beats as the work progresses: in the executor and
     in the registry client's requests and waits."""
     heartbeat = Heartbeat(store, clock)
-    registries = registries or build_registries(settings, observer=registry_stats, beat=heartbeat.beat)
+    registries = registries or build_registries(settings, observer=registry_stats, beat=heartbeat.beat, store=store)
     ingest = build_ingest(settings, store, registries=registries, clock=clock, ref_lookup=ref_lookup)
     lock = threading.Lock()
-    executor = Executor(settings, store, registries, clock, ingest.planner.live_refs, beat=heartbeat.beat)
+    executor = Executor(settings, store, registries, clock, ingest.planner.live_refs, beat=heartbeat.beat,
+                        working_on=heartbeat.working_on)
     gitlab = gitlab or build_gitlab(settings, store)
     reconciler = build_reconciler(settings, store, ingest, clock=clock, gitlab=gitlab, lock=lock)
     return Worker(settings, store, ingest=ingest, executor=executor,

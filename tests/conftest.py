@@ -16,6 +16,11 @@
   when a test asks for it; fails (never skips) when PostgreSQL is not installed.
 - `pg_url`: the URL of a new, empty database on `postgres` for this test, dropped at teardown
   (`postgres.create_database(name, migrated=True)` makes one with the janitor's tables already in it).
+- `storage_engine`: "sqlite", or in the modules of `BOTH_ENGINES` each test that uses storage runs twice,
+  as `test[sqlite]` and `test[postgresql]` (a test marked `sqlite_only` runs once, on SQLite). The
+  `janitor` factory and `storage_url` follow it.
+- `storage_url()`: the URL of a new store on this test's engine (a file under `tmp_path`, or a new
+  database with the janitor's tables already made, dropped at teardown).
 
 The registry is shared: tests must only touch repositories they own (`unique_repo`, `project`).
 """
@@ -93,10 +98,62 @@ def gitlab(gitlab_session: GitLabStandin) -> Iterator[GitLabStandin]:
     gitlab_session.set_relay(None)  # a stopped target must not hold up the session registry's queue
 
 
+#: Test modules whose storage tests run on both engines (see `storage_engine`).
+BOTH_ENGINES = {"test_store_transactions", "test_merge_story", "test_safety_invariants", "test_counters",
+                "test_retention", "test_triggers", "test_reconcile", "test_webhooks", "test_ci_untag", "test_api",
+                "test_postgres_store"}
+ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only: in a BOTH_ENGINES module, runs on SQLite alone "
+                                       "(it reads the SQLite file itself)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "storage_engine" not in metafunc.fixturenames:
+        return
+    if metafunc.module.__name__.rpartition(".")[2] not in BOTH_ENGINES:
+        return
+    if any("storage_engine" in str(mark.args[0]) for mark in metafunc.definition.iter_markers("parametrize")):
+        return  # the test names its engine itself
+    engines = ["sqlite"] if metafunc.definition.get_closest_marker("sqlite_only") else list(ENGINES)
+    metafunc.parametrize("storage_engine", engines, indirect=True)
+
+
 @pytest.fixture
-def janitor(tmp_path: Path) -> Iterator[Janitors]:
-    """`janitor(projects=None, *, settings=None, clock=None, **sections)` -> a new janitor (`Harness`)."""
-    janitors = Janitors(tmp_path)
+def storage_engine(request: pytest.FixtureRequest) -> str:
+    """The engine this test's stores use: "sqlite" unless parametrized (`BOTH_ENGINES`)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def storage_url(storage_engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[[], str]]:
+    """`storage_url()` -> the URL of a new store on this test's engine."""
+    made: list[str] = []
+    cluster: PostgresCluster | None = request.getfixturevalue("postgres") if storage_engine == "postgresql" else None
+
+    def new() -> str:
+        if cluster is None:
+            path = tmp_path / ("janitor.db" if not made else f"janitor-{len(made) + 1}.db")
+            made.append(str(path))
+            return f"sqlite:///{path}"
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        made.append(name)
+        return cluster.create_database(name, migrated=True)
+
+    yield new
+    if cluster is not None:
+        for name in made:
+            cluster.drop_database(name)
+
+
+@pytest.fixture
+def janitor(tmp_path: Path, storage_engine: str, request: pytest.FixtureRequest) -> Iterator[Janitors]:
+    """`janitor(projects=None, *, settings=None, clock=None, **sections)` -> a new janitor (`Harness`), on
+    this test's storage engine."""
+    new_database = request.getfixturevalue("storage_url") if storage_engine == "postgresql" else None
+    janitors = Janitors(tmp_path, new_database)
     yield janitors
     janitors.close()
 

@@ -150,7 +150,7 @@ def open_janitor(config_path: str | None, url: str | None, token: str | None) ->
             try:
                 janitor = LocalJanitor(settings, build_store(settings, create=False))
             except StoreMissing as exc:
-                raise CommandFailed(f"{exc} (storage.url {settings.storage.url}); run `registry-janitor run` "
+                raise CommandFailed(f"{exc} (storage.url {settings.storage.shown_url}); run `registry-janitor run` "
                                     "first, or point --url at a running janitor", 2) from None
         try:
             yield janitor
@@ -218,6 +218,10 @@ def print_status(snap: dict[str, Any]) -> None:
     click.echo(f"\nworker: {state} (last heartbeat {ago(worker['heartbeat_age_seconds'])}"
                f"{' ago' if worker['heartbeat_age_seconds'] is not None else ''}); queue: {snap['queue']['depth']} "
                f"event(s); in untagged images: {human_bytes(t['untagged_image_bytes'])}")
+    for w in snap.get("workers", []):  # an older janitor's API has no list
+        click.echo(f"  worker {w['id']}: last heartbeat {ago(w['heartbeat_age_seconds'])} ago"
+                   f"{'' if w['fresh'] else ' (STALE)'}, started {w['started_at']}"
+                   f"{'' if w['plan'] is None else ', running plan ' + str(w['plan'])}")
 
 
 def print_plans(found: list[dict[str, Any]], state: str) -> None:

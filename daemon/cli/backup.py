@@ -37,7 +37,7 @@ def backup(config_path: str | None, file: str, force: bool) -> None:
     try:
         store = build_store(settings, create=False)
     except StoreMissing as exc:
-        _fail(f"{exc} (storage.url {settings.storage.url}); nothing to back up", 2)
+        _fail(f"{exc} (storage.url {settings.storage.shown_url}); nothing to back up", 2)
         return
     shown = {"at": -1}
 

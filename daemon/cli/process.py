@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from daemon.cli.admin import online_checks
 from daemon.cli.options import config_option, log_format_option, settings_or_exit, setup_logging
 from daemon.domain.patterns import format_duration
 from daemon.domain.policy import heartbeat_limit
-from daemon.ops.status import ago, worker_heartbeat_age
+from daemon.ops.status import ago, probed_worker
 from daemon.server import serve
 from daemon.store import StoreMissing
 from daemon.wiring import build_store, build_worker_from_config
@@ -32,7 +33,7 @@ def check_config(config_path: str | None, online: bool) -> None:
     """Validate the configuration; every problem is listed with its key path (exit 2). With --online, each
     project's credentials are tried against GitLab and the registry (exit 1 if any fails)."""
     settings = settings_or_exit(config_path)
-    click.echo(f"config OK: {len(settings.projects)} project(s), storage {settings.storage.url}, "
+    click.echo(f"config OK: {len(settings.projects)} project(s), storage {settings.storage.shown_url}, "
                f"registry {settings.registry.url} ({settings.registry.untag_method})")
     for project in settings.projects:
         mode = "dry-run" if project.dry_run else "live"
@@ -66,17 +67,22 @@ def worker(config_path: str | None, log_format: str) -> None:
 
 @click.command("worker-health")
 @config_option
-def worker_health(config_path: str | None) -> None:
+@click.option("--worker-id", default=None, metavar="ID",
+              help="judge this worker (as its log's 'worker ID started' line names it), not the latest one "
+                   "started on this host")
+def worker_health(config_path: str | None, worker_id: str | None) -> None:
     """The worker's probe (its container's livenessProbe): exit 0 when its heartbeat is fresh, 1 when it is
     stale or missing, or the database cannot be read; what was found is printed either way. A working
     worker beats every few seconds however long a tick runs, so a stale heartbeat means a worker that is
-    stuck or gone."""
+    stuck or gone. With several workers, each judges its own: the latest started on this host (the
+    container's, in Kubernetes its pod's hostname), or --worker-id."""
     settings = settings_or_exit(config_path)
     limit = heartbeat_limit(settings.worker.poll_interval)
+    host = socket.gethostname()
     try:
         store = build_store(settings, create=False)
         try:
-            age, fresh = worker_heartbeat_age(settings, store, time.time())
+            age, fresh, judged = probed_worker(settings, store, time.time(), host, worker_id)
         finally:
             store.close()
     except StoreMissing as exc:
@@ -86,11 +92,12 @@ def worker_health(config_path: str | None) -> None:
         click.echo(f"worker-health: the database cannot be read: {exc}; check the data volume")
         sys.exit(1)
     seen = "never" if age is None else f"{ago(age)} ago"
+    who = f" of {judged}" if judged else ""
     if not fresh:
-        click.echo(f"worker-health: STALE: last heartbeat {seen} (limit {int(limit)}s); the worker is stuck or "
-                   "not running: see its log, restart it")
+        click.echo(f"worker-health: STALE: last heartbeat{who} {seen} (limit {int(limit)}s); the worker is stuck "
+                   "or not running: see its log, restart it")
         sys.exit(1)
-    click.echo(f"worker-health: ok: last heartbeat {seen} (limit {int(limit)}s)")
+    click.echo(f"worker-health: ok: last heartbeat{who} {seen} (limit {int(limit)}s)")
 
 
 @click.command("run")
@@ -105,8 +112,8 @@ def run(config_path: str | None, log_format: str) -> None:
     env = {**os.environ, "JANITOR_LOG_FORMAT": log_format.lower()}  # both children log as this one does
     children = {name: subprocess.Popen([sys.executable, "-m", "daemon", name, *args], env=env)
                 for name in ("worker", "web")}
-    log.info("web on http://%s, worker running (pids %s)", settings.server.bind,
-             ", ".join(str(p.pid) for p in children.values()))
+    log.info("web on http://%s, worker running (pids %s), storage %s", settings.server.bind,
+             ", ".join(str(p.pid) for p in children.values()), settings.storage.shown_url)
     stopping = False
 
     def _stop(signum: int, frame: object) -> None:

@@ -7,8 +7,8 @@ atomic statements.
 ``Store`` is assembled from one part per thing stored (the inbox, the ledger, refs and merge requests,
 plans, untags, race repairs, operator requests, reconcile requests, registry request counters, project
 problems, ignored deliveries, notes on merge requests, the key-value table, the running totals that only
-rise and the GitLab request counters), pruning and backups, and the counts that read across them; callers
-see only its methods.
+rise and the GitLab request counters, the workers and what they share), pruning and backups, and the
+counts that read across them; callers see only its methods.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any
 import psycopg
 
 from daemon.store import postgres
-
 from daemon.store.counters import CounterStore
 from daemon.store.counts import CountStore
 from daemon.store.db import ConnectionPool
@@ -38,14 +37,16 @@ from daemon.store.retention import BackupFailed, RetentionStore
 from daemon.store.schema import migrate
 from daemon.store.untags import UntagStore, UntagView
 from daemon.store.values import ValueStore
+from daemon.store.workers import WorkerRow, WorkerStore
 
 __all__ = ["BackupFailed", "IgnoredCount", "InboxEvent", "LatencyHistogram", "MrNote", "MrPlan", "OperatorRequest",
-           "ProjectProblem", "ReconcileRequest", "Store", "StoreMissing", "UntagView", "is_postgres_url", "open_store"]
+           "ProjectProblem", "ReconcileRequest", "Store", "StoreMissing", "UntagView", "WorkerRow",
+           "is_postgres_url", "open_store"]
 
 
 class Store(InboxStore, LedgerStore, RefStore, PlanStore, UntagStore, RepairStore, RequestStore,
             RegistryRequestStore, ProblemStore, ValueStore, CountStore, CounterStore, IgnoredStore,
-            MrNoteStore, ReconcileRequestStore, RetentionStore):
+            MrNoteStore, ReconcileRequestStore, RetentionStore, WorkerStore):
     """The one storage object the web app and the worker are given."""
 
     @property

@@ -39,6 +39,12 @@ class StoreBase:
         claiming are passed over instead of waited for (SQLite has one writer at a time anyway)."""
         return " FOR UPDATE SKIP LOCKED" if self._postgres else ""
 
+    @property
+    def _for_update(self) -> str:
+        """Appended to a ``SELECT`` inside a transaction that decides a write on what it read: on PostgreSQL
+        the rows read stay locked until the transaction ends (on SQLite the write transaction holds them)."""
+        return " FOR UPDATE" if self._postgres else ""
+
     def _greatest(self, *terms: str) -> str:
         """The largest of ``terms`` (SQL expressions), none NULL."""
         return f"{'GREATEST' if self._postgres else 'MAX'}({', '.join(terms)})"

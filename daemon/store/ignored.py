@@ -31,7 +31,7 @@ class IgnoredStore(StoreBase):
         """One more delivery ignored for ``reason``."""
         self._db.execute(
             "INSERT INTO ignored_deliveries (reason, count, last_at, last_project, last_kind)"
-            " VALUES (?, 1, ?, ?, ?) ON CONFLICT(reason) DO UPDATE SET count = count + 1,"
+            " VALUES (?, 1, ?, ?, ?) ON CONFLICT(reason) DO UPDATE SET count = ignored_deliveries.count + 1,"
             " last_at = excluded.last_at, last_project = excluded.last_project, last_kind = excluded.last_kind",
             [reason, now, project_path, kind])
 

@@ -25,6 +25,13 @@ _NOT_PLANNED = "NOT EXISTS (SELECT 1 FROM untags u WHERE u.push_record_id = push
 # TTL queries read partial indexes of unplanned live TTL records instead of every TTL record ever pushed.
 # Plans whose untags have not started: a record found never pushed leaves them.
 _NOT_STARTED = "('scheduled', 'held', 'ready')"
+_MR_REF_PREFIX = "refs/merge-requests/"
+
+
+def _mr_ref(column: str) -> str:
+    """Whether ``column`` is a merge request's own ref, compared as ``str.startswith`` does: case and all
+    (SQLite's ``LIKE`` ignores ASCII case, PostgreSQL's does not)."""
+    return f"substr({column}, 1, {len(_MR_REF_PREFIX)}) = '{_MR_REF_PREFIX}'"
 
 
 class LedgerStore(StoreBase):
@@ -39,8 +46,8 @@ class LedgerStore(StoreBase):
             " ON CONFLICT(project_path, pipeline_id) DO UPDATE SET"
             " status = CASE WHEN pipelines.status IN ('success','failed','canceled','skipped')"
             "   THEN pipelines.status ELSE excluded.status END,"
-            " ref = CASE WHEN pipelines.ref LIKE 'refs/merge-requests/%'"
-            "   AND excluded.ref NOT LIKE 'refs/merge-requests/%' THEN excluded.ref ELSE pipelines.ref END,"
+            f" ref = CASE WHEN {_mr_ref('pipelines.ref')} AND NOT {_mr_ref('excluded.ref')}"
+            "   THEN excluded.ref ELSE pipelines.ref END,"
             " mr_iid = COALESCE(excluded.mr_iid, pipelines.mr_iid),"
             " default_branch = COALESCE(excluded.default_branch, pipelines.default_branch),"
             " source_branch = COALESCE(excluded.source_branch, pipelines.source_branch),"
@@ -52,7 +59,7 @@ class LedgerStore(StoreBase):
             # branch ``refs/merge-requests/<iid>/head`` stands for; the pipeline hook names it, and the
             # records made under the placeholder ref take the branch (branch_deleted must find them).
             self._db.execute("UPDATE push_records SET ref = ? WHERE project_path = ? AND pipeline_id = ?"
-                             " AND ref LIKE 'refs/merge-requests/%'", [p.ref, p.project_path, p.pipeline_id])
+                             f" AND {_mr_ref('ref')}", [p.ref, p.project_path, p.pipeline_id])
 
     def pipeline_source_branch(self, project_path: str, pipeline_id: int) -> str | None:
         """A merge-request pipeline's source branch as its hook named it; None when no hook did."""
@@ -136,9 +143,9 @@ class LedgerStore(StoreBase):
         Returns (id, created)."""
         db = self._db
         cur = db.execute(
-            "INSERT OR IGNORE INTO push_records (project_path, pipeline_id, repository, tag, digest,"
+            "INSERT INTO push_records (project_path, pipeline_id, repository, tag, digest,"
             " lifetime, ttl_seconds, state, source, ref, mr_iid, recorded_at, updated_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
             [project_path, pipeline.pipeline_id, repository, tag, digest, lifetime, ttl_seconds, state,
              source, pipeline.ref, pipeline.mr_iid, now, now])
         row = db.execute("SELECT id, state FROM push_records WHERE project_path = ? AND pipeline_id = ?"
@@ -213,9 +220,10 @@ class LedgerStore(StoreBase):
         p = trigger.project_path
         sql = (f"SELECT {RECORD_COLS} FROM push_records WHERE project_path = ?"
                " AND state IN ('expected', 'confirmed') AND ")
-        if trigger.kind in ("merge_request_merged", "merge_request_closed"):
-            rows = self._db.execute(sql + "mr_iid = ? UNION " + sql + "ref = ?",
-                                    [p, trigger.mr_iid, p, trigger.ref or "\0"])
+        if trigger.kind in ("merge_request_merged", "merge_request_closed") and trigger.ref:
+            rows = self._db.execute(sql + "mr_iid = ? UNION " + sql + "ref = ?", [p, trigger.mr_iid, p, trigger.ref])
+        elif trigger.kind in ("merge_request_merged", "merge_request_closed"):
+            rows = self._db.execute(sql + "mr_iid = ?", [p, trigger.mr_iid])
         elif trigger.kind == "branch_deleted":
             rows = self._db.execute(sql + "ref = ?", [p, trigger.ref])
         elif trigger.kind == "ttl_expired":
@@ -257,11 +265,13 @@ class LedgerStore(StoreBase):
 
     def ttl_projects(self, now: float) -> list[str]:
         # Grouped on +project_path, not DISTINCT: SQLite would otherwise walk a project_path index in
-        # order (every record) rather than the expiry index (the few records due).
+        # order (every record) rather than the expiry index (the few records due). (PostgreSQL has no
+        # unary + on text, nor needs it.)
+        column = "project_path" if self._postgres else "+project_path"
         rows = self._db.execute("SELECT project_path FROM push_records WHERE ttl_seconds IS NOT NULL"
                                 " AND state = 'confirmed' AND recorded_at + ttl_seconds <= ?"
                                 f" AND planned_at IS NULL AND {_NOT_PLANNED}"
-                                " GROUP BY +project_path ORDER BY +project_path", [now])
+                                f" GROUP BY {column} ORDER BY {column}", [now])
         return [r[0] for r in rows]
 
     def unresolved_ci_records(self, limit: int = 100) -> list[PushRecord]:

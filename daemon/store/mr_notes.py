@@ -26,7 +26,7 @@ from daemon.store.base import StoreBase
 #: Plans of merge requests done and not looked at since they last changed: every term is one of the
 #: partial index's (``schema._v10_mr_notes``), so that only those are read.
 _UNCHECKED = ("state = 'done' AND trigger_kind IN ('merge_request_merged', 'merge_request_closed')"
-              " AND mr_iid IS NOT NULL AND mr_note_checked IS NOT updated_at")
+              " AND mr_iid IS NOT NULL AND mr_note_checked IS DISTINCT FROM updated_at")
 _NOTE_COLS = "id, project_path, mr_iid, plan_id, state, attempts, note_id, detail, created_at, updated_at, due_at"
 
 
@@ -98,7 +98,7 @@ class MrNoteStore(StoreBase):
             "UPDATE mr_notes SET state = 'sending', attempts = attempts + 1, lease_until = ?, updated_at = ?"
             " WHERE id IN (SELECT id FROM mr_notes WHERE state IN ('pending', 'sending') AND"
             " ((state = 'pending' AND due_at <= ?) OR (state = 'sending' AND lease_until < ?))"
-            " ORDER BY due_at, id LIMIT ?)"
+            f" ORDER BY due_at, id LIMIT ?{self._skip_locked})"
             " AND ((state = 'pending' AND due_at <= ?) OR (state = 'sending' AND lease_until < ?))"
             f" RETURNING {_NOTE_COLS}",
             [now + lease_seconds, now, now, now, limit, now, now]).fetchall()

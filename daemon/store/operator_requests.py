@@ -52,15 +52,15 @@ class RequestStore(StoreBase):
             raise ValueError(f"unknown request kind {kind!r}")
         db = self._db
         with self.transaction():
+            self._lock_key(f"operator request {kind} {untag_id}")  # two asking at once record one
             row = db.execute(f"SELECT {_REQUEST_COLS} FROM operator_requests WHERE untag_id = ? AND kind = ?"
                              " AND state IN ('pending', 'running') ORDER BY id LIMIT 1",
                              [untag_id, kind]).fetchone()
             if row is not None:
                 return _request(row), False
-            cur = db.execute("INSERT INTO operator_requests (kind, untag_id, state, requested_by,"
-                             " requested_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?)",
-                             [kind, untag_id, who, now, now])
-            request_id = int(cur.lastrowid or 0)
+            request_id = int(db.execute("INSERT INTO operator_requests (kind, untag_id, state, requested_by,"
+                                        " requested_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?) RETURNING id",
+                                        [kind, untag_id, who, now, now]).fetchall()[0][0])
         found = self.get_request(request_id)
         assert found is not None
         return found, True
@@ -94,21 +94,14 @@ class RequestStore(StoreBase):
 
     def claim_requests(self, now: float, lease_seconds: float, limit: int = 20) -> list[OperatorRequest]:
         """Take open requests for this worker: pending ones, and running ones whose lease ran out (a
-        worker died holding them). Each claim is one atomic UPDATE, so two workers never share one."""
-        rows = self._db.execute("SELECT id FROM operator_requests WHERE state = 'pending' OR"
-                                " (state = 'running' AND lease_until < ?) ORDER BY id LIMIT ?",
-                                [now, limit]).fetchall()
-        claimed: list[OperatorRequest] = []
-        for (request_id,) in rows:
-            cur = self._db.execute(
-                "UPDATE operator_requests SET state = 'running', lease_until = ?, updated_at = ? WHERE id = ?"
-                " AND (state = 'pending' OR (state = 'running' AND lease_until < ?))",
-                [now + lease_seconds, now, request_id, now])
-            if cur.rowcount == 1:
-                found = self.get_request(request_id)
-                if found is not None:
-                    claimed.append(found)
-        return claimed
+        worker died holding them). The claim is one atomic UPDATE that checks each row is still open, so
+        two workers never share one."""
+        open_ = "(state = 'pending' OR (state = 'running' AND lease_until < ?))"
+        rows = self._db.execute(
+            f"UPDATE operator_requests SET state = 'running', lease_until = ?, updated_at = ? WHERE {open_}"
+            f" AND id IN (SELECT id FROM operator_requests WHERE {open_} ORDER BY id LIMIT ?{self._skip_locked})"
+            f" RETURNING {_REQUEST_COLS}", [now + lease_seconds, now, now, now, limit]).fetchall()
+        return sorted((_request(r) for r in rows), key=lambda r: r.id)
 
     def finish_request(self, request_id: int, state: str, reason: str | None, now: float) -> None:
         self._db.execute("UPDATE operator_requests SET state = ?, reason = ?, finished_at = ?, updated_at = ?,"

@@ -25,15 +25,17 @@ class PlanStore(StoreBase):
         """One plan per trigger key (a trigger raised twice makes one plan). Returns (id, created)."""
         db = self._db
         with self.transaction():
-            cur = db.execute(
-                "INSERT OR IGNORE INTO plans (project_path, trigger_kind, trigger_key, ref, mr_iid,"
-                " pipeline_id, state, created_at, due_at, updated_at, note) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            # The unique index on the trigger key decides between two workers planning one trigger at once.
+            made = db.execute(
+                "INSERT INTO plans (project_path, trigger_kind, trigger_key, ref, mr_iid, pipeline_id, state,"
+                " created_at, due_at, updated_at, note) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING"
+                " RETURNING id",
                 [trigger.project_path, trigger.kind, trigger.key, trigger.ref, trigger.mr_iid,
-                 trigger.pipeline_id, state, now, due_at, now, note])
-            if cur.rowcount != 1:
+                 trigger.pipeline_id, state, now, due_at, now, note]).fetchall()  # all: SQLite ends the statement
+            if not made:
                 row = db.execute("SELECT id FROM plans WHERE trigger_key = ?", [trigger.key]).fetchone()
                 return int(row[0]), False
-            plan_id = int(cur.lastrowid or 0)
+            plan_id = int(made[0][0])
             self._insert_untags(plan_id, trigger.project_path, decisions, now)
             return plan_id, True
 
@@ -42,7 +44,10 @@ class PlanStore(StoreBase):
         made), while it has not started. Returns how many joined; 0 when it is too late to join."""
         db = self._db
         with self.transaction():
-            row = db.execute("SELECT project_path, state FROM plans WHERE id = ?", [plan_id]).fetchone()
+            # Locked on PostgreSQL until the transaction ends: a worker's claim waits, never runs a plan
+            # while untags join it.
+            row = db.execute(f"SELECT project_path, state FROM plans WHERE id = ?{self._for_update}",
+                             [plan_id]).fetchone()
             if row is None or row[1] not in ("scheduled", "held"):
                 return 0
             held = {(r[0], r[1]) for r in db.execute("SELECT repository, tag FROM untags WHERE plan_id = ?",
@@ -129,8 +134,8 @@ class PlanStore(StoreBase):
         """Extend the lease of a plan ``holder`` runs; False when the plan is no longer held by it (another
         worker took it over, or it is not running any more)."""
         cur = self._db.execute(
-            "UPDATE plans SET lease_until = MAX(COALESCE(lease_until, 0), ?) WHERE id = ? AND state = 'running'"
-            " AND lease_holder = ?", [now + lease_seconds, plan_id, holder])
+            f"UPDATE plans SET lease_until = {self._greatest('COALESCE(lease_until, 0)', '?')} WHERE id = ?"
+            " AND state = 'running' AND lease_holder = ?", [now + lease_seconds, plan_id, holder])
         return cur.rowcount == 1
 
     def running_plan_holders(self) -> list[tuple[int, str]]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -33,6 +32,7 @@ import psycopg_pool
 from psycopg import pq
 from psycopg.adapt import Loader
 
+from daemon import config
 from daemon.store.schema_postgres import MIGRATIONS
 
 # Any constant no other application on the database is likely to take: "janitor\0" as 8 bytes.
@@ -199,8 +199,7 @@ def _connect_kwargs(password: str | None, connect_timeout: float, application_na
 
 def redact(url: str) -> str:
     """``url`` with any password in it replaced by ``***``, for messages and logs."""
-    url = re.sub(r"^(postgres(?:ql)?://[^:/@?]*):[^@/?]*@", r"\1:***@", url)
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", r"\1***", url)
+    return config.redact(url)
 
 
 class ConnectionPool:

@@ -54,13 +54,15 @@ class ReconcileRequestStore(StoreBase):
         returned (asking twice is asking once). Returns (request, created)."""
         db = self._db
         with self.transaction():
-            row = db.execute(f"SELECT {_COLS} FROM reconcile_requests WHERE project_path IS ? AND state IN"
+            self._lock_key(f"reconcile request {project_path!r}")  # two asking at once record one
+            row = db.execute(f"SELECT {_COLS} FROM reconcile_requests WHERE project_path IS NOT DISTINCT FROM ?"
+                             " AND state IN"
                              " ('pending', 'running') ORDER BY id LIMIT 1", [project_path]).fetchone()
             if row is not None:
                 return _reconcile_request(row), False
-            cur = db.execute("INSERT INTO reconcile_requests (project_path, state, requested_by, requested_at,"
-                             " updated_at) VALUES (?, 'pending', ?, ?, ?)", [project_path, who, now, now])
-            request_id = int(cur.lastrowid or 0)
+            request_id = int(db.execute("INSERT INTO reconcile_requests (project_path, state, requested_by,"
+                                        " requested_at, updated_at) VALUES (?, 'pending', ?, ?, ?) RETURNING id",
+                                        [project_path, who, now, now]).fetchall()[0][0])
         found = self.get_reconcile_request(request_id)
         assert found is not None
         return found, True
@@ -72,15 +74,11 @@ class ReconcileRequestStore(StoreBase):
     def claim_reconcile_request(self, now: float, lease_seconds: float) -> ReconcileRequest | None:
         """Take the oldest open request for this worker: a pending one, or a running one whose lease ran
         out (a worker died running it). One atomic UPDATE each, so two workers never take the same one."""
-        rows = self._db.execute(f"SELECT id FROM reconcile_requests WHERE {_OPEN} ORDER BY id LIMIT 5",
-                                [now]).fetchall()
-        for (request_id,) in rows:
-            cur = self._db.execute(f"UPDATE reconcile_requests SET state = 'running', lease_until = ?,"
-                                   f" updated_at = ? WHERE id = ? AND ({_OPEN})",
-                                   [now + lease_seconds, now, request_id, now])
-            if cur.rowcount == 1:
-                return self.get_reconcile_request(request_id)
-        return None
+        rows = self._db.execute(
+            f"UPDATE reconcile_requests SET state = 'running', lease_until = ?, updated_at = ? WHERE ({_OPEN})"
+            f" AND id = (SELECT id FROM reconcile_requests WHERE {_OPEN} ORDER BY id LIMIT 1{self._skip_locked})"
+            f" RETURNING {_COLS}", [now + lease_seconds, now, now, now]).fetchall()
+        return _reconcile_request(rows[0]) if rows else None
 
     def renew_reconcile_request(self, request_id: int, until: float, now: float) -> None:
         """Keep the lease of a request this worker is still running."""

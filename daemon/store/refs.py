@@ -59,7 +59,8 @@ class RefStore(StoreBase):
         """Merged or closed MRs a pipeline belongs to (by iid, or as a branch pipeline of the MR's source
         branch in this project): (iid, state, source branch or None for a fork's MR)."""
         rows = self._db.execute(
-            "SELECT iid, state, source_branch, COALESCE(source_project_id = target_project_id, 1)"
+            "SELECT iid, state, source_branch, CASE WHEN source_project_id IS NULL OR target_project_id IS NULL"
+            " OR source_project_id = target_project_id THEN 1 ELSE 0 END"
             " FROM merge_requests WHERE project_path = ? AND state IN ('merged', 'closed')"
             " AND (iid = ? OR source_branch = ?)", [project_path, iid, ref]).fetchall()
         return [(int(r[0]), str(r[1]), str(r[2]) if r[3] else None) for r in rows

@@ -60,11 +60,12 @@ class RegistryRequestStore(StoreBase):
         with self.transaction():
             for (name, code), (n, seconds) in counts.items():
                 db.execute(f"INSERT INTO {table} ({key}, code, count, seconds_sum) VALUES (?,?,?,?)"
-                           f" ON CONFLICT({key}, code) DO UPDATE SET count = count + excluded.count,"
-                           " seconds_sum = seconds_sum + excluded.seconds_sum", [name, code, n, seconds])
+                           f" ON CONFLICT({key}, code) DO UPDATE SET count = {table}.count + excluded.count,"
+                           f" seconds_sum = {table}.seconds_sum + excluded.seconds_sum", [name, code, n, seconds])
             for (name, le), n in buckets.items():
                 db.execute(f"INSERT INTO {bucket_table} ({key}, le, count) VALUES (?,?,?)"
-                           f" ON CONFLICT({key}, le) DO UPDATE SET count = count + excluded.count", [name, le, n])
+                           f" ON CONFLICT({key}, le) DO UPDATE SET count = {bucket_table}.count + excluded.count",
+                           [name, le, n])
 
     def _request_counts(self, service: str) -> list[tuple[str, int, int]]:
         table, _, key = _TABLES[service]

@@ -14,8 +14,8 @@ class RepairStore(StoreBase):
     def add_repair(self, untag_id: int, repository: str, tag: str, digest: str, seen_at: float,
                    now: float) -> bool:
         cur = self._db.execute(
-            "INSERT OR IGNORE INTO repairs (untag_id, repository, tag, digest, seen_at, state, created_at)"
-            " VALUES (?,?,?,?,?,'pending',?)", [untag_id, repository, tag, digest, seen_at, now])
+            "INSERT INTO repairs (untag_id, repository, tag, digest, seen_at, state, created_at)"
+            " VALUES (?,?,?,?,?,'pending',?) ON CONFLICT DO NOTHING", [untag_id, repository, tag, digest, seen_at, now])
         return cur.rowcount == 1
 
     def pending_repairs(self, limit: int = 50) -> list[tuple[int, int, str, str, str, str]]:

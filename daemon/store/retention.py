@@ -1,7 +1,8 @@
 """Pruning: what the janitor no longer needs leaves storage, one small batch (one transaction) at a time,
 and ``backup_to``: a consistent copy of the live database.
 
-Each ``prune_*`` walks its table from the oldest rows upward (ids, or rowids, are in order of arrival),
+Each ``prune_*`` walks its table from the oldest rows upward (ids, or SQLite's rowids, are in order of
+arrival; on PostgreSQL the tables without an id, pipelines and refs, are swept by their condition instead),
 from ``after`` (0 for a new pass) over at most ``limit`` rows, and deletes those of them that are due and
 that nothing can still need. It returns what it deleted and where the next batch starts: None when the
 pass reached rows too new to be due (start again from 0 next time). No index is added for this: the
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.store.base import StoreBase
+from daemon.store.db import ConnectionPool as SqlitePool
 from daemon.store.rows import marks
 from daemon.store.untags import image_bytes
 
@@ -48,13 +50,14 @@ _FINISHED_PLANS = "('done', 'cancelled', 'dry_run')"
 _FINISHED_PIPELINES = "('success', 'failed', 'canceled', 'skipped')"
 # A finished plan something may still need: an untag pending, failed (retry), recently finished or
 # restored, with an open restore/retry request or a pending race repair; a merge request's note unsettled.
+# Its two parameters are both the cutoff.
 _PLAN_NEEDED = (
     "EXISTS (SELECT 1 FROM untags u WHERE u.plan_id = p.id AND (u.outcome IN ('pending', 'failed')"
-    " OR COALESCE(u.finished_at, 0) >= :before OR COALESCE(u.restored_at, 0) >= :before"
+    " OR COALESCE(u.finished_at, 0) >= ? OR COALESCE(u.restored_at, 0) >= ?"
     " OR EXISTS (SELECT 1 FROM operator_requests o WHERE o.untag_id = u.id AND o.state IN ('pending', 'running'))"
     " OR EXISTS (SELECT 1 FROM repairs x WHERE x.untag_id = u.id AND x.state = 'pending')))"
     " OR (p.state = 'done' AND p.trigger_kind IN ('merge_request_merged', 'merge_request_closed')"
-    " AND p.mr_iid IS NOT NULL AND p.mr_note_checked IS NOT p.updated_at)"
+    " AND p.mr_iid IS NOT NULL AND p.mr_note_checked IS DISTINCT FROM p.updated_at)"
     " OR EXISTS (SELECT 1 FROM mr_notes n WHERE n.project_path = p.project_path AND n.mr_iid = p.mr_iid"
     " AND n.plan_id = p.id AND n.state IN ('pending', 'sending'))"
 )
@@ -110,9 +113,8 @@ class RetentionStore(StoreBase):
         def delete(low: int, high: int) -> dict[str, int]:
             db = self._db
             ids = [int(r[0]) for r in db.execute(
-                f"SELECT p.id FROM plans p WHERE p.id > :low AND p.id <= :high AND p.state IN {_FINISHED_PLANS}"
-                f" AND p.updated_at < :before AND NOT ({_PLAN_NEEDED})",
-                {"low": low, "high": high, "before": before})]
+                f"SELECT p.id FROM plans p WHERE p.id > ? AND p.id <= ? AND p.state IN {_FINISHED_PLANS}"
+                f" AND p.updated_at < ? AND NOT ({_PLAN_NEEDED})", [low, high, before, before, before])]
             if not ids:
                 return {}
             self._keep_image_bytes(ids)
@@ -146,7 +148,7 @@ class RetentionStore(StoreBase):
             if blobs:
                 db.execute("INSERT INTO counters (name, project_path, label, value) VALUES"
                            " ('image_bytes_pruned', ?, '', ?) ON CONFLICT (name, project_path, label)"
-                           " DO UPDATE SET value = value + excluded.value", [project, sum(blobs.values())])
+                           " DO UPDATE SET value = counters.value + excluded.value", [project, sum(blobs.values())])
 
     # the ledger ------------------------------------------------------------------------------------
     def prune_push_records(self, after: int, before: float, limit: int) -> Batch:
@@ -162,6 +164,14 @@ class RetentionStore(StoreBase):
     def prune_pipelines(self, after: int, before: float, limit: int) -> Batch:
         """Finished pipelines last heard of before ``before`` that no push record names; each project's
         newest pipeline naming its default branch stays (``default_branch`` reads it)."""
+        if self._postgres:
+            return self._sweep(
+                "pipelines", f"status IN {_FINISHED_PIPELINES} AND updated_at < ? AND (default_branch IS NULL OR"
+                " EXISTS (SELECT 1 FROM pipelines n WHERE n.project_path = pipelines.project_path AND"
+                " n.default_branch IS NOT NULL AND n.pipeline_id > pipelines.pipeline_id)) AND NOT EXISTS"
+                " (SELECT 1 FROM push_records r WHERE r.project_path = pipelines.project_path AND r.pipeline_id ="
+                " pipelines.pipeline_id)", before, after, limit)
+
         def delete(low: int, high: int) -> dict[str, int]:
             db = self._db
             projects = [str(r[0]) for r in db.execute(
@@ -180,6 +190,11 @@ class RetentionStore(StoreBase):
 
     def prune_refs(self, after: int, before: float, limit: int) -> Batch:
         """Branches deleted before ``before`` that no push record names (an unknown ref is asked of GitLab)."""
+        if self._postgres:
+            return self._sweep(
+                "refs", "live = 0 AND COALESCE(deleted_at, updated_at) < ? AND NOT EXISTS (SELECT 1 FROM"
+                " push_records r WHERE r.project_path = refs.project_path AND r.ref = refs.ref)", before, after, limit)
+
         def delete(low: int, high: int) -> dict[str, int]:
             cur = self._db.execute(
                 "DELETE FROM refs WHERE rowid > ? AND rowid <= ? AND live = 0 AND COALESCE(deleted_at,"
@@ -187,6 +202,15 @@ class RetentionStore(StoreBase):
                 " refs.project_path AND r.ref = refs.ref)", [low, high, before])
             return {"refs": cur.rowcount}
         return self._walk("refs", "rowid", "NULL", after, before, limit, delete)
+
+    def _sweep(self, table: str, due: str, before: float, after: int, limit: int) -> Batch:
+        """On PostgreSQL, for a table without an id to walk (``rowid`` is SQLite's): delete at most ``limit``
+        of the rows for which ``due`` (with the cutoff as its one parameter) holds; the pass goes on
+        (``after`` + 1) while a batch was full."""
+        with self.transaction():
+            gone = self._db.execute(f"DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} WHERE {due}"
+                                    " LIMIT ?)", [before, limit]).rowcount
+        return {table: gone}, after + 1 if gone >= limit else None
 
     def prune_observations(self, after: int, before: float, limit: int) -> Batch:
         def delete(low: int, high: int) -> dict[str, int]:
@@ -203,6 +227,8 @@ class RetentionStore(StoreBase):
         copy (``quick_check``) and only then put it in place. Returns the copy's size in bytes, its schema
         version and the check's answer ('ok' when sound). ``FileExistsError`` when ``target`` exists and
         ``overwrite`` is not given; ``BackupFailed`` when the copy could not be made or is not sound."""
+        if not isinstance(self._pool, SqlitePool):
+            raise BackupFailed("backup copies an SQLite store; back up PostgreSQL with pg_dump -Fc")
         path = Path(target)
         if path.exists() and not overwrite:
             raise FileExistsError(target)

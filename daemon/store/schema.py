@@ -339,11 +339,24 @@ def _v18_lean_inbox(db: sqlite_utils.Database) -> None:
     db.execute("DROP INDEX IF EXISTS idx_inbox_project_path_kind_received_at")
 
 
+def _v19_workers(db: sqlite_utils.Database) -> None:
+    # Several workers on one database: a row per worker process (its heartbeat and the plan it runs), the
+    # registry's token bucket shared by all of them, and the budget each running plan holds.
+    db.execute("CREATE TABLE workers (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,"
+               " started_at REAL NOT NULL, beat_at REAL NOT NULL, plan_id INTEGER)")
+    db.execute("CREATE INDEX idx_workers_beat_at ON workers(beat_at)")
+    db.execute("CREATE TABLE rate_buckets (name TEXT PRIMARY KEY, tokens REAL NOT NULL, updated_at REAL NOT NULL)")
+    db.execute("CREATE TABLE budget_holds (project_path TEXT NOT NULL, plan_id INTEGER NOT NULL, holder TEXT NOT NULL,"
+               " count INTEGER NOT NULL, held_at REAL NOT NULL, PRIMARY KEY (project_path, plan_id))")
+    db.execute("CREATE INDEX idx_budget_holds_plan_id ON budget_holds(plan_id)")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2_ci_records, _v3_race_repair, _v4_operations, _v5_untags_by_record, _v6_ttl_expiry,
     _v7_open_merge_requests, _v8_project_problems, _v9_delivery_keys, _v10_mr_notes,
     _v11_triggers_from_state, _v12_plan_holders, _v13_unusable_events, _v14_reconcile_requests,
     _v15_plan_rejections, _v16_counters, _v17_last_events, _v18_lean_inbox,
+    _v19_workers,
 ]
 
 

@@ -350,4 +350,30 @@ MIGRATIONS: list[str] = [
     _V1_TABLES + _counting_triggers(),
     # schema.py's _v18_lean_inbox: webhook health reads the counter rows, not this index.
     "DROP INDEX IF EXISTS idx_inbox_project_path_kind_received_at;",
+    # schema.py's _v19_workers: the workers, the registry's shared token bucket, the budgets running plans hold.
+    """
+CREATE TABLE workers (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    host TEXT COLLATE "C" NOT NULL,
+    pid BIGINT NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    beat_at DOUBLE PRECISION NOT NULL,
+    plan_id BIGINT
+);
+CREATE INDEX idx_workers_beat_at ON workers (beat_at);
+CREATE TABLE rate_buckets (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    tokens DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE budget_holds (
+    project_path TEXT COLLATE "C" NOT NULL,
+    plan_id BIGINT NOT NULL,
+    holder TEXT COLLATE "C" NOT NULL,
+    count BIGINT NOT NULL,
+    held_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (project_path, plan_id)
+);
+CREATE INDEX idx_budget_holds_plan_id ON budget_holds (plan_id);
+""",
 ]

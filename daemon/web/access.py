@@ -59,7 +59,8 @@ def _logged(response: Response) -> Response:
     level = logging.DEBUG if request.path in PROBES else logging.INFO
     if log.isEnabledFor(level):
         path = request.path[:MAX_PATH_CHARS]
-        outcome, fields = g.get("access_outcome") or ("", {})
+        noted: tuple[str, dict[str, str | None]] | None = g.get("access_outcome")
+        outcome, fields = noted if noted is not None else ("", {})
         log.log(level, "%s %s %s%s", request.method, path, response.status_code, f": {outcome}" if outcome else "",
                 extra={**fields, "request_id": request_id(), "method": request.method, "path": path,
                        "status": response.status_code, "duration_ms": duration, "remote": request.remote_addr,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -26,8 +25,8 @@ class Boom(Exception):
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(f"sqlite:///{tmp_path / 'janitor.db'}")
+def store(storage_url: Callable[[], str]) -> Iterator[Store]:
+    opened = open_store(storage_url())
     yield opened
     opened.close()
 
@@ -87,9 +86,9 @@ PROJECT = "grp/app"
 
 
 def test_an_inbox_event_failing_half_way_leaves_no_writes_and_is_marked_processed_with_its_error(
-        tmp_path: Path, payload: Callable[[str], Any], monkeypatch: pytest.MonkeyPatch) -> None:
+        storage_url: Callable[[], str], payload: Callable[[str], Any], monkeypatch: pytest.MonkeyPatch) -> None:
     settings = settings_from_dict({
-        "storage": {"url": f"sqlite:///{tmp_path / 'janitor.db'}"},
+        "storage": {"url": storage_url()},
         "projects": [{"path": PROJECT, "webhook_secret": "s",
                       "tags": [{"pattern": "mr-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"}]}],
     }, environ={})

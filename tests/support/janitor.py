@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,20 +173,29 @@ class Janitors:
 
     Settings come from ``projects`` and ``sections`` as `make_settings` reads them, or whole as
     ``settings`` (e.g. loaded from a config file the CLI reads too). The database is the one a
-    ``storage`` section or ``settings`` name; else the first janitor keeps it in ``directory`` itself
-    (``directory/janitor.db``) and each further one in a directory of its own. ``close`` closes every
-    store made.
+    ``storage`` section or ``settings`` name; else, on SQLite, the first janitor keeps it in ``directory``
+    itself (``directory/janitor.db``) and each further one in a directory of its own; with ``new_database``
+    (PostgreSQL: it answers the URL of a new database each time) each janitor gets a database of its own.
+    ``close`` closes every store made.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, new_database: Callable[[], str] | None = None) -> None:
         self.directory = directory
+        self.new_database = new_database
         self.made: list[Harness] = []
         self._directories = 0
+
+    @property
+    def engine(self) -> str:
+        """The engine the janitors made without a ``storage`` section use: ``sqlite`` or ``postgresql``."""
+        return "sqlite" if self.new_database is None else "postgresql"
 
     def __call__(self, projects: list[dict[str, Any]] | None = None, *, settings: Settings | None = None,
                  clock: Clock | None = None, **sections: Any) -> Harness:
         directory: Path | None = None
         if settings is None:
+            if "storage" not in sections and self.new_database is not None:
+                sections = {**sections, "storage": {"url": self.new_database()}}
             settings = make_settings(projects, **sections)
             if "storage" not in sections:
                 directory = self._new_directory()

@@ -322,11 +322,26 @@ def test_binds_gunicorn_listens_on_are_accepted(bind):
     assert settings_from_dict({"server": {"bind": bind}}, environ={}).server.bind == bind
 
 
-@pytest.mark.parametrize("url", ["postgres://db/janitor", "sqlite://janitor.db", "sqlite:///", "sqlite:///data/",
+@pytest.mark.parametrize("url", ["mysql://db/janitor", "sqlite://janitor.db", "sqlite:///", "sqlite:///data/",
                                  "data/janitor.db", "SQLITE:///x.db"])
 def test_a_storage_url_the_janitor_cannot_open_is_an_error(url):
     [problem] = _problems({"storage": {"url": url}})
     assert problem.startswith(f"storage.url: {url!r} ") and "sqlite:///" in problem, problem
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("postgresql://db", "names no database"), ("postgres://db:port/j", "is not a PostgreSQL URL"),
+    ("postgresql://db/j#x", "#fragment"), ("postgresql://db/j?sslmode", "is not key=value"),
+    ("postgresql://db/j x", "white space"),
+])
+def test_a_postgresql_url_the_janitor_cannot_use_is_an_error_saying_what_to_write(url, why):
+    [problem] = _problems({"storage": {"url": url}})
+    assert problem.startswith("storage.url: ") and why in problem, problem
+
+
+def test_a_postgresql_url_is_a_storage_url():
+    settings = settings_from_dict({"storage": {"url": "postgres://j@db:5432/j?sslmode=verify-full"}}, environ={})
+    assert settings.storage.is_postgres and settings.storage.password_value is None
 
 
 @pytest.mark.parametrize("name", ["https://registry.example.com", "registry.example.com/v2", "reg istry",
@@ -448,5 +463,6 @@ def test_a_relative_sqlite_path_is_relative_to_the_config_files_folder(tmp_path,
 
 
 def test_storage_schemes_are_checked_in_one_table():
-    assert set(STORAGE_SCHEMES) == {"sqlite"}
+    assert set(STORAGE_SCHEMES) == {"sqlite", "postgresql", "postgres"}
     assert STORAGE_SCHEMES["sqlite"]("sqlite:///data/janitor.db") is None
+    assert STORAGE_SCHEMES["postgresql"]("postgresql://j@db:5432/janitor?sslmode=verify-full") is None
