@@ -156,10 +156,19 @@ SCHEMAS: dict[str, Any] = {
                 "last_kind": STR_OR_NULL}}},
         "worker": {"type": "object", "properties": {"heartbeat_age_seconds": {"type": ["number", "null"]},
                                                     "fresh": {"type": "boolean"}}},
+        "workers": _ref("Workers"),
         "dry_run_projects": {"type": "array", "items": {"type": "string"}},
         "misconfigured_projects": {"type": "array", "items": {"type": "string"}},
         "stuck_pipelines": _ref("StuckPipelines"),
         "unusable_events": _ref("UnusableEvents")}},
+    "Workers": {
+        "type": "array", "description": "every worker heard from in the last 10 minutes, the latest started first",
+        "items": {"type": "object", "required": ["id", "host", "pid", "started_at", "heartbeat_age_seconds", "fresh",
+                                                 "plan"],
+                  "properties": {"id": {"type": "string", "description": "host:pid:run"},
+                                 "host": {"type": "string"}, "pid": {"type": "integer"}, "started_at": TIME,
+                                 "heartbeat_age_seconds": {"type": "number"}, "fresh": {"type": "boolean"},
+                                 "plan": {"type": ["integer", "null"], "description": "the plan it runs now"}}}},
     "UnusableEvents": {
         "type": "object", "required": ["count", "events"],
         "description": "stored events the worker could not apply and set aside, so that the events after them"
@@ -370,10 +379,11 @@ def _paths() -> dict[str, Any]:
                           **ADMIN_ERRORS}}},
         "/healthz": {"get": {"summary": "Liveness", "operationId": "getLiveness", "security": [],
                              "responses": {"200": _json({"type": "object"}, "alive")}}},
-        "/readyz": {"get": {"summary": "Readiness: this web can store events (the worker's heartbeat is reported, "
-                                       "not judged: the worker has its own probe)",
+        "/readyz": {"get": {"summary": "Readiness: this web can store events (the newest heartbeat and every live "
+                                       "worker are reported, not judged: each worker has its own probe)",
                              "operationId": "getReadiness", "security": [],
-                            "responses": {"200": _json({"type": "object"}, "ready"),
+                            "responses": {"200": _json({"type": "object", "properties": {
+                                "status": {"type": "string"}, "workers": _ref("Workers")}}, "ready"),
                                           "503": _error("storage_unavailable: events cannot be stored")}}},
         "/dashboard": {"get": {
             "summary": "The operators' page (HTML)", "operationId": "getDashboard", "security": ADMIN,
