@@ -20,7 +20,7 @@ from typing import Any
 import requests
 from flask import Flask
 
-from daemon.config import ProjectSettings, Settings
+from daemon.config import ProjectSettings, Settings, StorageSettings
 from daemon.execute.executor import Executor, ProjectRegistryLike, RegistryFactory
 from daemon.execute.notes import MrNotes
 from daemon.execute.repair import RaceRepair
@@ -53,6 +53,12 @@ def build_store(settings: Settings, *, create: bool = True) -> Store:
     ``create=False`` only opened (the admin commands: ``StoreMissing`` when there is none, never a new
     empty one)."""
     return open_store(settings.storage.url, create=create, password=settings.storage.password_value)
+
+
+def build_storage(storage: StorageSettings, *, create: bool = True) -> Store:
+    """The store one storage section names, with no other settings (``migrate-store``'s two databases):
+    as ``build_store`` opens it."""
+    return open_store(storage.url, create=create, password=storage.password_value)
 
 
 def build_gitlab(settings: Settings, store: Store | None = None) -> GitLabAPI:

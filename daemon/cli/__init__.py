@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from daemon.cli import admin, backup, ci, hooks, process
+from daemon.cli import admin, backup, ci, hooks, migrate, process
 from daemon.demo.story import demo
 
 
@@ -19,5 +19,6 @@ def main() -> None:
     """Untag exactly the image tags a GitLab pipeline pushed, once their reason to exist ends."""
 
 
-for command in (*process.COMMANDS, ci.ci, *admin.COMMANDS, hooks.hooks, hooks.reconcile, *backup.COMMANDS, demo):
+for command in (*process.COMMANDS, ci.ci, *admin.COMMANDS, hooks.hooks, hooks.reconcile, *backup.COMMANDS,
+                *migrate.COMMANDS, demo):
     main.add_command(command)

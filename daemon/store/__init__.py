@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 
 from daemon.store import postgres
+from daemon.store.copy import CopyFailed, CopyRefused, copy_store
 from daemon.store.counters import CounterStore
 from daemon.store.counts import CountStore
 from daemon.store.db import ConnectionPool
@@ -39,9 +40,9 @@ from daemon.store.untags import UntagStore, UntagView
 from daemon.store.values import ValueStore
 from daemon.store.workers import WorkerRow, WorkerStore
 
-__all__ = ["BackupFailed", "IgnoredCount", "InboxEvent", "LatencyHistogram", "MrNote", "MrPlan", "OperatorRequest",
-           "ProjectProblem", "ReconcileRequest", "Store", "StoreMissing", "UntagView", "WorkerRow",
-           "is_postgres_url", "open_store"]
+__all__ = ["BackupFailed", "CopyFailed", "CopyRefused", "IgnoredCount", "InboxEvent", "LatencyHistogram", "MrNote",
+           "MrPlan", "OperatorRequest", "ProjectProblem", "ReconcileRequest", "Store", "StoreMissing", "UntagView",
+           "WorkerRow", "copy_store", "is_postgres_url", "open_store"]
 
 
 class Store(InboxStore, LedgerStore, RefStore, PlanStore, UntagStore, RepairStore, RequestStore,
