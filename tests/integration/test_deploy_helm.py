@@ -3,7 +3,8 @@
 Rendered and linted with Helm's own engine (helm-python-sdk binds Helm v4's Go code, no helm binary),
 every rendered object checked against the Kubernetes API schemas that kubernetes-validate ships, then
 the promises the chart makes read off the objects: one pod, Recreate, probes on /healthz and /readyz and
-the worker's own (`registry-janitor worker-health`),
+the worker's own (`registry-janitor worker-health`); with PostgreSQL, web and worker Deployments of any size
+with their PodDisruptionBudgets, and several replicas on SQLite refused;
 a non-root read-only container with only /data and /tmp writable, and a config that holds no secret.
 """
 
@@ -909,3 +910,195 @@ def test_chart_has_an_icon(helm: Any) -> None:
     assert (CHART / "icon.svg").read_text().lstrip().startswith("<svg")
     report = helm.lint(CHART, None, strict=True, namespace=NAMESPACE)
     assert not [m for m in report["messages"] if "icon" in m["error"]], report["messages"]
+
+
+# --- several nodes: PostgreSQL, web and worker Deployments, PodDisruptionBudgets ---------------------------
+
+PG_URL = "postgresql://janitor@db.example.org:5432/janitor?sslmode=verify-full"
+SQLITE_REFUSAL = "SQLite is one file on one volume: several replicas need storage.url: postgresql://"
+PASSWORD_FILE = "/run/secrets/registry-janitor/postgresql-password"
+SCALED: dict[str, Any] = {
+    "config": {"storage": {"url": PG_URL}},
+    "web": {"replicaCount": 3},
+    "worker": {"replicaCount": 2},
+    "storage": {"existingSecret": "janitor-db", "passwordKey": "pgpass"},
+}
+
+
+def by_name(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+
+
+def pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def chart_without_schema(tmp_path: Path) -> Path:
+    """The chart as `helm install --skip-schema-validation` sees it."""
+    chart = tmp_path / "registry-janitor"
+    shutil.copytree(CHART, chart)
+    (chart / "values.schema.json").unlink()
+    return chart
+
+
+@pytest.mark.parametrize("values", [{"replicaCount": 2}, {"web": {"replicaCount": 2}}, {"worker": {"replicaCount": 3}}])
+def test_sqlite_refuses_several_replicas_and_says_why(helm: Any, tmp_path: Path, values: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmValuesError, match=re.escape(SQLITE_REFUSAL)):
+        render_files(helm, values)
+    with pytest.raises(helm.HelmRenderError, match=re.escape(SQLITE_REFUSAL)):
+        render_files(helm, values, chart_dir=chart_without_schema(tmp_path))
+    # the same count with PostgreSQL renders
+    render_files(helm, {**values, "config": {"storage": {"url": PG_URL}}})
+
+
+def test_sqlite_refuses_a_postgresql_password_secret(helm: Any, tmp_path: Path) -> None:
+    values = {"storage": {"existingSecret": "janitor-db"}}
+    with pytest.raises(helm.HelmValuesError, match="SQLite, which has none"):
+        render_files(helm, values)
+    with pytest.raises(helm.HelmRenderError, match="SQLite, which has none"):
+        render_files(helm, values, chart_dir=chart_without_schema(tmp_path))
+
+
+def test_postgresql_runs_web_and_workers_as_deployments_of_their_own(helm: Any, tmp_path: Path) -> None:
+    objects = render(helm, SCALED)
+    assert kinds(objects) == {"ConfigMap", "Deployment", "PodDisruptionBudget", "Secret", "Service", "ServiceAccount"}
+    assert PVC not in kinds(objects), "PostgreSQL holds the state: no volume to share"
+    deployments = by_name(objects, "Deployment")
+    assert set(deployments) == {f"{FULLNAME}-web", f"{FULLNAME}-worker"}
+    web_deploy, worker_deploy = deployments[f"{FULLNAME}-web"], deployments[f"{FULLNAME}-worker"]
+
+    for deployment, replicas in ((web_deploy, 3), (worker_deploy, 2)):
+        spec = deployment["spec"]
+        assert spec["replicas"] == replicas
+        assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+        assert selects(spec["selector"]["matchLabels"], pod_labels(deployment))
+        assert_hardened(deployment)
+        vols = volumes(deployment)
+        assert "data" not in vols and not any("persistentVolumeClaim" in v for v in vols.values())
+        [container] = containers(deployment).values()
+        assert "/data" not in mounts(container)
+        assert mounts(container)["/run/secrets/registry-janitor"]["readOnly"] is True
+        assert vols["storage-password"]["secret"]["secretName"] == "janitor-db"
+        assert vols["storage-password"]["secret"]["items"] == [{"key": "pgpass", "path": "postgresql-password"}]
+        assert env_names(container)["JANITOR_CONFIG"]["value"] == CONFIG_PATH
+    # each Deployment owns its pods only
+    assert not selects(web_deploy["spec"]["selector"]["matchLabels"], pod_labels(worker_deploy))
+    assert not selects(worker_deploy["spec"]["selector"]["matchLabels"], pod_labels(web_deploy))
+
+    [web] = containers(web_deploy).values()
+    assert web["command"] + web["args"] == ["registry-janitor", "web"]
+    assert_http_probes(web, runs_worker=False)
+    [worker] = containers(worker_deploy).values()
+    assert worker["command"] + worker["args"] == ["registry-janitor", "worker"]
+    assert "ports" not in worker and "readinessProbe" not in worker and "startupProbe" not in worker
+    assert_worker_probe(worker)
+
+    service = one(objects, "Service")
+    assert selects(service["spec"]["selector"], pod_labels(web_deploy))
+    assert not selects(service["spec"]["selector"], pod_labels(worker_deploy)), "workers serve no HTTP"
+
+    budgets = by_name(objects, "PodDisruptionBudget")
+    assert set(budgets) == set(deployments)
+    for name, budget in budgets.items():
+        assert budget["spec"]["minAvailable"] == 1 and "maxUnavailable" not in budget["spec"]
+        assert selects(budget["spec"]["selector"]["matchLabels"], pod_labels(deployments[name]))
+        other = next(d for n, d in deployments.items() if n != name)
+        assert not selects(budget["spec"]["selector"]["matchLabels"], pod_labels(other))
+
+    # The password: a file from the operator's Secret, never in the ConfigMap; the janitor reads it.
+    text, config = janitor_config(objects)
+    assert config["storage"] == {"url": PG_URL, "password_file": PASSWORD_FILE}
+    from daemon.config import settings_from_dict
+
+    secret_file = tmp_path / "postgresql-password"
+    secret_file.write_text("s3cret-db-password\n")
+    config["storage"]["password_file"] = str(secret_file)
+    environ = {value[2:-1]: "x" for value in secret_fields(config).values()}
+    settings = settings_from_dict(config, environ=environ)
+    assert settings.storage.is_postgres and settings.storage.password_value == "s3cret-db-password"
+
+    text = notes(helm, SCALED)
+    assert f"exec deploy/{FULLNAME}-web -c web --" in text
+    assert f"Deployment {FULLNAME}-worker with 2 worker pods" in text
+    assert "key pgpass of Secret janitor-db" in text
+
+
+def test_postgresql_objects_are_valid_kubernetes_and_lint_clean(helm: Any, kube_versions: tuple[str, ...]) -> None:
+    assert_valid(render(helm, SCALED), kube_versions)
+    assert_lint_clean(helm, SCALED)
+    single = {"config": {"storage": {"url": PG_URL}}}
+    assert_valid(render(helm, single), kube_versions)
+    assert_lint_clean(helm, single)
+
+
+def test_postgresql_budgets_only_for_several_replicas(helm: Any) -> None:
+    single = render(helm, {"config": {"storage": {"url": PG_URL}}})
+    assert len(by_name(single, "Deployment")) == 2
+    assert "PodDisruptionBudget" not in kinds(single), "a budget on one pod would only block node drains"
+
+    # the usual chart key: replicaCount is the web's
+    objects = render(helm, {"config": {"storage": {"url": PG_URL}}, "replicaCount": 4})
+    deployments = by_name(objects, "Deployment")
+    assert deployments[f"{FULLNAME}-web"]["spec"]["replicas"] == 4
+    assert deployments[f"{FULLNAME}-worker"]["spec"]["replicas"] == 1
+    [budget] = by_name(objects, "PodDisruptionBudget").values()
+    assert budget["metadata"]["name"] == f"{FULLNAME}-web"
+
+    loose = render(helm, {**SCALED, "podDisruptionBudget": {"maxUnavailable": "50%"}})
+    for budget in by_name(loose, "PodDisruptionBudget").values():
+        assert budget["spec"]["maxUnavailable"] == "50%" and "minAvailable" not in budget["spec"]
+    assert "PodDisruptionBudget" not in kinds(render(helm, {**SCALED, "podDisruptionBudget": {"enabled": False}}))
+
+
+def test_postgresql_password_as_a_variable_in_the_url(helm: Any, tmp_path: Path) -> None:
+    url = "postgresql://janitor:${JANITOR_DB_PASSWORD}@db.example.org:5432/janitor?sslmode=require"
+    values = {"config": {"storage": {"url": url}}, "secrets": {"JANITOR_DB_PASSWORD": "db-password-71c2"}}
+    objects = render(helm, values)
+    text, config = janitor_config(objects)
+    assert config["storage"] == {"url": url} and "db-password-71c2" not in text
+    for deployment in by_name(objects, "Deployment").values():
+        [container] = containers(deployment).values()
+        ref = env_names(container)["JANITOR_DB_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": FULLNAME, "key": "JANITOR_DB_PASSWORD"}
+    with pytest.raises(helm.HelmRenderError, match=r"references \$\{JANITOR_DB_PASSWORD\}"):
+        render_files(helm, {"config": {"storage": {"url": url}}})
+    # and not twice
+    with pytest.raises(helm.HelmRenderError, match="given twice"):
+        render_files(helm, {**values, "storage": {"existingSecret": "janitor-db"}})
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://janitor:hunter2@db.example.org:5432/janitor",
+    "postgresql://janitor@db.example.org:5432/janitor?sslmode=require&password=hunter2",
+])
+def test_inline_postgresql_password_is_refused(helm: Any, tmp_path: Path, url: str) -> None:
+    values = {"config": {"storage": {"url": url}}}
+    with pytest.raises(helm.HelmValuesError, match="/config/storage/url"):
+        render_files(helm, values)
+    with pytest.raises(helm.HelmRenderError, match="inline password"):
+        render_files(helm, values, chart_dir=chart_without_schema(tmp_path))
+
+
+def test_schema_refuses_bad_scaling_values(helm: Any) -> None:
+    postgres = {"storage": {"url": PG_URL}}
+    bad_cases = [
+        {"config": postgres, "worker": {"replicaCount": 0}},
+        {"config": postgres, "web": {"replicaCount": "3"}},
+        {"config": postgres, "podDisruptionBudget": {"minAvailable": "half"}},
+        {"config": postgres, "podDisruptionBudget": {"maxUnavailable": -1}},
+        {"config": postgres, "storage": {"existingSecret": "Not_A_Secret_Name"}},
+        {"config": postgres, "storage": {"passwrodKey": "x"}},
+        {"config": {"storage": {"url": PG_URL, "password": "inline-password"}}},
+        {"replicaCount": 2},
+    ]
+    with helm.Chart.load(CHART) as chart:
+        for values in bad_cases:
+            with pytest.raises(helm.HelmValuesError):
+                chart.validate_schema(chart.merge_values(values))
+        chart.validate_schema(chart.merge_values({"config": postgres, **{k: v for k, v in SCALED.items()
+                                                                         if k != "config"}}))

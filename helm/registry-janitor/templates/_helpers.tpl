@@ -91,6 +91,7 @@ secret itself and is left alone.
 {{- $config := .Values.config | default dict }}
 {{- $found := list }}
 {{- $checks := list }}
+{{- $checks = append $checks (list "storage.password" (dig "storage" "password" "" $config)) }}
 {{- $checks = append $checks (list "gitlab.api_token" (dig "gitlab" "api_token" "" $config)) }}
 {{- $checks = append $checks (list "gitlab.system_hook_secret" (dig "gitlab" "system_hook_secret" "" $config)) }}
 {{- $checks = append $checks (list "server.admin_token" (dig "server" "admin_token" "" $config)) }}
@@ -109,6 +110,18 @@ secret itself and is left alone.
 {{- end }}
 {{- $found = append $found (trimSuffix "}" (trimPrefix "${" $text)) }}
 {{- end }}
+{{- end }}
+{{- /* PostgreSQL's password may sit in storage.url, as //user:${VAR}@ or ?password=${VAR}, never inline. */}}
+{{- $url := toString (dig "storage" "url" "" $config) }}
+{{- $var := `\$\{[A-Za-z_][A-Za-z0-9_]*\}` }}
+{{- if and (regexMatch `^[A-Za-z][A-Za-z0-9+.-]*://[^/@?#:]*:[^/@?#]*@` $url) (not (regexMatch (printf `^[A-Za-z][A-Za-z0-9+.-]*://[^/@?#:]*:%s@` $var) $url)) }}
+{{- fail "config.storage.url holds an inline password: write postgresql://user@host:5432/database and give the password in a Secret (storage.existingSecret), or as postgresql://user:${VAR}@host:5432/database with VAR in .Values.secrets or existingSecret" }}
+{{- end }}
+{{- if and (regexMatch `[?&]password=` $url) (not (regexMatch (printf `[?&]password=%s(&|$)` $var) $url)) }}
+{{- fail "config.storage.url holds an inline password=: remove it and give the password in a Secret (storage.existingSecret), or write password=${VAR} with VAR in .Values.secrets or existingSecret" }}
+{{- end }}
+{{- range (regexFindAll $var $url -1) }}
+{{- $found = append $found (trimSuffix "}" (trimPrefix "${" .)) }}
 {{- end }}
 {{- $found | uniq | toJson }}
 {{- end }}
@@ -199,6 +212,82 @@ when both secret sources are given (the values would be silently ignored).
 {{- end }}
 
 {{/*
+"true" when config.storage.url names PostgreSQL (the shared store), "" for SQLite (the default).
+*/}}
+{{- define "registry-janitor.postgres" -}}
+{{- $url := toString (dig "storage" "url" "" (.Values.config | default dict)) }}
+{{- if or (hasPrefix "postgresql://" $url) (hasPrefix "postgres://" $url) }}true{{ end }}
+{{- end }}
+
+{{/*
+The web replicas: replicaCount (the usual chart key) when set, else web.replicaCount.
+*/}}
+{{- define "registry-janitor.webReplicas" -}}
+{{- if kindIs "invalid" .Values.replicaCount }}{{ int (.Values.web.replicaCount | default 1) }}{{ else }}{{ int .Values.replicaCount }}{{ end }}
+{{- end }}
+
+{{/*
+Where PostgreSQL's password from storage.existingSecret is mounted (config.storage.password_file).
+*/}}
+{{- define "registry-janitor.passwordDir" -}}/run/secrets/registry-janitor{{- end }}
+{{- define "registry-janitor.passwordFile" -}}{{ include "registry-janitor.passwordDir" . }}/postgresql-password{{- end }}
+
+{{/*
+The Deployments, as a JSON list of {name, component, replicas}. SQLite: one, named as the release, its pod
+running web and worker next to the one database file. PostgreSQL: a web Deployment and a worker Deployment,
+each with its own replicas.
+*/}}
+{{- define "registry-janitor.workloads" -}}
+{{- $fullname := include "registry-janitor.fullname" . }}
+{{- if include "registry-janitor.postgres" . }}
+{{- $base := $fullname | trunc 56 | trimSuffix "-" }}
+{{- $web := dict "name" (printf "%s-web" $base) "component" "web" "replicas" (include "registry-janitor.webReplicas" . | int) }}
+{{- $worker := dict "name" (printf "%s-worker" $base) "component" "worker" "replicas" (int .Values.worker.replicaCount) }}
+{{- list $web $worker | toJson }}
+{{- else }}
+{{- list (dict "name" $fullname "component" "" "replicas" 1) | toJson }}
+{{- end }}
+{{- end }}
+
+{{/*
+The selector labels of one workload ({root, component}): the release's, plus the component with PostgreSQL.
+*/}}
+{{- define "registry-janitor.workloadSelectorLabels" -}}
+{{ include "registry-janitor.selectorLabels" .root }}
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Fails on what one SQLite file cannot do (several replicas), and on a PostgreSQL password given twice.
+*/}}
+{{- define "registry-janitor.checkTopology" -}}
+{{- $web := include "registry-janitor.webReplicas" . | int }}
+{{- $workers := int (.Values.worker.replicaCount | default 1) }}
+{{- $storage := .Values.storage | default dict }}
+{{- $config := .Values.config | default dict }}
+{{- if not (include "registry-janitor.postgres" .) }}
+{{- if or (gt $web 1) (gt $workers 1) }}
+{{- fail (printf "web replicas %d (replicaCount or web.replicaCount) and worker.replicaCount %d: SQLite is one file on one volume: several replicas need storage.url: postgresql://... (config.storage.url, a PostgreSQL database you run; see README, Several nodes)" $web $workers) }}
+{{- end }}
+{{- if $storage.existingSecret }}
+{{- fail "storage.existingSecret holds PostgreSQL's password, but config.storage.url is SQLite, which has none: set config.storage.url: postgresql://user@host:5432/database, or remove storage.existingSecret" }}
+{{- end }}
+{{- else }}
+{{- if lt $workers 1 }}
+{{- fail "worker.replicaCount must be at least 1: without a worker nothing is planned or untagged" }}
+{{- end }}
+{{- if and $storage.existingSecret (or (dig "storage" "password" "" $config) (dig "storage" "password_file" "" $config) (regexMatch `^[A-Za-z][A-Za-z0-9+.-]*://[^/@?#:]*:[^/@?#]*@` (toString (dig "storage" "url" "" $config))) (contains "password=" (toString (dig "storage" "url" "" $config)))) }}
+{{- fail "PostgreSQL's password is given twice: storage.existingSecret, and config.storage.password, password_file or a password in config.storage.url; keep one" }}
+{{- end }}
+{{- if and $storage.existingSecret (not $storage.passwordKey) }}
+{{- fail "storage.existingSecret is set but storage.passwordKey is empty: name the Secret's key that holds PostgreSQL's password" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 The janitor's URL as GitLab and the registry should call it.
 */}}
 {{- define "registry-janitor.publicUrl" -}}
@@ -269,8 +358,16 @@ One janitor container. Call with (dict "root" $ "name" NAME "command" SUBCOMMAND
     - name: config
       mountPath: {{ include "registry-janitor.configDir" $root }}
       readOnly: true
+    {{- if include "registry-janitor.postgres" $root }}
+    {{- if $root.Values.storage.existingSecret }}
+    - name: storage-password
+      mountPath: {{ include "registry-janitor.passwordDir" $root }}
+      readOnly: true
+    {{- end }}
+    {{- else }}
     - name: data
       mountPath: /data
+    {{- end }}
     - name: tmp
       mountPath: /tmp
     {{- with $root.Values.extraVolumeMounts }}
