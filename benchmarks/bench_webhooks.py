@@ -174,9 +174,10 @@ def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def exact_batch(port: int, projects: int, count: int, workers: int) -> tuple[set[str], int]:
-    """Send ``count`` pipeline hooks from ``workers`` keep-alive connections, waiting for every answer.
-    Returns the delivery keys answered 2xx and how many got anything else."""
+def exact_batch(port: int, projects: int, count: int, workers: int, first: int = 0) -> tuple[set[str], int]:
+    """Send ``count`` pipeline hooks (numbered from ``first``, each its own body and delivery key) from
+    ``workers`` keep-alive connections, waiting for every answer. Returns the delivery keys answered 2xx and
+    how many got anything else."""
     template = pipeline_template()
     answered: set[str] = set()
     failed = [0]
@@ -184,7 +185,7 @@ def exact_batch(port: int, projects: int, count: int, workers: int) -> tuple[set
 
     def send(worker: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        for n in range(worker, count, workers):
+        for n in range(first + worker, first + count, workers):
             p = n % projects
             key = f"exact-{n}"
             values = {"ID": 9_000_000_000 + n, "IID": n + 1, "MR_ID": n + 1, "MR_IID": n + 1, "PROJECT_ID": 1000 + p,

@@ -2,8 +2,9 @@
 
 `PostgresCluster(base).start()` runs `initdb` into a temporary folder and `pg_ctl start` on a free TCP port
 of 127.0.0.1 (its unix socket in that folder too), trust authentication for local connections only, and
-`stop()` (also run at interpreter exit) stops it and removes the folder. PostgreSQL refuses to run as root:
-as root, the binaries run as the `postgres` OS user and the folder belongs to it.
+`stop()` (also run at interpreter exit) stops it and removes the folder. It does not flush commits to disk
+unless made with `durable=True` (a benchmark's server: PostgreSQL's own defaults). PostgreSQL refuses to
+run as root: as root, the binaries run as the `postgres` OS user and the folder belongs to it.
 
 `url(name)` is the libpq URL of database `name`; `create_database(name)` / `drop_database(name)` make and
 remove one, fast (a per-test database); `create_database(name, migrated=True)` copies a template database
@@ -55,8 +56,9 @@ def free_port() -> int:
 
 
 class PostgresCluster:
-    def __init__(self, base: Path | None = None) -> None:
+    def __init__(self, base: Path | None = None, *, durable: bool = False) -> None:
         self.bin_dir = find_bin_dir()
+        self.durable = durable
         # Not under pytest's tmp_path: that folder is root's alone (0700) and the server runs as `postgres`.
         self.base = Path(tempfile.mkdtemp(prefix="janitor-pg-", dir=base))
         self.data = self.base / "data"
@@ -84,9 +86,11 @@ class PostgresCluster:
                   "--locale=C", "--no-sync")
         atexit.register(self.stop)
         # fsync, synchronous_commit and full_page_writes off: a throwaway server that no test expects to
-        # survive a crash of the machine is faster without them. Never do this on a real server.
-        options = (f"-p {{port}} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-                   " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        # survive a crash of the machine is faster without them. Never do this on a real server; a benchmark
+        # asks for `durable` (PostgreSQL's defaults: each commit flushed to disk before it returns).
+        options = f"-p {{port}} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         last_error = ""
         for _ in range(5):  # the free port may be taken by someone else before the server binds it
             self.port = free_port()
