@@ -3,11 +3,13 @@
 GitLab deliveries as an instance sends them (``EventStream``: merge requests opened, updated, merged or
 closed, their pipelines, branch deletions, default-branch pushes and pipelines over 20 projects) are
 stored in the inbox of a real SQLite file through the store's own insert (as the web stores them, 2,000
-to a transaction), two simulated seconds apart; after each 2,000 the real ``Worker.tick()`` runs on a
-simulated clock until they are applied and their plans have run (a registry stand-in answers at once, as
-in ``bench_worker_memory.py``), and the worker's pruning job runs (``storage.retention``: events 1d, plans
-1d, the shortest allowed). The file's size, its pages and free pages, and the rows of the big tables are
-printed every 100,000 events.
+to a transaction), two simulated seconds apart; after each 2,000 the simulated clock goes through their
+4,000 seconds as the worker's scheduler would: the real ``Worker.tick()`` every poll interval while it
+finds work (at most 50 due plans a tick), every minute otherwise, and the pruning job every ``PRUNE_EVERY``
+seconds with its real time budget (``storage.retention``: events 1d, plans 1d, the shortest allowed). A
+registry stand-in answers at once, as in ``bench_worker_memory.py``. Every merge request of the stream is
+merged or closed within minutes and its branch deleted. The file's size, its pages and free pages, and
+the rows of the big tables are printed every 100,000 events.
 
 Exits 1 unless the size levels off (the second half of the events grows the file by less than 10% of its
 size at half way), or unless every total (``/metrics``' counters, the status counters, the dashboard's
@@ -33,9 +35,11 @@ from common import EventStream, config_dict
 
 from daemon.config import ProjectSettings, Settings, settings_from_dict
 from daemon.wiring import build_store, build_worker
+from daemon.worker import PRUNE_EVERY
 
 SPACING = 2.0  # simulated seconds between two events
 CHUNK = 2_000
+STEP = 60.0  # simulated seconds between two looks for work when a tick found none
 TABLES = ("inbox", "pipelines", "push_records", "plans", "untags", "merge_requests", "refs")
 
 
@@ -86,7 +90,8 @@ def main() -> int:
 
     worker = build_worker(settings, store, registries=registries, clock=clock)
     assert worker.pruner is not None
-    worker.pruner.budget = float("inf")
+    poll = settings.worker.poll_interval
+    next_prune = START + PRUNE_EVERY
     sizes: list[tuple[int, int]] = []
     stream = EventStream(PROJECTS, start=START).deliveries(args.events)
     started = time.perf_counter()
@@ -104,18 +109,22 @@ def main() -> int:
                                     body=d.body, received_at=START + fed * SPACING)
                     fed += 1
             end = START + fed * SPACING
-            while store.queue_depth():
-                worker.tick()
-                clock.now = min(clock.now + 60, end)
-            clock.now = end
-            worker.tick()
             last = fed >= args.events
-            if last:
-                before = totals(store, START)
-            for kind, n in worker.pruner.run().items():
-                pruned_total[kind] = pruned_total.get(kind, 0) + n
-            if last:
-                after = totals(store, START)
+            # The chunk's simulated time as the worker's scheduler spends it: a tick every poll interval
+            # while it finds work (each runs at most 50 due plans), otherwise at the next step, and the
+            # pruning job every PRUNE_EVERY seconds with its real budget.
+            while clock.now < end:
+                clock.now = min(clock.now + STEP, end)
+                while any(worker.tick().values()):
+                    clock.now = min(clock.now + poll, end)
+                if clock.now >= next_prune or (last and clock.now >= end):
+                    next_prune = clock.now + PRUNE_EVERY
+                    if last and clock.now >= end:
+                        before = totals(store, START)
+                    for kind, n in worker.pruner.run().items():
+                        pruned_total[kind] = pruned_total.get(kind, 0) + n
+                    if last and clock.now >= end:
+                        after = totals(store, START)
             if fed % args.every == 0 or last:
                 q = store.db.execute
                 pages, free = q("PRAGMA page_count").fetchone()[0], q("PRAGMA freelist_count").fetchone()[0]

@@ -1,11 +1,12 @@
 """Retention: the worker's job that keeps the database from growing forever (``storage.retention``).
 
 Each run prunes, in this order, applied events older than ``retention.events``, then what ages out with
-``retention.plans``: unusable events, finished plans with their untags, push records whose tag is gone,
-pipelines and deleted branches nothing names any more, old registry observations. What each step may
-delete, and what it never does, is ``daemon.store.retention``'s. Each batch is one short transaction of
-at most ``batch`` rows, taken under the worker's lock and released before the next, so a tick waits at
-most one batch; a run stops after ``budget`` seconds and the next one goes on where it stopped.
+``retention.plans``: unusable events, finished plans with their untags, push records whose tag is gone or
+was pushed again, merge requests done with, pipelines and deleted branches nothing names any more, old
+registry observations. What each step may delete, and what it never does, is ``daemon.store.retention``'s.
+Each batch is one short transaction of at most ``batch`` rows, taken under the worker's lock and released
+before the next, so a tick waits at most one batch; a run stops after ``budget`` seconds and the next one
+goes on where it stopped.
 Counters never fall: they are rows of their own.
 """
 
@@ -44,7 +45,8 @@ class Pruner:
         s = self.store
         return [("events", s.prune_events, events), ("unusable_events", s.prune_unusable_events, plans),
                 ("plans", s.prune_plans, plans), ("push_records", s.prune_push_records, plans),
-                ("pipelines", s.prune_pipelines, plans), ("refs", s.prune_refs, plans),
+                ("merge_requests", s.prune_merge_requests, plans), ("pipelines", s.prune_pipelines, plans),
+                ("refs", s.prune_refs, plans),
                 ("observations", s.prune_observations, plans)]
 
     def run(self) -> dict[str, int]:

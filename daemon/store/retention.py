@@ -15,15 +15,19 @@ What goes (``before``: the cutoff of the retention that applies):
                  those untags' finished restore/retry requests and race repairs; never a plan with an untag
                  pending, failed (an operator may retry it), finished or restored since ``before``, with a
                  restore, retry or repair still open, or whose merge request's note is not yet settled
-  push_records   records whose tag is gone (untagged) or was never pushed (dropped), last changed before
-                 ``before``, that no kept untag names
+  push_records   records whose tag is gone (untagged) or was never pushed (dropped), or whose push a later
+                 pipeline of the same ref and MR overwrote (confirmed, branch or merge request lifetime: the
+                 newer record stands for it), last changed before ``before``, that no kept untag names
+  merge_requests merged or closed before ``before``, their trigger raised and its plan pruned, that no expected
+                 or confirmed record names (by iid or source branch), with no note pending
   pipelines      finished pipelines last heard of before ``before`` that no push record names, except each
                  project's newest pipeline that names its default branch
   refs           branches deleted before ``before`` that no push record names
   observations   registry pushes seen before ``before``
-Kept for good: confirmed and expected push records (they describe tags in the registry: S4 reads them),
-merge requests and their notes (which trigger was raised for each, so that none is raised, nor a note
-posted, twice), live refs, unfinished pipelines, held, scheduled, ready and running plans.
+Kept for good: confirmed and expected push records (they describe tags in the registry: S4 reads them) but
+the overwritten ones above, open merge requests and those something may still raise a trigger for, the
+merge-request notes (the row that refuses a second note), live refs, unfinished pipelines, held,
+scheduled, ready and running plans.
 
 Counters never fall: they are rows of their own (``daemon.store.counters``). What status reads from the
 pruned rows is kept elsewhere first: each kind's last event (``counters.last_at``) and, for
@@ -60,6 +64,32 @@ _PLAN_NEEDED = (
     " AND p.mr_iid IS NOT NULL AND p.mr_note_checked IS DISTINCT FROM p.updated_at)"
     " OR EXISTS (SELECT 1 FROM mr_notes n WHERE n.project_path = p.project_path AND n.mr_iid = p.mr_iid"
     " AND n.plan_id = p.id AND n.state IN ('pending', 'sending'))"
+)
+
+# A confirmed record whose tag a later pipeline of the same ref (and MR) pushed again with the same
+# lifetime: that push overwrote it, and the newer record stands for it in every trigger that covers it
+# (by ref or MR) and as a live owner (S4: the same ref, the same MR). Not for pipeline or TTL lifetimes,
+# whose triggers name their own pipeline or record. (``+``: looked up by tag or ref, not by pipeline or MR.)
+_SUPERSEDED = (
+    "(state = 'confirmed' AND lifetime IN ('branch', 'merge_request') AND EXISTS (SELECT 1 FROM push_records n"
+    " WHERE n.repository = push_records.repository AND n.tag = push_records.tag AND n.project_path ="
+    " push_records.project_path AND n.state = 'confirmed' AND +n.pipeline_id > push_records.pipeline_id AND"
+    " n.lifetime = push_records.lifetime AND n.ref IS NOT DISTINCT FROM push_records.ref AND +n.mr_iid IS NOT"
+    " DISTINCT FROM push_records.mr_iid))"
+)
+# A merged or closed MR nothing needs any more: its trigger raised (``trigger_raised``: a hook saying it
+# again raises nothing), its plan pruned, no record its trigger could still cover (by iid, or its source
+# branch's), no note pending. Should a hook bring it back, its trigger finds no record: no plan, no note
+# (the MR's ``mr_notes`` row, which refuses a second note, stays).
+_MR_DONE = (
+    "state IN ('merged', 'closed') AND trigger_raised = state AND NOT EXISTS (SELECT 1 FROM plans p WHERE"
+    " p.trigger_key = (CASE WHEN merge_requests.state = 'merged' THEN 'merge_request_merged:' ELSE"
+    " 'merge_request_closed:' END || merge_requests.project_path || ':' || CAST(merge_requests.iid AS TEXT)))"
+    " AND NOT EXISTS (SELECT 1 FROM push_records r WHERE r.project_path = merge_requests.project_path AND"
+    " r.mr_iid = merge_requests.iid AND r.state IN ('expected', 'confirmed')) AND NOT EXISTS (SELECT 1 FROM"
+    " push_records r WHERE r.project_path = merge_requests.project_path AND r.ref = merge_requests.source_branch"
+    " AND r.state IN ('expected', 'confirmed')) AND NOT EXISTS (SELECT 1 FROM mr_notes n WHERE n.project_path ="
+    " merge_requests.project_path AND n.mr_iid = merge_requests.iid AND n.state IN ('pending', 'sending'))"
 )
 
 
@@ -152,12 +182,12 @@ class RetentionStore(StoreBase):
 
     # the ledger ------------------------------------------------------------------------------------
     def prune_push_records(self, after: int, before: float, limit: int) -> Batch:
-        """Records untagged or dropped, last changed before ``before``, that no untag names."""
+        """Records untagged or dropped, or superseded, last changed before ``before``, that no untag names."""
         def delete(low: int, high: int) -> dict[str, int]:
             cur = self._db.execute(
-                "DELETE FROM push_records WHERE id > ? AND id <= ? AND state IN ('untagged', 'dropped')"
-                " AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM untags u WHERE u.push_record_id ="
-                " push_records.id)", [low, high, before])
+                "DELETE FROM push_records WHERE id > ? AND id <= ? AND updated_at < ? AND NOT EXISTS"
+                " (SELECT 1 FROM untags u WHERE u.push_record_id = push_records.id) AND (state IN"
+                f" ('untagged', 'dropped') OR {_SUPERSEDED})", [low, high, before])
             return {"push_records": cur.rowcount}
         return self._walk("push_records", "id", "recorded_at", after, before, limit, delete)
 
@@ -202,6 +232,18 @@ class RetentionStore(StoreBase):
                 " refs.project_path AND r.ref = refs.ref)", [low, high, before])
             return {"refs": cur.rowcount}
         return self._walk("refs", "rowid", "NULL", after, before, limit, delete)
+
+    def prune_merge_requests(self, after: int, before: float, limit: int) -> Batch:
+        """Merge requests merged or closed before ``before`` whose trigger was raised and whose plan is gone,
+        that no expected or confirmed record names (by iid or source branch), with no note unsettled."""
+        if self._postgres:
+            return self._sweep("merge_requests", f"updated_at < ? AND {_MR_DONE}", before, after, limit)
+
+        def delete(low: int, high: int) -> dict[str, int]:
+            cur = self._db.execute(f"DELETE FROM merge_requests WHERE rowid > ? AND rowid <= ? AND updated_at < ?"
+                                   f" AND {_MR_DONE}", [low, high, before])
+            return {"merge_requests": cur.rowcount}
+        return self._walk("merge_requests", "rowid", "NULL", after, before, limit, delete)
 
     def _sweep(self, table: str, due: str, before: float, after: int, limit: int) -> Batch:
         """On PostgreSQL, for a table without an id to walk (``rowid`` is SQLite's): delete at most ``limit``

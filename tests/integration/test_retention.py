@@ -6,11 +6,13 @@ worker schedules the job; a database from before keeps each kind's last event.""
 
 from __future__ import annotations
 
-from support.janitor import ADMIN, Clock
+from support.images import push_image, tags
+from support.janitor import ADMIN, Clock, live_entry, mr_hook, pipeline_hook, registry_section, sha_of, short
 from support.ops import APP, OTHER, seed
 from test_counters import totals
 
 from daemon.domain.model import Decision, Pipeline, PlannedUntag, Trigger
+from daemon.domain.policy import LEASE_SECONDS
 from daemon.execute.retention import Pruner
 from daemon.store import open_store
 from daemon.store.schema import MIGRATIONS
@@ -171,3 +173,89 @@ def test_the_clock_of_a_pruner_is_the_workers(janitor):
     clock = Clock(5_000_000.0)
     j = janitor([], clock=clock)
     assert j.worker.pruner.clock is clock
+
+
+def test_a_confirmed_record_another_push_of_its_ref_overwrote_leaves_and_the_newest_stays(janitor):
+    j = janitor([])
+    at = j.clock()
+
+    def record(pipeline_id: int, ref: str, tag: str, lifetime: str, mr_iid: int | None = None) -> int:
+        p = Pipeline(APP, pipeline_id, ref, "d" * 40, "success", mr_iid=mr_iid, created_at=at)
+        j.store.upsert_pipeline(p, at)
+        record_id, _ = j.store.add_record(project_path=APP, pipeline=p, repository=APP, tag=tag,
+                                          digest=f"sha256:{pipeline_id:064d}", lifetime=lifetime, ttl_seconds=None,
+                                          state="confirmed", source="pattern", now=at)
+        return record_id
+
+    overwritten = [record(1, "main", "main", "branch"), record(2, "main", "main", "branch")]
+    newest = record(3, "main", "main", "branch")
+    other_ref = record(0, "release", "main", "branch")  # the same tag from another ref: another owner
+    other_mr = record(4, "feature/m", "mr-tag", "merge_request", mr_iid=8)
+    newest_mr = record(5, "feature/m", "mr-tag", "merge_request", mr_iid=9)  # another MR's push of it
+    per_pipeline = record(6, "main", "cache", "pipeline")
+    record(7, "main", "cache", "pipeline")  # a pipeline lifetime names its own pipeline: both stay
+
+    j.clock.advance(181 * DAY)
+    recent = record(8, "main", "main", "branch")  # overwrites the newest; itself too new to go
+    pruned = j.worker.pruner.run()
+
+    assert pruned.get("push_records") == 3, pruned
+    assert all(j.store.record(r) is None for r in [*overwritten, newest])
+    assert all(j.store.record(r) is not None for r in (other_ref, other_mr, newest_mr, per_pipeline, recent))
+    assert j.store.get_pipeline(APP, 1) is None and j.store.get_pipeline(APP, 0) is not None
+    assert j.worker.pruner.run() == {}
+
+
+MR_PATTERNS = [{"pattern": "mr-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"},
+               {"pattern": "sha-$CI_COMMIT_SHORT_SHA", "lifetime": "merge_request"}]
+
+
+def test_a_merge_request_done_with_leaves_and_a_late_hook_of_it_posts_no_second_note(janitor, registry, gitlab,
+                                                                                   project):
+    j = janitor([live_entry(project, grace_period="60s", tags=MR_PATTERNS, mr_note=True)],
+                registry=registry_section(registry), gitlab={"url": gitlab.url})
+    path = project.path
+
+    def mr_pipeline(pipeline_id: int, iid: int) -> None:
+        hook = pipeline_hook(path, pipeline_id=pipeline_id, ref=f"feature/{iid}", mr_iid=iid,
+                             sha=sha_of(pipeline_id), status="running")
+        j.hook("Pipeline Hook", hook)
+        j.tick()
+        push_image(registry, path, [f"mr-{iid}", f"sha-{short(pipeline_id)}"])
+        j.hook("Pipeline Hook", {**hook, "object_attributes": {**hook["object_attributes"], "status": "success"}})
+        j.tick()
+
+    def merge(iid: int) -> None:
+        j.hook("Merge Request Hook", mr_hook(path, iid=iid, source_branch=f"feature/{iid}", action="merge"))
+        j.tick()
+        j.tick(advance=61)
+
+    for iid in (7, 8):
+        gitlab.set_mr(project, iid, source_branch=f"feature/{iid}", state="opened")
+        j.hook("Merge Request Hook", mr_hook(path, iid=iid, source_branch=f"feature/{iid}", action="open"))
+        mr_pipeline(700 + iid, iid)
+    gitlab.set_mr(project, 7, source_branch="feature/7", state="merged")
+    merge(7)
+    assert tags(registry, path) == sorted(["mr-8", f"sha-{short(708)}"])
+    assert len(gitlab.mr_notes(project, 7)) == 1
+
+    j.tick(advance=181 * DAY)
+    pruned = j.worker.pruner.run()
+    assert pruned.get("merge_requests") == 1 and pruned.get("plans") == 1, pruned
+    assert j.store.merge_request_state(path, 7) is None, "merged, its plan pruned, nothing of it left"
+    assert j.store.merge_request_state(path, 8) == "opened", "an open MR stays"
+    assert j.store.mr_note(path, 7) is not None, "the note's row stays: it refuses a second note"
+
+    # GitLab sends the merge again (a redelivery, an edit of the merged MR): nothing of it is left to plan
+    merge(7)
+    assert not [p for p in j.store.list_plans() if p.mr_iid == 7]
+    # a job of the merged MR pushes its tag once more, and the merge is said again: cleaned, no second note
+    mr_pipeline(709, 7)
+    merge(7)
+    (plan,) = [p for p in j.store.list_plans() if p.trigger_kind == "merge_request_merged"]
+    assert j.store.get_plan(plan.id).state == "done"
+    assert tags(registry, path) == sorted(["mr-8", f"sha-{short(708)}"])
+    for _ in range(3):
+        j.tick(advance=LEASE_SECONDS + 1)
+    assert len(gitlab.mr_notes(project, 7)) == 1
+    assert j.store.merge_request_state(path, 7) == "merged"
