@@ -5,7 +5,6 @@ JSON 4xx; and a value from a payload cannot start a log line of its own."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 from support.janitor import ADMIN, REGISTRY_NOTIFY, SECRET, load_payload, mr_hook, pipeline_hook, push_hook
+from support.logs import captured_lines
 from support.servers import ServerThread
 
 from daemon.cli.options import LOG_FORMAT, OneLineFormatter
@@ -375,18 +375,8 @@ _RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
 @pytest.fixture
 def log_lines() -> Iterator[Callable[[], list[str]]]:
     """What the ``daemon`` loggers write through the CLI's formatter, as lines."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(OneLineFormatter(LOG_FORMAT))
-    logger = logging.getLogger("daemon")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        yield lambda: stream.getvalue().splitlines()
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    with captured_lines(OneLineFormatter(LOG_FORMAT)) as lines:
+        yield lines
 
 
 def test_a_newline_from_a_payload_cannot_start_a_log_line(janitor, log_lines):

@@ -16,6 +16,7 @@ import yaml
 from click.testing import CliRunner
 from support.images import push_image, tags
 from support.janitor import ADMIN, SECRET, mr_hook, pipeline_hook, registry_section
+from support.logs import captured_lines
 
 from daemon.cli.options import LOG_FORMAT, JsonFormatter, OneLineFormatter, setup_logging
 from daemon.cli.process import web
@@ -25,18 +26,8 @@ MR_TAG = {"pattern": "mr-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"}
 
 
 def _capture(formatter: logging.Formatter) -> Iterator[Callable[[], list[str]]]:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter)
-    logger = logging.getLogger("daemon")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        yield lambda: stream.getvalue().splitlines()
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    with captured_lines(formatter) as lines:
+        yield lines
 
 
 @pytest.fixture
