@@ -9,9 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-from support.images import digest_of, push_image, tags
-from support.janitor import SECRET, RealClock, mr_hook, pipeline_hook, registry_section
+from support.images import digest_of, tags
+from support.janitor import merged_mr_on_disk
 
 from daemon.registry.client import UNTAG_LANES
 from daemon.wiring import build_worker
@@ -47,24 +46,8 @@ build_worker(settings, build_store(settings), registries=build_registries(settin
 def test_a_worker_killed_mid_batch_leaves_its_audit_and_the_next_worker_finishes_at_once(
     tmp_path: Path, janitor, registry, gitlab, project
 ) -> None:
-    config = {
-        "registry": registry_section(registry, untag_method="placeholder"),
-        "storage": {"url": f"sqlite:///{tmp_path / 'janitor.db'}"},
-        "server": {"admin_token": "a"},
-        "projects": [{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token,
-                      "dry_run": False, "grace_period": "1s", "max_repository_fraction": 1.0,
-                      "tags": [{"pattern": f"mr-$CI_MERGE_REQUEST_IID-{n}", "lifetime": "merge_request"}
-                               for n in range(TAGS)]}],
-    }
-    config_path = tmp_path / "janitor.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    j = janitor(config["projects"], registry=config["registry"], storage=config["storage"], clock=RealClock())
-    pushed = {f"mr-{IID}-{n}": push_image(registry, project.path, [f"mr-{IID}-{n}"]) for n in range(TAGS)}
-    push_image(registry, project.path, ["keep"])
-    j.hook("Pipeline Hook", pipeline_hook(project.path, pipeline_id=70, ref="topic", mr_iid=IID))
-    j.tick()
-    j.hook("Merge Request Hook", mr_hook(project.path, iid=IID, source_branch="topic", action="merge"))
-    j.tick()
+    config_path, j, pushed = merged_mr_on_disk(janitor, tmp_path, registry, project, iid=IID, pipeline_id=70,
+                                               count=TAGS, grace="1s")
     time.sleep(1.2)  # the grace period, in the time the worker process reads too
 
     killed = subprocess.run([sys.executable, "-c", WORKER, str(config_path), str(PARKED)], timeout=120,

@@ -11,9 +11,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import yaml
-from support.images import push_image, tags
-from support.janitor import SECRET, RealClock, mr_hook, pipeline_hook, registry_section
+from support.images import tags
+from support.janitor import merged_mr_on_disk
 
 from daemon.domain.policy import LEASE_SECONDS
 
@@ -56,25 +55,8 @@ def test_a_killed_workers_plan_is_finished_by_the_other_worker_within_30s_each_t
     tmp_path: Path, janitor, registry, gitlab, project
 ) -> None:
     assert LEASE_SECONDS <= 20
-    config = {
-        "registry": registry_section(registry, untag_method="placeholder"),
-        "storage": {"url": f"sqlite:///{tmp_path / 'janitor.db'}"},
-        "server": {"admin_token": "a"},
-        "worker": {"poll_interval": "1s"},
-        "projects": [{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token,
-                      "dry_run": False, "grace_period": "3s", "max_repository_fraction": 1.0,
-                      "tags": [{"pattern": f"mr-$CI_MERGE_REQUEST_IID-{n}", "lifetime": "merge_request"}
-                               for n in range(TAGS)]}],
-    }
-    config_path = tmp_path / "janitor.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    j = janitor(config["projects"], registry=config["registry"], storage=config["storage"], clock=RealClock())
-    pushed = {f"mr-{IID}-{n}": push_image(registry, project.path, [f"mr-{IID}-{n}"]) for n in range(TAGS)}
-    push_image(registry, project.path, ["keep"])
-    j.hook("Pipeline Hook", pipeline_hook(project.path, pipeline_id=80, ref="topic", mr_iid=IID))
-    j.tick()
-    j.hook("Merge Request Hook", mr_hook(project.path, iid=IID, source_branch="topic", action="merge"))
-    j.tick()
+    config_path, j, pushed = merged_mr_on_disk(janitor, tmp_path, registry, project, iid=IID, pipeline_id=80,
+                                               count=TAGS, grace="3s", worker={"poll_interval": "1s"})
     (plan,) = j.store.list_plans()
     assert plan.state == "scheduled"  # due in the grace period: both workers are up by then
     mark = registry.mark()

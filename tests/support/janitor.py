@@ -17,11 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from daemon.config import GitLabSettings, Settings, settings_from_dict
 from daemon.store import Store
 from daemon.wiring import build_app, build_ref_lookup, build_store, build_worker
 
 from .gitlab_json import Project
+from .images import push_image
 from .payloads import load_payload
 from .registry import Registry
 
@@ -261,3 +264,33 @@ def sha_of(pipeline_id: int) -> str:
 
 def short(pipeline_id: int) -> str:
     return sha_of(pipeline_id)[:8]
+
+
+def merged_mr_on_disk(janitors: Janitors, directory: Path, registry: Registry, project: Project, *, iid: int,
+                      pipeline_id: int, count: int, grace: str, **sections: Any) -> tuple[Path, Harness,
+                                                                                     dict[str, str]]:
+    """A live janitor on ``directory/janitor.db`` whose config is also written to ``directory/janitor.yaml``
+    (for worker processes to read): ``count`` images pushed as merge request ``iid``'s tags
+    ``mr-<iid>-<n>`` (each its own image) and ``keep``, its pipeline and merge hooks applied, so one plan
+    waits out ``grace``. ``sections`` go to the config too (``worker``). Returns (config path, the janitor,
+    tag -> pushed digest)."""
+    config = {
+        "registry": registry_section(registry, untag_method="placeholder"),
+        "storage": {"url": f"sqlite:///{directory / 'janitor.db'}"},
+        "server": {"admin_token": "a"},
+        **sections,
+        "projects": [{"path": project.path, "webhook_secret": SECRET, "registry_token": project.token,
+                      "dry_run": False, "grace_period": grace, "max_repository_fraction": 1.0,
+                      "tags": [{"pattern": f"mr-$CI_MERGE_REQUEST_IID-{n}", "lifetime": "merge_request"}
+                               for n in range(count)]}],
+    }
+    config_path = directory / "janitor.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    j = janitors(config["projects"], registry=config["registry"], storage=config["storage"], clock=RealClock())
+    pushed = {f"mr-{iid}-{n}": push_image(registry, project.path, [f"mr-{iid}-{n}"]) for n in range(count)}
+    push_image(registry, project.path, ["keep"])
+    j.hook("Pipeline Hook", pipeline_hook(project.path, pipeline_id=pipeline_id, ref="topic", mr_iid=iid))
+    j.tick()
+    j.hook("Merge Request Hook", mr_hook(project.path, iid=iid, source_branch="topic", action="merge"))
+    j.tick()
+    return config_path, j, pushed
