@@ -483,6 +483,57 @@ class ProjectSettings(Policy):
         return tuple(f"{base}/{image}" if image else base for image in self.images)
 
 
+class _ProjectIndex:
+    """``Settings.project_for`` as lookups: the exact entries and the wildcards by their (lower-case) base,
+    and every group that holds a configured entry."""
+
+    #: The indexes of the last few ``projects`` tuples asked about, by ``id`` (each index holds its tuple, so
+    #: the id is not reused while it is here).
+    _made: dict[int, _ProjectIndex] = {}
+    _KEPT = 16
+
+    @classmethod
+    def of(cls, projects: tuple[ProjectSettings, ...]) -> _ProjectIndex:
+        index = cls._made.get(id(projects))
+        if index is None or index.projects is not projects:
+            if len(cls._made) >= cls._KEPT:
+                cls._made.clear()
+            index = cls._made[id(projects)] = cls(projects)
+        return index
+
+    def __init__(self, projects: tuple[ProjectSettings, ...]) -> None:
+        self.projects = projects
+        self.exact: dict[str, ProjectSettings] = {}
+        self.wildcards: dict[str, ProjectSettings] = {}
+        self.groups: set[str] = set()  # paths that are groups holding an entry: never a project's
+        for entry in projects:
+            base = entry.base
+            if entry.is_wildcard:
+                self.wildcards.setdefault(base, entry)
+                self.groups.add(base)
+            else:
+                self.exact.setdefault(base, entry)
+            parts = base.split("/")
+            self.groups.update("/".join(parts[:n]) for n in range(1, len(parts)))
+
+    def find(self, path: str) -> ProjectSettings | None:
+        """The entry of ``path`` (a valid project path in lower case)."""
+        found = self.exact.get(path)
+        if found is not None:
+            return found
+        if path in self.groups:
+            return None
+        best: ProjectSettings | None = None
+        parts = path.split("/")
+        for n in range(len(parts) - 1, 0, -1):  # the longest group first
+            above = "/".join(parts[:n])
+            if above in self.exact:
+                return None  # below an exact entry's path: its registry images, no project
+            if best is None:
+                best = self.wildcards.get(above)
+        return best
+
+
 class Settings(_Frozen):
     gitlab: GitLabSettings = GitLabSettings()
     registry: RegistrySettings = RegistrySettings()
@@ -497,23 +548,13 @@ class Settings(_Frozen):
         or None. Paths compare in any case, as GitLab's do. An exact entry owns its path; else the longest
         ``group/*`` above it. None for a path GitLab could not hold (no valid project path), for one below an
         exact entry's path (GitLab holds no project inside a project: that path names the project's
-        registry images), and for a group a more specific entry is configured in (it is no project)."""
+        registry images), and for a group a more specific entry is configured in (it is no project).
+
+        Asked for every webhook, so it looks the path and its groups up in an index of the entries
+        (``_ProjectIndex``) instead of going through them all."""
         if not isinstance(project_path, str) or not is_project_path(project_path):
             return None
-        path = project_path.lower()
-        best: ProjectSettings | None = None
-        for entry in self.projects:
-            base = entry.base
-            if not entry.is_wildcard and path == base:
-                return entry
-            if base.startswith(path + "/") or (entry.is_wildcard and base == path):
-                return None  # path is a group that holds a configured entry
-            if path.startswith(base + "/"):
-                if not entry.is_wildcard:
-                    return None
-                if best is None or len(base) > len(best.base):
-                    best = entry
-        return best
+        return _ProjectIndex.of(self.projects).find(project_path.lower())
 
     def api_token_for(self, project: ProjectSettings) -> str | None:
         """The token for GitLab API calls about ``project``: ``gitlab.api_token``, else the project's

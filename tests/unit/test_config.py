@@ -466,3 +466,40 @@ def test_storage_schemes_are_checked_in_one_table():
     assert set(STORAGE_SCHEMES) == {"sqlite", "postgresql", "postgres"}
     assert STORAGE_SCHEMES["sqlite"]("sqlite:///data/janitor.db") is None
     assert STORAGE_SCHEMES["postgresql"]("postgresql://j@db:5432/janitor?sslmode=verify-full") is None
+
+
+def _project_for_by_scan(projects, path):
+    """``Settings.project_for`` by its definition, entry by entry: what its index must answer."""
+    path = path.lower()
+    exact = [e for e in projects if not e.is_wildcard and e.base == path]
+    if exact:
+        return exact[0]
+    if any(e.base.startswith(path + "/") or (e.is_wildcard and e.base == path) for e in projects):
+        return None
+    above = [e for e in projects if path.startswith(e.base + "/")]
+    if any(not e.is_wildcard for e in above):
+        return None
+    return max(above, key=lambda e: len(e.base), default=None)
+
+
+def test_project_for_answers_as_a_scan_of_every_entry_would():
+    from hypothesis import given
+    from hypothesis import settings as hsettings
+    from hypothesis import strategies as st
+
+    segment = st.sampled_from(["a", "b", "B", "c"])
+    entry_path = st.lists(segment, min_size=2, max_size=4).map("/".join)
+    entries = st.lists(st.tuples(entry_path, st.booleans()), min_size=1, max_size=6)
+
+    @hsettings(max_examples=300, deadline=None)
+    @given(entries, st.lists(st.lists(segment, min_size=2, max_size=5).map("/".join), min_size=1, max_size=8))
+    def check(raw, paths):
+        projects = [{"path": p + ("/*" if wild else ""), "webhook_secret": f"s{i}"} for i, (p, wild) in enumerate(raw)]
+        try:
+            s = settings_from_dict({"projects": projects}, environ={})
+        except ConfigError:
+            return
+        for path in paths + [e.path.removesuffix("/*") for e in s.projects]:
+            assert s.project_for(path) is _project_for_by_scan(s.projects, path), path
+
+    check()
