@@ -23,7 +23,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from daemon.config import Settings
+from daemon.config import ProjectSettings, Settings
 from daemon.domain.events import (
     MalformedEvent,
     delivery_id,
@@ -34,7 +34,7 @@ from daemon.domain.events import (
 )
 from daemon.domain.model import IgnoredReason
 from daemon.domain.policy import SAME_BODY_WINDOW
-from daemon.web.access import note_outcome, request_id
+from daemon.web.access import access_logged, note_outcome, request_id
 from daemon.web.bodies import BadJson, load_json
 from daemon.web.context import janitor, now, settings, store
 from daemon.web.errors import json_error
@@ -52,27 +52,45 @@ def _log(level: int, message: str, *args: object, project: str | None = None) ->
     """What became of this delivery, with its project (when known) and GitLab's name for it. A refusal is a
     line of its own (WARNING); what was stored, found a duplicate or ignored is said by the request's access
     line (one line per delivery: a second one would cost every webhook more than its write)."""
-    fields = {"project": project, "delivery": delivery_id(request.headers)}
     if level < logging.WARNING:
-        note_outcome(message % args if args else message, fields)
+        if access_logged():
+            note_outcome(message % args if args else message,
+                         {"project": project, "delivery": delivery_id(request.headers)})
     elif log.isEnabledFor(level):
-        log.log(level, message, *args, extra={**fields, "request_id": request_id()})
+        log.log(level, message, *args,
+                extra={"project": project, "delivery": delivery_id(request.headers), "request_id": request_id()})
 
 
 def _same(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
 
 
-def _webhook_secrets(parts: dict[str, Any]) -> tuple[tuple[bytes, ...], bytes | None]:
-    """Every project's webhook secret and the system hook's as bytes, computed once per app and settings."""
-    conf: Settings = parts["settings"]
-    cached = parts.get("webhook_secrets")
-    if cached is None or cached[0] is not conf:
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+class _Secrets:
+    """Every configured webhook secret, by its SHA-256: a token is looked up once, in time that depends on
+    neither how many projects are configured nor how much of a secret it shares (a lookup compares
+    digests, which say nothing of the secrets), instead of compared with each secret in turn."""
+
+    def __init__(self, conf: Settings) -> None:
+        self.settings = conf
+        self.projects = frozenset(_digest(p.webhook_secret.get_secret_value()) for p in conf.projects)
         system = conf.gitlab.system_hook_secret
-        cached = parts["webhook_secrets"] = (
-            conf, tuple(p.webhook_secret.get_secret_value().encode() for p in conf.projects),
-            None if system is None else system.get_secret_value().encode())
-    return cached[1], cached[2]
+        self.system = None if system is None else _digest(system.get_secret_value())
+        self._of: dict[str, bytes] = {p.path: _digest(p.webhook_secret.get_secret_value()) for p in conf.projects}
+
+    def of(self, project: ProjectSettings) -> bytes:
+        return self._of[project.path]
+
+
+def _webhook_secrets(parts: dict[str, Any]) -> _Secrets:
+    """The secrets of the app's settings, computed once per app and settings."""
+    cached: _Secrets | None = parts.get("webhook_secrets")
+    if cached is None or cached.settings is not parts["settings"]:
+        cached = parts["webhook_secrets"] = _Secrets(parts["settings"])
+    return cached
 
 
 @lru_cache(maxsize=64)
@@ -139,12 +157,11 @@ def gitlab_hook() -> ResponseReturnValue:
     token = headers.get("X-Gitlab-Token")
     parts = janitor()
     conf: Settings = parts["settings"]
-    project_secrets, system_secret = _webhook_secrets(parts)
-    # Constant time over every configured secret, before the body is even read.
-    given = token.encode() if token is not None else None
-    known = [given is not None and hmac.compare_digest(given, secret) for secret in project_secrets]
-    system = given is not None and system_secret is not None and hmac.compare_digest(given, system_secret)
-    if not any(known) and not system:
+    secrets = _webhook_secrets(parts)
+    # Before the body is even read.
+    given = _digest(token) if token is not None else None
+    system = given is not None and secrets.system is not None and hmac.compare_digest(given, secrets.system)
+    if not system and given not in secrets.projects:
         _log(logging.WARNING, "GitLab delivery refused: X-Gitlab-Token matches no configured secret")
         return json_error(401, "bad_token", "X-Gitlab-Token does not match any configured webhook_secret"
                           " (or gitlab.system_hook_secret)")
@@ -159,7 +176,7 @@ def gitlab_hook() -> ResponseReturnValue:
     project = conf.project_for(path) if path else None
     if project is None and path:
         return _ignored(parts, "unconfigured_project", kind, path)
-    if project is not None and not (_same(token, project.webhook_secret.get_secret_value())
+    if project is not None and not ((given is not None and hmac.compare_digest(given, secrets.of(project)))
                                     or (system and header == SYSTEM_HOOK)):
         _log(logging.WARNING, "%s delivery refused: X-Gitlab-Token is not the project's webhook_secret", kind,
              project=path)
