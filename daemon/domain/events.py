@@ -32,7 +32,7 @@ MAX_DEPTH = 20
 #: The longest ``object_kind`` (or ``event_name``) read as a kind; GitLab's are short identifiers.
 MAX_KIND = 64
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_CONTAINERS = (dict, list)
+_CONTAINER_TYPES = frozenset({dict, list})
 MANIFEST_MEDIA_TYPES = frozenset({
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -106,10 +106,10 @@ GitLabEvent = PipelineEvent | MergeRequestEvent | PushEvent | IgnoredEvent
 
 def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
     """Whether objects and lists nest more than ``limit`` levels in ``value`` (a JSON value)."""
-    level = [value] if isinstance(value, _CONTAINERS) else []
-    for _ in range(limit):
+    level = [value] if type(value) in _CONTAINER_TYPES else []
+    for _ in range(limit):  # a JSON value's objects and lists are exactly dicts and lists: no isinstance
         level = [child for node in level for child in (node.values() if type(node) is dict else node)
-                 if isinstance(child, _CONTAINERS)]
+                 if type(child) in _CONTAINER_TYPES]
         if not level:
             return False
     return True

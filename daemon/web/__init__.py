@@ -25,6 +25,7 @@ from daemon.web.errors import json_error
 #: The longest header field (name and value) the app reads, as gunicorn's default limit: longer is 431.
 MAX_HEADER_BYTES = 8190
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_CONTENT_KEYS = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})
 _ERROR_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
                 415: "unsupported_media_type", 431: "request_header_fields_too_large"}
 
@@ -43,9 +44,13 @@ class StoredId(IntegerConverter):
 def _check_limits(max_body_bytes: int) -> None:
     """431 for a header field over ``MAX_HEADER_BYTES``; 413 for a body over ``max_body_bytes``, whether it
     says its length or comes chunked (werkzeug would cut a chunked body short at the limit, unnoticed)."""
-    for name, value in request.headers.items():
-        if len(name) + len(value) > MAX_HEADER_BYTES:
-            raise RequestHeaderFieldsTooLarge(f"header {name[:64]!r} is over {MAX_HEADER_BYTES} bytes")
+    # The WSGI environ's names are at least as long as the fields' own (HTTP_ before each): only when one
+    # of them is over the limit are the fields themselves measured, to say which.
+    if any((key[:5] == "HTTP_" or key in _CONTENT_KEYS) and len(key) + len(value) > MAX_HEADER_BYTES
+           for key, value in request.environ.items()):
+        for name, value in request.headers.items():
+            if len(name) + len(value) > MAX_HEADER_BYTES:
+                raise RequestHeaderFieldsTooLarge(f"header {name[:64]!r} is over {MAX_HEADER_BYTES} bytes")
     length = request.content_length
     if length is None and request.method in _BODY_METHODS:
         length = len(request.get_data(cache=True))
