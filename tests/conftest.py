@@ -101,7 +101,7 @@ def gitlab(gitlab_session: GitLabStandin) -> Iterator[GitLabStandin]:
 #: Test modules whose storage tests run on both engines (see `storage_engine`).
 BOTH_ENGINES = {"test_store_transactions", "test_merge_story", "test_safety_invariants", "test_counters",
                 "test_retention", "test_triggers", "test_reconcile", "test_webhooks", "test_ci_untag", "test_api",
-                "test_postgres_store"}
+                "test_postgres_store", "test_race_repair"}
 ENGINES = ("sqlite", "postgresql")
 
 

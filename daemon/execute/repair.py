@@ -57,6 +57,8 @@ class RaceRepair:
             except Exception as exc:
                 log.warning("repair of %s:%s failed: %s", repo, tag, exc)
                 continue  # transient: tried again next tick
-            log.warning("race repair %s: %s (%s)", repair_id, state, note)
-            self.store.finish_repair(repair_id, state, note, self.clock())
+            if self.store.finish_repair(repair_id, state, note, self.clock()):
+                log.warning("race repair %s: %s (%s)", repair_id, state, note)
+            else:  # several workers: another one finished it while this one worked on it
+                log.info("race repair %s was finished by another worker; its outcome stands", repair_id)
         return repaired

@@ -25,6 +25,9 @@ class RepairStore(StoreBase):
             " JOIN untags u ON u.id = r.untag_id WHERE r.state = 'pending' ORDER BY r.id LIMIT ?", [limit])
         return [(int(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5])) for r in rows]
 
-    def finish_repair(self, repair_id: int, state: str, note: str, now: float) -> None:
-        self._db.execute("UPDATE repairs SET state = ?, note = ?, finished_at = ? WHERE id = ?",
-                         [state, note, now, repair_id])
+    def finish_repair(self, repair_id: int, state: str, note: str, now: float) -> bool:
+        """Record what came of a pending repair; False when it was no longer pending: another worker
+        finished it first, and what that one found stands."""
+        cur = self._db.execute("UPDATE repairs SET state = ?, note = ?, finished_at = ? WHERE id = ?"
+                               " AND state = 'pending'", [state, note, now, repair_id])
+        return cur.rowcount == 1
