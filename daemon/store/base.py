@@ -45,6 +45,19 @@ class StoreBase:
         the rows read stay locked until the transaction ends (on SQLite the write transaction holds them)."""
         return " FOR UPDATE" if self._postgres else ""
 
+    def _claim(self, table: str, open_: str, open_params: list[Any], order: str, limit: int, assign: str,
+               assign_params: list[Any], returning: str) -> list[Any]:
+        """Claim at most ``limit`` rows of ``table`` that are ``open_`` (an SQL condition), the first in
+        ``order``, with ``assign`` (an SQL ``SET`` list), and return their ``returning`` columns: one
+        statement, so a claim is whole or not at all, and each row is checked open again as it is updated,
+        so two workers never claim one row. The rows are picked first, once (a ``MATERIALIZED`` CTE): in
+        ``UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`` PostgreSQL may run the
+        subquery more than once and claim more than ``n`` rows, which then wait out a lease unworked."""
+        return self._db.execute(
+            f"WITH picked AS MATERIALIZED (SELECT id FROM {table} WHERE {open_} ORDER BY {order}"
+            f" LIMIT ?{self._skip_locked}) UPDATE {table} SET {assign} WHERE id IN (SELECT id FROM picked)"
+            f" AND {open_} RETURNING {returning}", [*open_params, limit, *assign_params, *open_params]).fetchall()
+
     def _greatest(self, *terms: str) -> str:
         """The largest of ``terms`` (SQL expressions), none NULL."""
         return f"{'GREATEST' if self._postgres else 'MAX'}({', '.join(terms)})"

@@ -94,14 +94,11 @@ class MrNoteStore(StoreBase):
     def claim_mr_notes(self, now: float, lease_seconds: float, limit: int = 20) -> list[MrNote]:
         """Take the notes due (and those whose sender's lease ran out: it may have died mid-send) for
         ``lease_seconds``: ``sending``, one more attempt counted, before GitLab is asked."""
-        rows = self._db.execute(
-            "UPDATE mr_notes SET state = 'sending', attempts = attempts + 1, lease_until = ?, updated_at = ?"
-            " WHERE id IN (SELECT id FROM mr_notes WHERE state IN ('pending', 'sending') AND"
-            " ((state = 'pending' AND due_at <= ?) OR (state = 'sending' AND lease_until < ?))"
-            f" ORDER BY due_at, id LIMIT ?{self._skip_locked})"
-            " AND ((state = 'pending' AND due_at <= ?) OR (state = 'sending' AND lease_until < ?))"
-            f" RETURNING {_NOTE_COLS}",
-            [now + lease_seconds, now, now, now, limit, now, now]).fetchall()
+        rows = self._claim(
+            "mr_notes", "state IN ('pending', 'sending') AND ((state = 'pending' AND due_at <= ?) OR"
+            " (state = 'sending' AND lease_until < ?))", [now, now], "due_at, id", limit,
+            "state = 'sending', attempts = attempts + 1, lease_until = ?, updated_at = ?", [now + lease_seconds, now],
+            _NOTE_COLS)
         return sorted((_note(r) for r in rows), key=lambda n: (n.due_at, n.id))
 
     def finish_mr_note(self, note_id: int, state: str, now: float, *, gitlab_note_id: int | None = None,

@@ -97,10 +97,9 @@ class RequestStore(StoreBase):
         worker died holding them). The claim is one atomic UPDATE that checks each row is still open, so
         two workers never share one."""
         open_ = "(state = 'pending' OR (state = 'running' AND lease_until < ?))"
-        rows = self._db.execute(
-            f"UPDATE operator_requests SET state = 'running', lease_until = ?, updated_at = ? WHERE {open_}"
-            f" AND id IN (SELECT id FROM operator_requests WHERE {open_} ORDER BY id LIMIT ?{self._skip_locked})"
-            f" RETURNING {_REQUEST_COLS}", [now + lease_seconds, now, now, now, limit]).fetchall()
+        rows = self._claim("operator_requests", open_, [now], "id", limit,
+                           "state = 'running', lease_until = ?, updated_at = ?", [now + lease_seconds, now],
+                           _REQUEST_COLS)
         return sorted((_request(r) for r in rows), key=lambda r: r.id)
 
     def finish_request(self, request_id: int, state: str, reason: str | None, now: float) -> None:

@@ -74,10 +74,8 @@ class ReconcileRequestStore(StoreBase):
     def claim_reconcile_request(self, now: float, lease_seconds: float) -> ReconcileRequest | None:
         """Take the oldest open request for this worker: a pending one, or a running one whose lease ran
         out (a worker died running it). One atomic UPDATE each, so two workers never take the same one."""
-        rows = self._db.execute(
-            f"UPDATE reconcile_requests SET state = 'running', lease_until = ?, updated_at = ? WHERE ({_OPEN})"
-            f" AND id = (SELECT id FROM reconcile_requests WHERE {_OPEN} ORDER BY id LIMIT 1{self._skip_locked})"
-            f" RETURNING {_COLS}", [now + lease_seconds, now, now, now]).fetchall()
+        rows = self._claim("reconcile_requests", f"({_OPEN})", [now], "id", 1,
+                           "state = 'running', lease_until = ?, updated_at = ?", [now + lease_seconds, now], _COLS)
         return _reconcile_request(rows[0]) if rows else None
 
     def renew_reconcile_request(self, request_id: int, until: float, now: float) -> None:
