@@ -101,7 +101,10 @@ def gitlab(gitlab_session: GitLabStandin) -> Iterator[GitLabStandin]:
 #: Test modules whose storage tests run on both engines (see `storage_engine`).
 BOTH_ENGINES = {"test_store_transactions", "test_merge_story", "test_safety_invariants", "test_counters",
                 "test_retention", "test_triggers", "test_reconcile", "test_webhooks", "test_ci_untag", "test_api",
-                "test_postgres_store", "test_race_repair"}
+                "test_postgres_store", "test_race_repair", "test_claims", "test_mr_note", "test_interrupted_untag",
+                "test_cancel_scheduled", "test_reject_scheduled", "test_reconcile_requests", "test_attribution",
+                "test_ci_evidence", "test_ci_pushes", "test_delivery_order", "test_no_delete_permission",
+                "test_worker_wakeup", "test_ttl_expiry_index"}
 ENGINES = ("sqlite", "postgresql")
 
 
