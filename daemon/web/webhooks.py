@@ -76,10 +76,10 @@ class _Secrets:
 
     def __init__(self, conf: Settings) -> None:
         self.settings = conf
-        self.projects = frozenset(_digest(p.webhook_secret.get_secret_value()) for p in conf.projects)
+        self._of: dict[str, bytes] = {p.path: _digest(p.webhook_secret.get_secret_value()) for p in conf.projects}
+        self.projects = frozenset(self._of.values())
         system = conf.gitlab.system_hook_secret
         self.system = None if system is None else _digest(system.get_secret_value())
-        self._of: dict[str, bytes] = {p.path: _digest(p.webhook_secret.get_secret_value()) for p in conf.projects}
 
     def of(self, project: ProjectSettings) -> bytes:
         return self._of[project.path]
