@@ -104,7 +104,8 @@ BOTH_ENGINES = {"test_store_transactions", "test_merge_story", "test_safety_inva
                 "test_postgres_store", "test_race_repair", "test_claims", "test_mr_note", "test_interrupted_untag",
                 "test_cancel_scheduled", "test_reject_scheduled", "test_reconcile_requests", "test_attribution",
                 "test_ci_evidence", "test_ci_pushes", "test_delivery_order", "test_no_delete_permission",
-                "test_worker_wakeup", "test_ttl_expiry_index"}
+                "test_worker_wakeup", "test_ttl_expiry_index", "test_metrics", "test_dashboard_waits",
+                "test_failure_reasons", "test_cli_admin"}
 ENGINES = ("sqlite", "postgresql")
 
 
