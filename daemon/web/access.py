@@ -38,10 +38,15 @@ def request_id() -> str:
     return rid
 
 
+def _level() -> int:
+    """The level of this request's access line."""
+    return logging.DEBUG if request.path in PROBES else logging.INFO
+
+
 def access_logged() -> bool:
     """Whether this request's access line will be written (its level is enabled): a route need not say
     what became of a request (``note_outcome``) when nobody will read it."""
-    return log.isEnabledFor(logging.DEBUG if request.path in PROBES else logging.INFO)
+    return log.isEnabledFor(_level())
 
 
 def note_outcome(text: str, fields: dict[str, str | None]) -> None:
@@ -60,7 +65,7 @@ def _agent() -> str | None:
 
 
 def _logged(response: Response) -> Response:
-    level = logging.DEBUG if request.path in PROBES else logging.INFO
+    level = _level()
     if log.isEnabledFor(level):
         started = g.get("access_started")
         duration = round((time.perf_counter() - started) * 1000, 1) if started is not None else None

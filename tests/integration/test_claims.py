@@ -1,8 +1,9 @@
-"""Claims take what they are asked for and no more, on both engines: a worker that claims one note or
-one operator request holds exactly one, so nothing it will not work on waits out a lease it never needed.
+"""Claims take what they are asked for and no more, on both engines: a worker that claims one merge
+request note holds exactly one, so no note it will not send waits out a lease it never needed.
 
 (On PostgreSQL an ``UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`` may run its
-subquery more than once and take more than ``n`` rows; the claims pick their rows once, first.)"""
+subquery more than once and take more than ``n`` rows. Every claim, notes, operator requests and reconcile
+requests, goes through ``StoreBase._claim``, which picks its rows once; the notes are where it showed.)"""
 
 from __future__ import annotations
 
@@ -22,11 +23,12 @@ def store(storage_url: Callable[[], str]) -> Iterator[Store]:
     opened.close()
 
 
-def _due_notes(store: Store, count: int) -> None:
+def _due_notes(store: Store, count: int, *, at_once: bool = False) -> None:
+    """``count`` pending notes, each due a second before the next (the last first), or all at ``NOW``."""
     for iid in range(1, count + 1):
         store.db.execute("INSERT INTO mr_notes (project_path, mr_iid, plan_id, state, attempts, created_at,"
                          " updated_at, due_at) VALUES ('grp/app', ?, ?, 'pending', 0, ?, ?, ?)",
-                         [iid, iid, NOW, NOW, NOW - iid])
+                         [iid, iid, NOW, NOW, NOW if at_once else NOW - iid])
 
 
 def _sending(store: Store) -> int:
@@ -51,9 +53,6 @@ def test_claiming_some_notes_takes_that_many_oldest_due_first(store: Store) -> N
 
 @pytest.mark.parametrize("count", [2, 3, 10])
 def test_claiming_one_of_notes_due_at_once_takes_one(store: Store, count: int) -> None:
-    for iid in range(1, count + 1):
-        store.db.execute("INSERT INTO mr_notes (project_path, mr_iid, plan_id, state, attempts, created_at,"
-                         " updated_at, due_at) VALUES ('grp/app', ?, ?, 'pending', 0, ?, ?, ?)",
-                         [iid, iid, NOW, NOW, NOW])
+    _due_notes(store, count, at_once=True)
     assert len(store.claim_mr_notes(NOW + 61, 20.0, 1)) == 1
     assert _sending(store) == 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from support.images import digest_of, push_image, tags
-from support.janitor import SECRET, mr_hook, pipeline_hook, registry_section
+from support.janitor import live_entry, mr_hook, pipeline_hook, registry_section
 
 from daemon.execute.repair import RaceRepair
 
@@ -16,9 +16,8 @@ NOTIFY = "notify-race"
 
 
 def _live(janitor, registry, gitlab, project):
-    entry = {"path": project.path, "webhook_secret": SECRET, "registry_token": project.token,
-             "dry_run": False, "grace_period": f"{GRACE}s",
-             "tags": [{"pattern": "mr-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"}]}
+    entry = live_entry(project, grace_period=f"{GRACE}s",
+                       tags=[{"pattern": "mr-$CI_MERGE_REQUEST_IID", "lifetime": "merge_request"}])
     return janitor([entry], registry=registry_section(registry), gitlab={"url": gitlab.url},
                    server={"registry_notification_token": NOTIFY})
 
